@@ -1,0 +1,75 @@
+"""ROC metrics of an attack: AUC, balanced accuracy, TPR at low FPR, and the log-log plot.
+
+TPR at a target FPR reads the ROC curve the way it is achievable: the curve
+between two operating points is the straight line a randomised threshold
+attains, so the TPR at FPR ``t`` is the highest TPR at FPR <= ``t`` when a
+point lies exactly at ``t``, and the linear interpolation between the two
+neighbouring points otherwise.  (The reference LiRA code takes the last point
+with FPR < ``t``, which under-reads the TPR whenever the grid is coarse.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+LOW_FPRS = {"tpr@0.1%fpr": 0.001, "tpr@1%fpr": 0.01}
+
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
+    """TPR of the ROC curve ``(fpr, tpr)`` (non-decreasing) at FPR ``target``."""
+    at_or_below = np.flatnonzero(fpr <= target)
+    if len(at_or_below) == 0:
+        return 0.0
+    i = at_or_below[-1]
+    if fpr[i] == target or i == len(fpr) - 1:
+        return float(tpr[i])
+    weight = (target - fpr[i]) / (fpr[i + 1] - fpr[i])
+    return float(tpr[i] + weight * (tpr[i + 1] - tpr[i]))
+
+
+def roc(is_in: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Full ROC curve (every threshold kept, so low-FPR points are not dropped)."""
+    fpr, tpr, _ = roc_curve(np.asarray(is_in, dtype=bool).ravel(), np.asarray(score, dtype=np.float64).ravel(), drop_intermediate=False)
+    return fpr, tpr
+
+
+def attack_metrics(is_in: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """AUC, balanced accuracy and TPR at 0.1% and 1% FPR of one attack."""
+    is_in = np.asarray(is_in, dtype=bool).ravel()
+    score = np.asarray(score, dtype=np.float64).ravel()
+    fpr, tpr = roc(is_in, score)
+    metrics = {
+        "auc": float(roc_auc_score(is_in, score)),
+        "balanced_acc": float(np.max(1.0 - (fpr + (1.0 - tpr)) / 2.0)),
+    }
+    for key, target in LOW_FPRS.items():
+        metrics[key] = tpr_at_fpr(fpr, tpr, target)
+    metrics["n_in"] = int(is_in.sum())
+    metrics["n_out"] = int((~is_in).sum())
+    return metrics
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str):
+    """Log-log ROC curves on one figure; returns the matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.0), dpi=120)
+    floor = 1e-4
+    for label, (fpr, tpr) in curves.items():
+        ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=label, linewidth=1.4)
+    ax.plot([floor, 1], [floor, 1], "k--", linewidth=0.8, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(floor, 1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(True, which="major", linewidth=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,431 @@
+"""The audit driver: prepare the run, train shadow pipelines on Ray actors, attack.
+
+:func:`run_audit` is the whole audit.  It
+
+1. checks the run directory (a rerun of the same config resumes; a different
+   config is refused),
+2. loads the dataset, draws the audit split and stores it,
+3. trains every missing (paradigm, model id) pipeline on a pool of
+   long-lived :class:`ShadowTrainer` actors, each of which writes its model's
+   logits straight to the store (they never pass through the driver),
+4. runs the attacks leave-one-out and writes scores, metrics and the ROC plot.
+
+Without Ray (``use_ray=False``) the same :class:`ShadowTrainer` runs in the
+driver process; the benchmarks use this to measure Ray's overhead.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from raypriv import __version__
+from raypriv.attacks import run_attacks
+from raypriv.config import ExperimentConfig, config_from_dict, config_hash, dump_config, result_defining
+from raypriv.data import AuditSplit, Dataset, load_dataset, make_audit_split
+from raypriv.errors import RayprivError
+from raypriv.metrics import attack_metrics, plot_roc, roc
+from raypriv.report import format_summary
+from raypriv.store import (
+    MODEL_SCHEMA,
+    SCHEMA_VERSION,
+    RunStore,
+    audit_table,
+    read_logits,
+    scan_completed,
+    scores_schema,
+    write_model_result,
+)
+from raypriv.synth import LabeledSet, ShadowContext, make_paradigm
+from raypriv.training import Normalizer, accuracy, predict_logits
+
+log = logging.getLogger("raypriv")
+
+
+class AuditInterrupted(RayprivError):
+    """The user stopped the run; what finished is stored and a rerun resumes."""
+
+
+# ------------------------------------------------------------------ the worker
+
+
+class ShadowTrainer:
+    """Runs shadow pipelines one after another; one instance per Ray actor.
+
+    It holds the dataset on its device for its whole life, so each model costs
+    only its own synthesis and training.
+    """
+
+    def __init__(self, config: dict[str, Any], run_uri: str, dataset: Dataset, split: AuditSplit):
+        self.config = config_from_dict(config)
+        self.config_hash = config_hash(self.config)
+        self.store = RunStore(run_uri)
+        self.split = split
+        # CPU results depend on the thread count (reduction order), so it is pinned to
+        # the actor's CPUs whether or not Ray runs this worker.
+        torch.set_num_threads(max(1, int(self.config.ray.num_cpus_per_actor)))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.normalizer = Normalizer.fit(dataset.x_train).to(self.device)
+        self.num_classes = dataset.num_classes
+        self.input_shape = dataset.input_shape
+        # torch.tensor copies: arrays from Ray's object store are read-only.
+        self.x_pool = torch.tensor(dataset.x_train, device=self.device)
+        self.y_pool = torch.tensor(split.labels, device=self.device)
+        self.x_audit = self.x_pool[torch.tensor(split.audit_index, device=self.device)]
+        self.x_test = torch.tensor(dataset.x_test, device=self.device)
+        self.y_test = torch.tensor(dataset.y_test, device=self.device)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run(self, paradigm_name: str, model_id: int) -> dict[str, Any]:
+        """Synthesize, train, query and store model ``model_id``; returns its row."""
+        config = self.config
+        index = torch.from_numpy(self.split.private_indices(model_id)).to(self.device)
+        private = LabeledSet(self.x_pool[index], self.y_pool[index])
+        context = ShadowContext(config, model_id, self.num_classes, self.input_shape, self.normalizer, self.device)
+        paradigm = make_paradigm(config, paradigm_name)
+
+        start = time.perf_counter()
+        training_set = paradigm.synthesize(private, context)
+        self._sync()
+        synthesized = time.perf_counter()
+        model = paradigm.train(training_set, context)
+        self._sync()
+        trained = time.perf_counter()
+
+        batch = config.train.eval_batch_size
+        logits = predict_logits(model, self.x_audit, self.normalizer, config.queries, batch)
+        row = {
+            "paradigm": paradigm_name,
+            "model_id": model_id,
+            "seed": config.seed,
+            "config_hash": self.config_hash,
+            "in_count": int(self.split.keep[model_id].sum()),
+            "private_size": len(private),
+            "synthetic_size": len(training_set),
+            "test_acc": accuracy(model, self.x_test, self.y_test, self.normalizer, batch),
+            "synth_seconds": synthesized - start,
+            "train_seconds": trained - synthesized,
+            "device": str(self.device),
+            "status": "ok",
+            "finished_at": datetime.now(timezone.utc),
+        }
+        write_model_result(self.store, row, logits, self.split.audit_labels)
+        return row
+
+
+# ------------------------------------------------------------- preparing a run
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+def prepare_run(config: ExperimentConfig) -> tuple[RunStore, Dataset, AuditSplit]:
+    """Open (or create) the run directory, load the data and fix the audit split."""
+    store = RunStore(config.out_dir)
+    digest = config_hash(config)
+    if store.exists("run.json"):
+        manifest = store.read_json("run.json")
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise RayprivError(
+                f"{store.uri} was written with store schema {manifest.get('schema_version')}, this raypriv "
+                f"writes schema {SCHEMA_VERSION}; use a new --out"
+            )
+        if manifest.get("config_hash") != digest:
+            import yaml
+
+            stored = yaml.safe_load(store.read_bytes("config.yaml")) if store.exists("config.yaml") else {}
+            differences = _diff(result_defining(config_from_dict(stored)), result_defining(config)) if stored else []
+            detail = "; ".join(differences[:8]) or "the stored config could not be read"
+            raise RayprivError(
+                f"{store.uri} holds a run of a different config (hash {manifest.get('config_hash')}, this "
+                f"config is {digest}; differences: {detail}). Use a new --out, or delete that directory to start over"
+            )
+    elif not store.is_empty():
+        raise RayprivError(f"{store.uri} is not empty and holds no raypriv run (no run.json); choose a new or empty --out")
+
+    dataset = load_dataset(config.dataset)
+    split = make_audit_split(dataset, config.audit.n_audit, config.audit.canary, config.n_models, config.seed)
+
+    if not store.exists("run.json"):
+        store.write_bytes("config.yaml", dump_config(config).encode())
+        store.write_json(
+            "run.json",
+            {
+                "schema_version": SCHEMA_VERSION,
+                "config_hash": digest,
+                "raypriv_version": __version__,
+                "created_at": datetime.now(timezone.utc).isoformat(),
+                "queries": list(config.queries),
+                "n_models": config.n_models,
+                "n_audit": config.audit.n_audit,
+                "num_classes": dataset.num_classes,
+            },
+        )
+    if store.exists("keep.npy"):
+        if not np.array_equal(store.read_npy("keep.npy"), split.keep):
+            raise RayprivError(
+                f"{store.path('keep.npy')} differs from the membership matrix this config draws "
+                "(was the run made by another raypriv version?); use a new --out"
+            )
+    else:
+        store.write_npy("keep.npy", split.keep)
+    if not store.exists("audit.parquet"):
+        store.write_table("audit.parquet", audit_table(split.audit_index, split.true_labels, split.audit_labels))
+    return store, dataset, split
+
+
+# ----------------------------------------------------------------- training
+
+
+class _Progress:
+    """Models done / total with throughput and ETA: a tqdm bar on a terminal, log lines otherwise."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.bar = None
+        self.enabled = enabled
+        self.next_log = 0.0
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="shadow models", unit="model", dynamic_ncols=True)
+
+    def update(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{row['paradigm']} #{row['model_id']} acc={row['test_acc']:.3f}")
+            self.bar.update(1)
+            return
+        elapsed = time.perf_counter() - self.start
+        if self.enabled and (elapsed >= self.next_log or self.done == self.total):
+            rate = self.done / elapsed
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            log.info(
+                "models %d/%d (%.1f/min, ETA %.0fs); last: %s #%d acc=%.3f",
+                self.done, self.total, 60 * rate, eta, row["paradigm"], row["model_id"], row["test_acc"],
+            )
+            self.next_log = elapsed + 10.0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _init_ray(config: ExperimentConfig) -> bool:
+    """Connect to the configured cluster, or start a local instance; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+    return True
+
+
+def _actor_count(config: ExperimentConfig, pending: int) -> int:
+    import ray
+
+    if config.ray.num_actors:
+        return min(config.ray.num_actors, pending)
+    resources = ray.cluster_resources()
+    count = int(resources.get("CPU", 0) // config.ray.num_cpus_per_actor)
+    if config.ray.num_gpus_per_actor > 0:
+        gpus = resources.get("GPU", 0)
+        if gpus == 0:
+            raise RayprivError(
+                "ray.num_gpus_per_actor > 0 but the Ray cluster has no GPUs; set it to 0 to train on CPUs, "
+                "or add GPU workers"
+            )
+        count = int(gpus // config.ray.num_gpus_per_actor)
+    return max(1, min(count, pending))
+
+
+def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
+    import ray
+
+    trainer_cls = ray.remote(ShadowTrainer).options(
+        num_cpus=config.ray.num_cpus_per_actor, num_gpus=config.ray.num_gpus_per_actor
+    )
+    data_ref = ray.put(dataset)
+    split_ref = ray.put(split)
+    actors = [
+        trainer_cls.remote(config.to_dict(), store.uri, data_ref, split_ref)
+        for _ in range(_actor_count(config, len(pending)))
+    ]
+    log.info("training %d shadow models on %d Ray actors", len(pending), len(actors))
+    queue = list(pending)
+    in_flight: dict[Any, Any] = {}
+
+    def submit(actor) -> None:
+        if queue:
+            paradigm, model_id = queue.pop(0)
+            in_flight[actor.run.remote(paradigm, model_id)] = actor
+
+    for actor in actors:
+        submit(actor)
+    try:
+        while in_flight:
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            actor = in_flight.pop(ref)
+            try:
+                row = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, RayprivError):
+                    raise exc.cause from None
+                raise
+            progress.update(row)
+            submit(actor)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def train_pending(config: ExperimentConfig, store: RunStore, dataset: Dataset, split: AuditSplit, pending: list[tuple[str, int]], use_ray: bool = True, show_progress: bool = True) -> None:
+    """Train the (paradigm, model id) pairs in ``pending``."""
+    progress = _Progress(len(pending), show_progress)
+    try:
+        if use_ray:
+            _train_on_ray(config, store, dataset, split, pending, progress)
+        else:
+            trainer = ShadowTrainer(config.to_dict(), store.uri, dataset, split)
+            for paradigm, model_id in pending:
+                progress.update(trainer.run(paradigm, model_id))
+    except KeyboardInterrupt:
+        raise AuditInterrupted(
+            f"interrupted after {progress.done} of {len(pending)} models; every finished model is saved in "
+            f"{store.uri}. Rerun the same command to resume"
+        ) from None
+    finally:
+        progress.close()
+
+
+# ----------------------------------------------------------------- attacking
+
+
+@dataclass
+class AuditResult:
+    run_dir: str
+    metrics: dict[str, Any]
+    models: pd.DataFrame
+    summary: str
+    wall_seconds: float
+    trained_now: int = 0
+    discarded: list[str] = field(default_factory=list)
+
+
+def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, models: pd.DataFrame) -> dict[str, Any]:
+    """Run the attacks on the stored logits; write scores, metrics and the ROC plot."""
+    metrics: dict[str, Any] = {}
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    score_tables = []
+    n_models, n_audit = split.keep.shape
+    is_in = split.keep
+    for paradigm in config.paradigms:
+        rows = models[models.paradigm == paradigm]
+        hashes = set(rows.config_hash)
+        if hashes != {config_hash(config)}:
+            raise RayprivError(
+                f"models of {paradigm} come from different configs {sorted(hashes)}; the attack will not mix "
+                f"recipes. Use a new --out"
+            )
+        logits = read_logits(store, paradigm, n_models, n_audit, len(config.queries))
+        scores = run_attacks(logits, split.audit_labels, split.keep, config.attacks)
+        entry: dict[str, Any] = {
+            "test_acc": float(rows.test_acc.mean()),
+            "test_acc_std": float(rows.test_acc.std(ddof=1)) if len(rows) > 1 else 0.0,
+            "n_models": int(len(rows)),
+            "synth_seconds_mean": float(rows.synth_seconds.mean()),
+            "train_seconds_mean": float(rows.train_seconds.mean()),
+        }
+        for attack, score in scores.items():
+            entry[attack] = attack_metrics(is_in, score)
+            curves[f"{paradigm} / {attack} (AUC {entry[attack]['auc']:.3f})"] = roc(is_in, score)
+        metrics[paradigm] = entry
+        columns = {
+            "paradigm": np.full(n_models * n_audit, paradigm, dtype=object),
+            "model_id": np.repeat(np.arange(n_models, dtype=np.int32), n_audit),
+            "sample_id": np.tile(np.arange(n_audit, dtype=np.int64), n_models),
+            "is_in": is_in.ravel(),
+        }
+        columns.update({attack: score.ravel() for attack, score in scores.items()})
+        score_tables.append(pa.table(columns, schema=scores_schema(list(scores))))
+
+    store.write_table("scores.parquet", pa.concat_tables(score_tables))
+    store.write_json("metrics.json", metrics)
+    flat = [
+        {"paradigm": p, "attack": a, **{k: v for k, v in m.items()}, "test_acc": e["test_acc"]}
+        for p, e in metrics.items()
+        for a, m in e.items()
+        if isinstance(m, dict)
+    ]
+    store.write_bytes("metrics.csv", pd.DataFrame(flat).to_csv(index=False).encode())
+    figure = plot_roc(curves, f"{config.name}: {n_models} models x {n_audit} audit samples (leave-one-out)")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    store.write_bytes("roc.png", buffer.getvalue())
+    return metrics
+
+
+def run_audit(config: ExperimentConfig, use_ray: bool = True, show_progress: bool = True) -> AuditResult:
+    """Run (or resume) the audit a config describes; see the module docstring."""
+    start = time.perf_counter()
+    store, dataset, split = prepare_run(config)
+    digest = config_hash(config)
+    expected_rows = config.audit.n_audit * len(config.queries)
+
+    complete: dict[tuple[str, int], dict[str, Any]] = {}
+    discarded: list[str] = []
+    for paradigm in config.paradigms:
+        scan = scan_completed(store, paradigm, digest, expected_rows)
+        discarded += scan.discarded
+        complete.update({(paradigm, m): row for m, row in scan.complete.items() if m < config.n_models})
+    for message in discarded:
+        log.warning("discarding a stored result: %s", message)
+    pending = [(p, m) for p in config.paradigms for m in range(config.n_models) if (p, m) not in complete]
+    if complete:
+        log.info("resuming %s: %d models already complete, %d to train", store.uri, len(complete), len(pending))
+
+    if pending:
+        started_ray = use_ray and _init_ray(config)
+        try:
+            train_pending(config, store, dataset, split, pending, use_ray, show_progress)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        for paradigm in config.paradigms:
+            complete.update({(paradigm, m): row for m, row in scan_completed(store, paradigm, digest, expected_rows).complete.items() if m < config.n_models})
+
+    rows = [complete[key] for key in sorted(complete)]
+    models = pa.Table.from_pylist(rows, schema=MODEL_SCHEMA).to_pandas()
+    store.write_table("models.parquet", pa.Table.from_pandas(models, schema=MODEL_SCHEMA, preserve_index=False))
+    metrics = score_run(config, store, split, models)
+    wall = time.perf_counter() - start
+    summary = format_summary(config, metrics, models, wall)
+    store.write_bytes("summary.txt", summary.encode())
+    return AuditResult(store.uri, metrics, models, summary, wall, len(pending), discarded)

@@ -1,0 +1,315 @@
+"""The run directory and its Parquet schemas (schema version 1).
+
+This module is the one place the on-disk format is defined.  A run directory
+holds:
+
+``run.json``
+    ``{"schema_version", "config_hash", "raypriv_version", "created_at",
+    "queries", "n_models", "n_audit", "num_classes"}``.
+``config.yaml``
+    The fully resolved config (defaults and command-line flags applied).
+``keep.npy``
+    ``bool[n_models, n_audit]``: ``keep[m, i]`` is True when audit sample
+    ``i`` is in model ``m``'s private training set.
+``audit.parquet``  (:data:`AUDIT_SCHEMA`)
+    One row per audit sample: ``sample_id`` (0..n_audit-1, the column index
+    of ``keep``), ``dataset_index`` (row in the dataset's training split),
+    ``true_label``, ``label`` (the label models train on: a wrong one for
+    mislabeled canaries), ``canary`` (label != true_label).
+``logits/paradigm=<name>/model-<id>.parquet``  (:func:`logits_schema`)
+    One row per (audit sample, query) of one model: ``model_id``,
+    ``sample_id``, ``query_id`` (index into ``run.json["queries"]``),
+    ``label`` and ``logits`` (``float32[num_classes]``, eval mode).  The
+    ``paradigm=`` folder is a Hive partition: ``pandas.read_parquet(RUN/"logits")``
+    returns it as a ``paradigm`` column.
+``models/<name>/model-<id>.parquet``  (:data:`MODEL_SCHEMA`)
+    One row per trained model, written *after* its logits file: a model is
+    complete exactly when this row exists.  ``models.parquet`` gathers all
+    rows once training ends (``pandas.read_parquet(RUN/"models")`` reads
+    them while a run is still going).
+``scores.parquet``  (:func:`scores_schema`)
+    One row per (paradigm, target model, audit sample): ``is_in`` and one
+    float64 column per attack, higher meaning "more likely IN".
+``metrics.json``, ``metrics.csv``, ``roc.png``, ``summary.txt``
+    The attack metrics (see the README for the ``metrics.json`` keys).
+
+Every file is written to a temporary name and then renamed, so a killed
+worker never leaves a half-written file under a final name.  All I/O goes
+through ``pyarrow.fs``, so the run directory may be a local path or a URI
+that pyarrow understands.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raypriv.errors import RayprivError
+
+SCHEMA_VERSION = 1
+
+AUDIT_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.int64()),
+        ("dataset_index", pa.int64()),
+        ("true_label", pa.int64()),
+        ("label", pa.int64()),
+        ("canary", pa.bool_()),
+    ]
+)
+
+MODEL_SCHEMA = pa.schema(
+    [
+        ("paradigm", pa.string()),
+        ("model_id", pa.int32()),
+        ("seed", pa.int64()),
+        ("config_hash", pa.string()),
+        ("in_count", pa.int32()),  # audit samples IN for this model
+        ("private_size", pa.int64()),  # samples in its private set
+        ("synthetic_size", pa.int64()),  # samples the audited model trained on
+        ("test_acc", pa.float64()),
+        ("synth_seconds", pa.float64()),
+        ("train_seconds", pa.float64()),
+        ("device", pa.string()),
+        ("status", pa.string()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def logits_schema(num_classes: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("model_id", pa.int32()),
+            ("sample_id", pa.int64()),
+            ("query_id", pa.int8()),
+            ("label", pa.int64()),
+            ("logits", pa.list_(pa.float32(), num_classes)),
+        ]
+    )
+
+
+def scores_schema(attacks: list[str]) -> pa.Schema:
+    fields = [
+        ("paradigm", pa.string()),
+        ("model_id", pa.int32()),
+        ("sample_id", pa.int64()),
+        ("is_in", pa.bool_()),
+    ]
+    return pa.schema(fields + [(attack, pa.float64()) for attack in attacks])
+
+
+def logits_path(paradigm: str, model_id: int) -> str:
+    return f"logits/paradigm={paradigm}/model-{model_id:06d}.parquet"
+
+
+def model_row_path(paradigm: str, model_id: int) -> str:
+    return f"models/{paradigm}/model-{model_id:06d}.parquet"
+
+
+_REWRITE_HINT = "delete it and rerun `raypriv audit` with the same config and --out to recompute it"
+
+
+class RunStore:
+    """Atomic reads and writes of one run directory, local or remote."""
+
+    def __init__(self, uri: str):
+        if "://" in uri:
+            try:
+                self.fs, self.root = pafs.FileSystem.from_uri(uri)
+            except (pa.ArrowInvalid, ValueError, OSError) as exc:
+                raise RayprivError(f"cannot open run directory {uri} ({exc}); give a local path or a URI pyarrow supports") from None
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+        self.uri = uri if "://" in uri else self.root
+
+    def path(self, relative: str) -> str:
+        return f"{self.root}/{relative}" if relative else self.root
+
+    def exists(self, relative: str = "") -> bool:
+        return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
+
+    def is_empty(self) -> bool:
+        if not self.exists():
+            return True
+        return not self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False))
+
+    def list_files(self, directory: str, suffix: str = "") -> list[str]:
+        """Relative paths of finished files under ``directory`` (temporaries skipped)."""
+        if not self.exists(directory):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(directory), recursive=True))
+        start = len(self.root) + 1
+        return sorted(
+            info.path[start:]
+            for info in infos
+            if info.type == pafs.FileType.File and info.path.endswith(suffix) and ".tmp-" not in info.base_name
+        )
+
+    def delete(self, relative: str) -> None:
+        if self.exists(relative):
+            self.fs.delete_file(self.path(relative))
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        final = self.path(relative)
+        parent = final.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
+        with self.fs.open_output_stream(temporary) as stream:
+            stream.write(data)
+        self.fs.move(temporary, final)
+
+    def read_bytes(self, relative: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(relative)) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            raise RayprivError(f"{self.path(relative)} is missing from the run directory; {_REWRITE_HINT}") from None
+
+    def write_table(self, relative: str, table: pa.Table) -> None:
+        metadata = dict(table.schema.metadata or {})
+        metadata[b"raypriv_schema_version"] = str(SCHEMA_VERSION).encode()
+        buffer = io.BytesIO()
+        pq.write_table(table.replace_schema_metadata(metadata), buffer)
+        self.write_bytes(relative, buffer.getvalue())
+
+    def read_table(self, relative: str) -> pa.Table:
+        """Read a Parquet file, or raise a RayprivError saying which file is bad and what to do."""
+        data = self.read_bytes(relative)
+        try:
+            return pq.read_table(pa.BufferReader(data))
+        except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+            raise RayprivError(f"{self.path(relative)} is corrupt or truncated ({exc}); {_REWRITE_HINT}") from None
+
+    def write_json(self, relative: str, obj: Any) -> None:
+        self.write_bytes(relative, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+    def read_json(self, relative: str) -> Any:
+        try:
+            return json.loads(self.read_bytes(relative))
+        except json.JSONDecodeError as exc:
+            raise RayprivError(f"{self.path(relative)} is not valid JSON ({exc}); {_REWRITE_HINT}") from None
+
+    def write_npy(self, relative: str, array: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        self.write_bytes(relative, buffer.getvalue())
+
+    def read_npy(self, relative: str) -> np.ndarray:
+        try:
+            return np.load(io.BytesIO(self.read_bytes(relative)), allow_pickle=False)
+        except ValueError as exc:
+            raise RayprivError(f"{self.path(relative)} is corrupt ({exc}); {_REWRITE_HINT}") from None
+
+
+# ------------------------------------------------------------ per-model results
+
+
+def audit_table(audit_index: np.ndarray, true_labels: np.ndarray, labels: np.ndarray) -> pa.Table:
+    return pa.table(
+        {
+            "sample_id": np.arange(len(audit_index), dtype=np.int64),
+            "dataset_index": audit_index.astype(np.int64),
+            "true_label": true_labels.astype(np.int64),
+            "label": labels.astype(np.int64),
+            "canary": labels != true_labels,
+        },
+        schema=AUDIT_SCHEMA,
+    )
+
+
+def logits_table(model_id: int, logits: np.ndarray, labels: np.ndarray) -> pa.Table:
+    """Long-format table of one model's ``(n_audit, n_queries, C)`` logits."""
+    n_audit, n_queries, num_classes = logits.shape
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(logits.astype(np.float32).reshape(-1)), num_classes)
+    return pa.table(
+        [
+            pa.array(np.full(n_audit * n_queries, model_id, dtype=np.int32)),
+            pa.array(np.repeat(np.arange(n_audit, dtype=np.int64), n_queries)),
+            pa.array(np.tile(np.arange(n_queries, dtype=np.int8), n_audit)),
+            pa.array(np.repeat(labels.astype(np.int64), n_queries)),
+            flat,
+        ],
+        schema=logits_schema(num_classes),
+    )
+
+
+def write_model_result(store: RunStore, row: dict[str, Any], logits: np.ndarray, labels: np.ndarray) -> None:
+    """Write a model's logits, then its row: the row marks the model complete."""
+    paradigm, model_id = row["paradigm"], row["model_id"]
+    store.write_table(logits_path(paradigm, model_id), logits_table(model_id, logits, labels))
+    store.write_table(model_row_path(paradigm, model_id), pa.Table.from_pylist([row], schema=MODEL_SCHEMA))
+
+
+@dataclass
+class ResumeScan:
+    complete: dict[int, dict[str, Any]]  # model_id -> its row
+    discarded: list[str]  # why some stored files were not accepted
+
+
+def scan_completed(store: RunStore, paradigm: str, config_hash: str, expected_rows: int) -> ResumeScan:
+    """Find the models of ``paradigm`` already complete for ``config_hash``.
+
+    A model counts as complete when its row exists, carries the same config
+    hash, and its logits file opens with the expected number of rows.  Files
+    that fail these checks are deleted (so the model is retrained) and
+    reported in ``discarded``.
+    """
+    complete: dict[int, dict[str, Any]] = {}
+    discarded: list[str] = []
+    for relative in store.list_files(f"models/{paradigm}", ".parquet"):
+        model_id = int(relative.rsplit("model-", 1)[1].split(".")[0])
+        culprit = relative
+        try:
+            row = store.read_table(relative).to_pylist()[0]
+            if row["config_hash"] != config_hash:
+                raise RayprivError(f"it belongs to config {row['config_hash']}, not {config_hash}")
+            culprit = logits_path(paradigm, model_id)
+            if not store.exists(culprit):
+                raise RayprivError("the logits file is missing")
+            rows = pq.read_metadata(pa.BufferReader(store.read_bytes(culprit))).num_rows
+            if rows != expected_rows:
+                raise RayprivError(f"it has {rows} rows, expected {expected_rows}")
+        except (RayprivError, pa.ArrowException, OSError, IndexError, KeyError) as exc:
+            reason = str(exc).split("; delete it")[0]
+            discarded.append(f"{store.path(culprit)}: {reason}; model {model_id} of {paradigm} will be retrained")
+            store.delete(relative)
+            store.delete(logits_path(paradigm, model_id))
+            continue
+        complete[int(row["model_id"])] = row
+    return ResumeScan(complete, discarded)
+
+
+def read_logits(store: RunStore, paradigm: str, n_models: int, n_audit: int, n_queries: int) -> np.ndarray:
+    """All logits of one paradigm as ``float32[n_models, n_audit, n_queries, C]``."""
+    stacked = None
+    for model_id in range(n_models):
+        relative = logits_path(paradigm, model_id)
+        if not store.exists(relative):
+            raise RayprivError(
+                f"{store.path(relative)} is missing: model {model_id} of {paradigm} has no logits; "
+                "rerun `raypriv audit` with the same config and --out to train it"
+            )
+        table = store.read_table(relative)
+        if table.num_rows != n_audit * n_queries or "logits" not in table.column_names:
+            raise RayprivError(
+                f"{store.path(relative)} has {table.num_rows} rows, expected {n_audit * n_queries}; {_REWRITE_HINT}"
+            )
+        sample = table.column("sample_id").to_numpy()
+        query = table.column("query_id").to_numpy()
+        column = table.column("logits").combine_chunks()
+        logits = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
+        if stacked is None:
+            stacked = np.empty((n_models, n_audit, n_queries, logits.shape[1]), dtype=np.float32)
+        stacked[model_id, sample, query] = logits
+    assert stacked is not None, "n_models must be positive"
+    return stacked

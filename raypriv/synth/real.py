@@ -1,0 +1,13 @@
+"""``real``: the baseline that trains on the private set itself."""
+
+from __future__ import annotations
+
+from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
+
+
+@register
+class RealData(Paradigm):
+    name = "real"
+
+    def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
+        return private

@@ -1,0 +1,164 @@
+"""The training engine: one model at a time, a plain readable loop.
+
+``train_classifier`` trains a model on tensors already on the device, drawing
+its data order and augmentations from the model's own seeded generators, so a
+model is the same whichever worker trains it.  ``predict_logits`` queries a
+trained model in eval mode, once per augmentation query.
+
+Inputs arrive as stored (``uint8`` images or ``float32`` features) and are
+turned into normalised floats per batch by :class:`Normalizer`, which keeps
+the dataset in device memory at a quarter of the float size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raypriv.config import TrainConfig
+from raypriv.seeding import torch_generator
+
+
+@dataclass
+class Normalizer:
+    """Maps stored inputs to normalised float tensors (per channel or per feature)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Normalizer":
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        axes = (0, 2, 3) if x.ndim == 4 else (0,)
+        mean = x.mean(axis=axes)
+        std = np.maximum(x.std(axis=axes), 1e-6)
+        shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
+        return cls(torch.from_numpy(mean).reshape(shape), torch.from_numpy(std).reshape(shape))
+
+    def to(self, device: torch.device) -> "Normalizer":
+        return Normalizer(self.mean.to(device), self.std.to(device))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        return (x - self.mean) / self.std
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Random translation by up to ``padding`` pixels (zero padding), one draw per image."""
+    n, _, h, w = x.shape
+    shifts = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = (shifts[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (shifts[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Horizontal flip of each image with probability 1/2."""
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    if config.augment == "none" or x.ndim != 4:
+        return x
+    if config.crop_padding > 0:
+        x = random_crop(x, config.crop_padding, generator)
+    if config.augment == "flip_crop":
+        x = random_flip(x, generator)
+    return x
+
+
+def apply_query(x: torch.Tensor, query: str) -> torch.Tensor:
+    """The augmentation queries the attacks see (``identity`` and ``hflip``)."""
+    if query == "identity":
+        return x
+    if query == "hflip":
+        if x.ndim != 4:
+            raise ValueError("the hflip query applies to images only")
+        return x.flip(-1)
+    raise ValueError(f"unknown query {query!r}")
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.momentum > 0
+    )
+
+
+def _autocast(device: torch.device, config: TrainConfig):
+    enabled = config.amp and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    normalizer: Normalizer,
+    seed: int,
+    model_id: int,
+) -> nn.Module:
+    """Train ``model`` on ``(x, y)`` with the recipe in ``config``.
+
+    ``x`` and ``y`` live on the model's device.  Batch order comes from the
+    model's ``"order"`` stream and augmentations from its ``"augment"`` stream.
+    """
+    device = x.device
+    order_rng = torch_generator(seed, "order", model_id)
+    augment_rng = torch_generator(seed, "augment", model_id)
+    optimizer = _optimizer(model, config)
+    n = len(y)
+    steps_per_epoch = max(1, math.ceil(n / config.batch_size))
+    total_steps = config.epochs * steps_per_epoch
+    if config.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    model.train()
+    for _ in range(config.epochs):
+        permutation = torch.randperm(n, generator=order_rng).to(device)
+        for start in range(0, n, config.batch_size):
+            index = permutation[start : start + config.batch_size]
+            if len(index) < 2 and n >= 2:
+                continue  # BatchNorm cannot normalise a batch of one
+            inputs = normalizer(augment(x[index], config, augment_rng))
+            with _autocast(device, config):
+                loss = F.cross_entropy(model(inputs), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    return model
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, normalizer: Normalizer, queries: list[str], batch_size: int = 1024
+) -> np.ndarray:
+    """Eval-mode logits, shape ``(N, len(queries), num_classes)``, float32."""
+    model.eval()
+    per_query = []
+    for query in queries:
+        chunks = [model(normalizer(apply_query(x[i : i + batch_size], query))).float() for i in range(0, len(x), batch_size)]
+        per_query.append(torch.cat(chunks))
+    return torch.stack(per_query, dim=1).cpu().numpy()
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalizer: Normalizer, batch_size: int = 1024) -> float:
+    """Top-1 accuracy in eval mode on the un-augmented inputs."""
+    logits = predict_logits(model, x, normalizer, ["identity"], batch_size)[:, 0]
+    return float((logits.argmax(axis=1) == y.cpu().numpy()).mean())

@@ -1,0 +1,32 @@
+import os
+
+import pytest
+
+from raypriv.config import config_from_dict
+
+# Ray's local instance must not try to reach the network or grab every core for the dashboard.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def tiny_config_dict(out_dir, **overrides):
+    """A digits audit small enough to train in seconds."""
+    raw = {
+        "name": "tiny",
+        "out_dir": str(out_dir),
+        "n_models": 8,
+        "audit": {"n_audit": 40, "canary": "mislabel"},
+        "model": {"arch": "cnn_small", "width": 8},
+        "train": {"epochs": 3, "batch_size": 256},
+    }
+    for key, value in overrides.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return raw
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    return config_from_dict(tiny_config_dict(tmp_path / "run"))

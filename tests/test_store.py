@@ -1,0 +1,56 @@
+import numpy as np
+import pandas as pd
+import pytest
+from datetime import datetime, timezone
+
+from raypriv.errors import RayprivError
+from raypriv.store import RunStore, logits_path, model_row_path, read_logits, scan_completed, write_model_result
+
+
+def row(model_id, config_hash="abc"):
+    return {
+        "paradigm": "real", "model_id": model_id, "seed": 0, "config_hash": config_hash, "in_count": 2,
+        "private_size": 10, "synthetic_size": 10, "test_acc": 0.5, "synth_seconds": 0.0, "train_seconds": 1.0,
+        "device": "cpu", "status": "ok", "finished_at": datetime.now(timezone.utc),
+    }
+
+
+def test_logits_round_trip_and_pandas(tmp_path):
+    store = RunStore(str(tmp_path))
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5, 2, 3)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1])
+    for m in range(2):
+        write_model_result(store, row(m), logits[m], labels)
+    np.testing.assert_array_equal(read_logits(store, "real", 2, 5, 2), logits)
+    frame = pd.read_parquet(tmp_path / "logits")
+    assert set(frame.columns) == {"model_id", "sample_id", "query_id", "label", "logits", "paradigm"}
+    assert len(frame) == 2 * 5 * 2 and set(frame.paradigm) == {"real"}
+    models = pd.read_parquet(tmp_path / "models")
+    assert sorted(models.model_id) == [0, 1]
+    assert not list(tmp_path.rglob(".tmp-*"))  # atomic writes leave no temporaries
+
+
+def test_corrupt_parquet_names_the_file_and_the_fix(tmp_path):
+    store = RunStore(str(tmp_path))
+    write_model_result(store, row(0), np.zeros((4, 1, 3), np.float32), np.zeros(4, np.int64))
+    path = tmp_path / logits_path("real", 0)
+    path.write_bytes(path.read_bytes()[:40])  # truncate
+    with pytest.raises(RayprivError) as error:
+        read_logits(store, "real", 1, 4, 1)
+    assert str(path) in str(error.value) and "corrupt or truncated" in str(error.value)
+    assert "rerun `raypriv audit`" in str(error.value)
+
+
+def test_resume_scan_discards_bad_results(tmp_path):
+    store = RunStore(str(tmp_path))
+    for m in range(4):
+        write_model_result(store, row(m), np.zeros((4, 1, 3), np.float32), np.zeros(4, np.int64))
+    (tmp_path / logits_path("real", 1)).write_bytes(b"PAR1 garbage")
+    (tmp_path / logits_path("real", 2)).unlink()
+    (tmp_path / model_row_path("real", 3)).write_bytes(b"")
+    scan = scan_completed(store, "real", "abc", expected_rows=4)
+    assert sorted(scan.complete) == [0]
+    assert len(scan.discarded) == 3
+    assert not (tmp_path / logits_path("real", 1)).exists()  # removed so the model is retrained
+    assert scan_completed(store, "real", "other-hash", 4).complete == {}
