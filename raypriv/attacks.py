@@ -27,10 +27,13 @@ First Principles", S&P 2022):
   variance".  The reference script instead takes ``np.std`` of all IN scores
   (mixing in the spread of per-sample means) and uses it for OUT too; we keep
   IN and OUT apart and leave out the between-sample spread.
-* **Leave-one-out** exactly: the target's own score is removed from its
-  shadow statistics (medians by rank arithmetic on the sorted scores, std
-  from running sums), so the per-sample IN count is ``n_models/2 - 1`` when
-  the target holds the sample and ``n_models/2`` otherwise.
+* **Leave-one-out**: the target's own score is removed from its shadow
+  statistics (medians by rank arithmetic on the sorted scores, std from
+  running sums).  Every group then has ``n_models/2 - 1`` shadows: where the
+  target is not in a group, that group drops its highest model id instead,
+  like the reference's truncation of all groups to the smallest size.
+  (Unequal sizes bias ddof-0 variances and push a no-signal AUC below 0.5
+  at small model counts.)
 * **Loss** (``loss``, Yeom et al. 2018): minus the cross-entropy of the
   target on the un-augmented query (query 0).  It uses no shadows.
 """
@@ -75,40 +78,38 @@ def _leave_one_out_stats(scores: np.ndarray, member: np.ndarray) -> tuple[np.nda
 
     ``scores``: ``(M, N, Q)``; ``member``: ``(M, N)`` bool, and every column
     holds the same number ``K`` of Trues.  For target ``m`` and sample ``n``
-    the group is ``{j != m : member[j, n]}``.  Returns ``(M, N, Q)`` arrays.
+    the shadows are the group ``{j : member[j, n]}`` less one model: ``m``
+    itself if it is in the group, else the group's highest model id.  So every
+    group has ``K - 1`` shadows, as the reference code's truncation to the
+    smallest group gives; unequal sizes would bias the ddof-0 standard
+    deviations against the target's own group.  Returns ``(M, N, Q)`` arrays.
     """
-    n_models, n_samples, _ = scores.shape
+    n_models, n_samples, n_queries = scores.shape
     k = int(member[:, 0].sum())
-    # Model ids of the group per sample, shape (K, N); stable so the order is by model id.
+    # Model ids of the group per sample, shape (K, N); stable, so ordered by model id.
     group = np.argsort(~member, axis=0, kind="stable")[:k]
     columns = np.arange(n_samples)
     values = scores[group, columns[None, :], :]  # (K, N, Q)
     order = np.argsort(values, axis=0, kind="stable")
     sorted_values = np.take_along_axis(values, order, axis=0)
 
-    # rank[m, n]: position of target m in the sorted group at sample n, or -1 if not in it.
+    # rank_in_group[j, n, q]: position of group member j in the sorted values.
     rank_in_group = np.empty_like(order)
     np.put_along_axis(rank_in_group, order, np.arange(k)[:, None, None], axis=0)
-    rank = np.full((n_models, n_samples, scores.shape[2]), -1, dtype=np.int64)
-    rank[group, columns[None, :], :] = rank_in_group
+    removed = np.broadcast_to(rank_in_group[k - 1], (n_models, n_samples, n_queries)).copy()
+    removed[group, columns[None, :], :] = rank_in_group  # targets in the group remove themselves
 
-    removed = rank >= 0
-    size = np.where(removed, k - 1, k)
+    size = k - 1
     low, high = (size - 1) // 2, size // 2
-    # A position in the shortened list maps to the next index at or past the removed rank.
-    low_index = low + (removed & (low >= rank))
-    high_index = high + (removed & (high >= rank))
-    query = np.arange(scores.shape[2])[None, None, :]
-    median = 0.5 * (
-        sorted_values[low_index, columns[None, :, None], query] + sorted_values[high_index, columns[None, :, None], query]
-    )
-
-    own = np.where(removed, scores, 0.0)
-    total = values.sum(axis=0)[None] - own
-    total_sq = (values**2).sum(axis=0)[None] - own**2
-    mean = total / size
-    variance = np.maximum(total_sq / size - mean**2, 0.0)
-    return median, variance
+    # Position p of the shortened list is index p, or p + 1 at and past the removed rank.
+    low_index = low + (low >= removed)
+    high_index = high + (high >= removed)
+    sample, query = columns[None, :, None], np.arange(n_queries)[None, None, :]
+    median = 0.5 * (sorted_values[low_index, sample, query] + sorted_values[high_index, sample, query])
+    removed_value = sorted_values[removed, sample, query]
+    mean = (values.sum(axis=0)[None] - removed_value) / size
+    mean_sq = ((values**2).sum(axis=0)[None] - removed_value**2) / size
+    return median, np.maximum(mean_sq - mean**2, 0.0)
 
 
 def _log_normal_pdf(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
