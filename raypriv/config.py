@@ -7,11 +7,18 @@ field (``train.epochs``) and what is allowed.  The dataclass defaults *are* the
 default experiment (``jobs/configs/digits-quick.yaml`` spells the same values
 out; a test keeps the two equal).
 
-:func:`config_hash` fingerprints the fields that decide the results (seed,
-data, audit split, model count, model, training recipe, paradigms, queries).
-Execution settings (``out_dir``, ``ray``) and the attack list do not enter it:
-the same models can be trained on a laptop or a cluster, and attacks are
-recomputed from the stored logits.
+Three fingerprints, each over fields that decide results only (execution
+settings ``name``, ``out_dir``, ``ray`` and the attack list never enter: the
+same models can be trained on a laptop or a cluster, and attacks are
+recomputed from stored logits):
+
+* :func:`protocol_hash`: what every paradigm of a run shares (seed, data,
+  audit split, model count, architecture, training recipe, queries).  A run
+  directory belongs to one protocol.
+* :func:`recipe_hash`: the protocol plus one paradigm and its resolved
+  options.  Stored per model; resume and the attacks key on it, so adding a
+  paradigm to a run keeps the others' models.
+* :func:`config_hash`: the protocol plus every paradigm, for display.
 """
 
 from __future__ import annotations
@@ -107,6 +114,7 @@ class ExperimentConfig:
 
 # Fields that do not change any model or score.
 _EXECUTION_FIELDS = ("name", "out_dir", "ray", "attacks")
+_PARADIGM_FIELDS = ("paradigms", "paradigm_options")
 
 
 def result_defining(config: ExperimentConfig) -> dict[str, Any]:
@@ -117,10 +125,34 @@ def result_defining(config: ExperimentConfig) -> dict[str, Any]:
     return resolved
 
 
-def config_hash(config: ExperimentConfig) -> str:
-    """A short, stable fingerprint of :func:`result_defining`."""
-    canonical = json.dumps(result_defining(config), sort_keys=True, separators=(",", ":"))
+def protocol_definition(config: ExperimentConfig) -> dict[str, Any]:
+    """The result-defining fields every paradigm of a run shares."""
+    resolved = result_defining(config)
+    for key in _PARADIGM_FIELDS:
+        resolved.pop(key)
+    return resolved
+
+
+def _digest(obj: Any) -> str:
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def config_hash(config: ExperimentConfig) -> str:
+    """Fingerprint of :func:`result_defining` (the protocol and every paradigm)."""
+    return _digest(result_defining(config))
+
+
+def protocol_hash(config: ExperimentConfig) -> str:
+    """Fingerprint of :func:`protocol_definition`: what a run directory is bound to."""
+    return _digest(protocol_definition(config))
+
+
+def recipe_hash(config: ExperimentConfig, paradigm: str) -> str:
+    """Fingerprint of the protocol plus ``paradigm`` with its resolved options."""
+    from raypriv.synth import resolved_options
+
+    return _digest({**protocol_definition(config), "paradigm": paradigm, "options": resolved_options(config, paradigm)})
 
 
 # ---------------------------------------------------------------- validation

@@ -17,6 +17,7 @@ driver process; the benchmarks use this to measure Ray's overhead.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import sys
@@ -32,7 +33,15 @@ import torch
 
 from raypriv import __version__
 from raypriv.attacks import run_attacks
-from raypriv.config import ExperimentConfig, config_from_dict, config_hash, dump_config, result_defining
+from raypriv.config import (
+    ExperimentConfig,
+    config_from_dict,
+    config_hash,
+    dump_config,
+    protocol_definition,
+    protocol_hash,
+    recipe_hash,
+)
 from raypriv.data import AuditSplit, Dataset, load_dataset, make_audit_split
 from raypriv.errors import RayprivError
 from raypriv.metrics import attack_metrics, plot_roc, roc
@@ -45,6 +54,7 @@ from raypriv.store import (
     read_logits,
     scan_completed,
     scores_schema,
+    synthetic_path,
     write_model_result,
 )
 from raypriv.synth import LabeledSet, ShadowContext, make_paradigm
@@ -69,7 +79,7 @@ class ShadowTrainer:
 
     def __init__(self, config: dict[str, Any], run_uri: str, dataset: Dataset, split: AuditSplit):
         self.config = config_from_dict(config)
-        self.config_hash = config_hash(self.config)
+        self.recipe_hashes = {p: recipe_hash(self.config, p) for p in self.config.paradigms}
         self.store = RunStore(run_uri)
         self.split = split
         # CPU results depend on the thread count (reduction order), so it is pinned to
@@ -95,7 +105,9 @@ class ShadowTrainer:
         config = self.config
         index = torch.from_numpy(self.split.private_indices(model_id)).to(self.device)
         private = LabeledSet(self.x_pool[index], self.y_pool[index])
-        context = ShadowContext(config, model_id, self.num_classes, self.input_shape, self.normalizer, self.device)
+        context = ShadowContext(
+            config, paradigm_name, model_id, self.num_classes, self.input_shape, self.normalizer, self.device
+        )
         paradigm = make_paradigm(config, paradigm_name)
 
         start = time.perf_counter()
@@ -106,13 +118,19 @@ class ShadowTrainer:
         self._sync()
         trained = time.perf_counter()
 
+        if paradigm.stores_training_set:
+            self.store.write_npz(
+                synthetic_path(paradigm_name, model_id),
+                x=training_set.x.detach().cpu().numpy(),
+                y=training_set.y.detach().cpu().numpy(),
+            )
         batch = config.train.eval_batch_size
         logits = predict_logits(model, self.x_audit, self.normalizer, config.queries, batch)
         row = {
             "paradigm": paradigm_name,
             "model_id": model_id,
             "seed": config.seed,
-            "config_hash": self.config_hash,
+            "recipe_hash": self.recipe_hashes[paradigm_name],
             "in_count": int(self.split.keep[model_id].sum()),
             "private_size": len(private),
             "synthetic_size": len(training_set),
@@ -120,6 +138,7 @@ class ShadowTrainer:
             "synth_seconds": synthesized - start,
             "train_seconds": trained - synthesized,
             "device": str(self.device),
+            "info": json.dumps(context.info, sort_keys=True),
             "status": "ok",
             "finished_at": datetime.now(timezone.utc),
         }
@@ -142,7 +161,7 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 def prepare_run(config: ExperimentConfig) -> tuple[RunStore, Dataset, AuditSplit]:
     """Open (or create) the run directory, load the data and fix the audit split."""
     store = RunStore(config.out_dir)
-    digest = config_hash(config)
+    digest = protocol_hash(config)
     if store.exists("run.json"):
         manifest = store.read_json("run.json")
         if manifest.get("schema_version") != SCHEMA_VERSION:
@@ -150,14 +169,14 @@ def prepare_run(config: ExperimentConfig) -> tuple[RunStore, Dataset, AuditSplit
                 f"{store.uri} was written with store schema {manifest.get('schema_version')}, this raypriv "
                 f"writes schema {SCHEMA_VERSION}; use a new --out"
             )
-        if manifest.get("config_hash") != digest:
+        if manifest.get("protocol_hash") != digest:
             import yaml
 
             stored = yaml.safe_load(store.read_bytes("config.yaml")) if store.exists("config.yaml") else {}
-            differences = _diff(result_defining(config_from_dict(stored)), result_defining(config)) if stored else []
+            differences = _diff(protocol_definition(config_from_dict(stored)), protocol_definition(config)) if stored else []
             detail = "; ".join(differences[:8]) or "the stored config could not be read"
             raise RayprivError(
-                f"{store.uri} holds a run of a different config (hash {manifest.get('config_hash')}, this "
+                f"{store.uri} holds a run of a different config (protocol {manifest.get('protocol_hash')}, this "
                 f"config is {digest}; differences: {detail}). Use a new --out, or delete that directory to start over"
             )
     elif not store.is_empty():
@@ -166,21 +185,22 @@ def prepare_run(config: ExperimentConfig) -> tuple[RunStore, Dataset, AuditSplit
     dataset = load_dataset(config.dataset)
     split = make_audit_split(dataset, config.audit.n_audit, config.audit.canary, config.n_models, config.seed)
 
-    if not store.exists("run.json"):
-        store.write_bytes("config.yaml", dump_config(config).encode())
-        store.write_json(
-            "run.json",
-            {
-                "schema_version": SCHEMA_VERSION,
-                "config_hash": digest,
-                "raypriv_version": __version__,
-                "created_at": datetime.now(timezone.utc).isoformat(),
-                "queries": list(config.queries),
-                "n_models": config.n_models,
-                "n_audit": config.audit.n_audit,
-                "num_classes": dataset.num_classes,
-            },
-        )
+    created = store.read_json("run.json")["created_at"] if store.exists("run.json") else None
+    store.write_bytes("config.yaml", dump_config(config).encode())
+    store.write_json(
+        "run.json",
+        {
+            "schema_version": SCHEMA_VERSION,
+            "protocol_hash": digest,
+            "config_hash": config_hash(config),
+            "raypriv_version": __version__,
+            "created_at": created or datetime.now(timezone.utc).isoformat(),
+            "queries": list(config.queries),
+            "n_models": config.n_models,
+            "n_audit": config.audit.n_audit,
+            "num_classes": dataset.num_classes,
+        },
+    )
     if store.exists("keep.npy"):
         if not np.array_equal(store.read_npy("keep.npy"), split.keep):
             raise RayprivError(
@@ -346,11 +366,11 @@ def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, mode
     is_in = split.keep
     for paradigm in config.paradigms:
         rows = models[models.paradigm == paradigm]
-        hashes = set(rows.config_hash)
-        if hashes != {config_hash(config)}:
+        hashes = set(rows.recipe_hash)
+        if hashes != {recipe_hash(config, paradigm)}:
             raise RayprivError(
-                f"models of {paradigm} come from different configs {sorted(hashes)}; the attack will not mix "
-                f"recipes. Use a new --out"
+                f"models of {paradigm} come from recipes {sorted(hashes)}, not {recipe_hash(config, paradigm)}; "
+                "the attack will not mix recipes. Use a new --out"
             )
         logits = read_logits(store, paradigm, n_models, n_audit, len(config.queries))
         scores = run_attacks(logits, split.audit_labels, split.keep, config.attacks)
@@ -361,6 +381,10 @@ def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, mode
             "synth_seconds_mean": float(rows.synth_seconds.mean()),
             "train_seconds_mean": float(rows.train_seconds.mean()),
         }
+        reported = pd.DataFrame([json.loads(info) for info in rows["info"]])
+        numeric = reported.select_dtypes("number")
+        if not numeric.empty:
+            entry["info"] = {key: float(value) for key, value in numeric.mean().items()}
         for attack, score in scores.items():
             entry[attack] = attack_metrics(is_in, score)
             curves[f"{paradigm} / {attack} (AUC {entry[attack]['auc']:.3f})"] = roc(is_in, score)
@@ -394,13 +418,13 @@ def run_audit(config: ExperimentConfig, use_ray: bool = True, show_progress: boo
     """Run (or resume) the audit a config describes; see the module docstring."""
     start = time.perf_counter()
     store, dataset, split = prepare_run(config)
-    digest = config_hash(config)
+    recipes = {p: recipe_hash(config, p) for p in config.paradigms}
     expected_rows = config.audit.n_audit * len(config.queries)
 
     complete: dict[tuple[str, int], dict[str, Any]] = {}
     discarded: list[str] = []
     for paradigm in config.paradigms:
-        scan = scan_completed(store, paradigm, digest, expected_rows)
+        scan = scan_completed(store, paradigm, recipes[paradigm], expected_rows)
         discarded += scan.discarded
         complete.update({(paradigm, m): row for m, row in scan.complete.items() if m < config.n_models})
     for message in discarded:
@@ -419,7 +443,8 @@ def run_audit(config: ExperimentConfig, use_ray: bool = True, show_progress: boo
 
                 ray.shutdown()
         for paradigm in config.paradigms:
-            complete.update({(paradigm, m): row for m, row in scan_completed(store, paradigm, digest, expected_rows).complete.items() if m < config.n_models})
+            rescan = scan_completed(store, paradigm, recipes[paradigm], expected_rows)
+            complete.update({(paradigm, m): row for m, row in rescan.complete.items() if m < config.n_models})
 
     rows = [complete[key] for key in sorted(complete)]
     models = pa.Table.from_pylist(rows, schema=MODEL_SCHEMA).to_pandas()

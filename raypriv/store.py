@@ -4,10 +4,12 @@ This module is the one place the on-disk format is defined.  A run directory
 holds:
 
 ``run.json``
-    ``{"schema_version", "config_hash", "raypriv_version", "created_at",
-    "queries", "n_models", "n_audit", "num_classes"}``.
+    ``{"schema_version", "protocol_hash", "config_hash", "raypriv_version",
+    "created_at", "queries", "n_models", "n_audit", "num_classes"}`` (hashes:
+    see :mod:`raypriv.config`; the protocol hash binds the directory).
 ``config.yaml``
-    The fully resolved config (defaults and command-line flags applied).
+    The fully resolved config of the latest invocation (defaults and
+    command-line flags applied).
 ``keep.npy``
     ``bool[n_models, n_audit]``: ``keep[m, i]`` is True when audit sample
     ``i`` is in model ``m``'s private training set.
@@ -26,7 +28,14 @@ holds:
     One row per trained model, written *after* its logits file: a model is
     complete exactly when this row exists.  ``models.parquet`` gathers all
     rows once training ends (``pandas.read_parquet(RUN/"models")`` reads
-    them while a run is still going).
+    them while a run is still going).  ``recipe_hash`` fingerprints the
+    protocol plus the paradigm's options; ``info`` is a JSON object of facts
+    the paradigm reported (e.g. ``{"epsilon": 1.0, "delta": 1e-5}``).
+``synthetic/<name>/model-<id>.npz``
+    The training set a synthesis paradigm made for that model: ``x`` (uint8
+    or float32 images in pixel scale 0..1, or features) and ``y`` (class ids,
+    or class probabilities for soft labels).  Not written for paradigms that
+    train on the private set itself (``real``).
 ``scores.parquet``  (:func:`scores_schema`)
     One row per (paradigm, target model, audit sample): ``is_in`` and one
     float64 column per attack, higher meaning "more likely IN".
@@ -72,7 +81,7 @@ MODEL_SCHEMA = pa.schema(
         ("paradigm", pa.string()),
         ("model_id", pa.int32()),
         ("seed", pa.int64()),
-        ("config_hash", pa.string()),
+        ("recipe_hash", pa.string()),
         ("in_count", pa.int32()),  # audit samples IN for this model
         ("private_size", pa.int64()),  # samples in its private set
         ("synthetic_size", pa.int64()),  # samples the audited model trained on
@@ -80,6 +89,7 @@ MODEL_SCHEMA = pa.schema(
         ("synth_seconds", pa.float64()),
         ("train_seconds", pa.float64()),
         ("device", pa.string()),
+        ("info", pa.string()),  # JSON
         ("status", pa.string()),
         ("finished_at", pa.timestamp("us", tz="UTC")),
     ]
@@ -114,6 +124,10 @@ def logits_path(paradigm: str, model_id: int) -> str:
 
 def model_row_path(paradigm: str, model_id: int) -> str:
     return f"models/{paradigm}/model-{model_id:06d}.parquet"
+
+
+def synthetic_path(paradigm: str, model_id: int) -> str:
+    return f"synthetic/{paradigm}/model-{model_id:06d}.npz"
 
 
 _REWRITE_HINT = "delete it and rerun `raypriv audit` with the same config and --out to recompute it"
@@ -204,6 +218,17 @@ class RunStore:
         np.save(buffer, array, allow_pickle=False)
         self.write_bytes(relative, buffer.getvalue())
 
+    def write_npz(self, relative: str, **arrays: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        self.write_bytes(relative, buffer.getvalue())
+
+    def read_npz(self, relative: str) -> dict[str, np.ndarray]:
+        try:
+            return dict(np.load(io.BytesIO(self.read_bytes(relative)), allow_pickle=False))
+        except (ValueError, OSError) as exc:
+            raise RayprivError(f"{self.path(relative)} is corrupt ({exc}); {_REWRITE_HINT}") from None
+
     def read_npy(self, relative: str) -> np.ndarray:
         try:
             return np.load(io.BytesIO(self.read_bytes(relative)), allow_pickle=False)
@@ -256,13 +281,14 @@ class ResumeScan:
     discarded: list[str]  # why some stored files were not accepted
 
 
-def scan_completed(store: RunStore, paradigm: str, config_hash: str, expected_rows: int) -> ResumeScan:
-    """Find the models of ``paradigm`` already complete for ``config_hash``.
+def scan_completed(store: RunStore, paradigm: str, recipe_hash: str, expected_rows: int) -> ResumeScan:
+    """Find the models of ``paradigm`` already complete for ``recipe_hash``.
 
-    A model counts as complete when its row exists, carries the same config
-    hash, and its logits file opens with the expected number of rows.  Files
-    that fail these checks are deleted (so the model is retrained) and
-    reported in ``discarded``.
+    A model counts as complete when its row exists and its logits file opens
+    with the expected number of rows.  Broken files are deleted (so the model
+    is retrained) and reported in ``discarded``.  A model of another recipe
+    (the paradigm's options changed) is an error: mixing recipes would
+    corrupt the attack, and deleting them silently would lose work.
     """
     complete: dict[int, dict[str, Any]] = {}
     discarded: list[str] = []
@@ -271,8 +297,6 @@ def scan_completed(store: RunStore, paradigm: str, config_hash: str, expected_ro
         culprit = relative
         try:
             row = store.read_table(relative).to_pylist()[0]
-            if row["config_hash"] != config_hash:
-                raise RayprivError(f"it belongs to config {row['config_hash']}, not {config_hash}")
             culprit = logits_path(paradigm, model_id)
             if not store.exists(culprit):
                 raise RayprivError("the logits file is missing")
@@ -285,6 +309,12 @@ def scan_completed(store: RunStore, paradigm: str, config_hash: str, expected_ro
             store.delete(relative)
             store.delete(logits_path(paradigm, model_id))
             continue
+        if row["recipe_hash"] != recipe_hash:
+            raise RayprivError(
+                f"{store.uri} holds {paradigm} models of another recipe ({row['recipe_hash']}, this config gives "
+                f"{recipe_hash}): its paradigm_options changed. Use a new --out, or delete "
+                f"{store.path('models/' + paradigm)} and {store.path('logits/paradigm=' + paradigm)} to retrain it"
+            )
         complete[int(row["model_id"])] = row
     return ResumeScan(complete, discarded)
 

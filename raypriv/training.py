@@ -47,6 +47,10 @@ class Normalizer:
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         return (x - self.mean) / self.std
 
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Back from network inputs to pixel scale 0..1 (images) or raw features."""
+        return x * self.std + self.mean
+
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Random translation by up to ``padding`` pixels (zero padding), one draw per image."""
@@ -111,7 +115,8 @@ def train_classifier(
 ) -> nn.Module:
     """Train ``model`` on ``(x, y)`` with the recipe in ``config``.
 
-    ``x`` and ``y`` live on the model's device.  Batch order comes from the
+    ``x`` and ``y`` live on the model's device; ``y`` holds class ids, or
+    class probabilities ``(N, C)`` for soft-label training.  Batch order comes from the
     model's ``"order"`` stream and augmentations from its ``"augment"`` stream.
     """
     device = x.device

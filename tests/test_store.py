@@ -7,11 +7,11 @@ from raypriv.errors import RayprivError
 from raypriv.store import RunStore, logits_path, model_row_path, read_logits, scan_completed, write_model_result
 
 
-def row(model_id, config_hash="abc"):
+def row(model_id, recipe_hash="abc"):
     return {
-        "paradigm": "real", "model_id": model_id, "seed": 0, "config_hash": config_hash, "in_count": 2,
+        "paradigm": "real", "model_id": model_id, "seed": 0, "recipe_hash": recipe_hash, "in_count": 2,
         "private_size": 10, "synthetic_size": 10, "test_acc": 0.5, "synth_seconds": 0.0, "train_seconds": 1.0,
-        "device": "cpu", "status": "ok", "finished_at": datetime.now(timezone.utc),
+        "device": "cpu", "info": "{}", "status": "ok", "finished_at": datetime.now(timezone.utc),
     }
 
 
@@ -53,4 +53,5 @@ def test_resume_scan_discards_bad_results(tmp_path):
     assert sorted(scan.complete) == [0]
     assert len(scan.discarded) == 3
     assert not (tmp_path / logits_path("real", 1)).exists()  # removed so the model is retrained
-    assert scan_completed(store, "real", "other-hash", 4).complete == {}
+    with pytest.raises(RayprivError, match="holds real models of another recipe"):
+        scan_completed(store, "real", "other-hash", 4)

@@ -10,6 +10,22 @@ Each paradigm is one module in this package, a subclass of :class:`Paradigm`
 registered with :func:`register`, with its options as a dataclass
 (``Paradigm.Options``) that the config loader validates.  A synthesizer sees
 only the private set it is given: never another model's.
+
+Conventions a paradigm follows:
+
+* Images are ``uint8`` (0..255) or ``float32`` in pixel scale 0..1, shape
+  ``(N, C, H, W)``; tabular inputs are raw ``float32`` features.
+  ``context.normalizer`` maps either to the network's normalised input, and
+  ``context.normalizer.denormalize`` maps back (for sets optimised in
+  normalised space).
+* Labels are ``int64`` class ids ``(N,)``, or ``float32`` class
+  probabilities ``(N, num_classes)`` (soft labels; the standard recipe then
+  trains with soft cross-entropy).
+* All randomness comes from ``context.rng(stream)`` / ``context.generator(stream)``
+  and ``context.build_model()`` (seeded from ``(seed, model id)``), so each
+  pipeline is reproducible.
+* Facts worth keeping per model (an accounted epsilon, a noise multiplier)
+  go into ``context.info``; they are stored in the models table.
 """
 
 from __future__ import annotations
@@ -22,38 +38,67 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from raypriv.config import ExperimentConfig, _build
+import numpy as np
+
+from raypriv.config import ExperimentConfig, ModelConfig, TrainConfig, _build
 from raypriv.errors import RayprivError
 from raypriv.models import build_model
-from raypriv.seeding import torch_seed
+from raypriv.seeding import numpy_rng, torch_generator, torch_seed
 from raypriv.training import Normalizer, train_classifier
 
 
 @dataclass
 class LabeledSet:
-    """Inputs and labels on one device (``uint8`` images or ``float32`` features)."""
+    """Inputs and labels on one device (see the conventions above)."""
 
     x: torch.Tensor
     y: torch.Tensor
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.x)
 
 
 @dataclass
 class ShadowContext:
-    """What a paradigm may know about the shadow pipeline it runs in."""
+    """What a paradigm may know and use in the shadow pipeline it runs in."""
 
     config: ExperimentConfig
+    paradigm: str
     model_id: int
     num_classes: int
     input_shape: tuple[int, ...]
     normalizer: Normalizer
     device: torch.device
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def seed(self) -> int:
         return self.config.seed
+
+    def rng(self, stream: str) -> np.random.Generator:
+        """A NumPy generator private to this paradigm, model and stream."""
+        return numpy_rng(self.seed, f"{self.paradigm}/{stream}", self.model_id)
+
+    def generator(self, stream: str) -> torch.Generator:
+        """A CPU torch generator private to this paradigm, model and stream."""
+        return torch_generator(self.seed, f"{self.paradigm}/{stream}", self.model_id)
+
+    def build_model(self, model: ModelConfig | None = None, stream: str = "init") -> nn.Module:
+        """A freshly initialised network on the device, seeded from ``stream``.
+
+        The default (``model=None``, ``stream="init"``) is the audited model's
+        architecture and initialisation, shared by every paradigm.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed(self.seed, stream, self.model_id))
+            network = build_model(model or self.config.model, self.input_shape, self.num_classes)
+        return network.to(self.device)
+
+    def train_classifier(self, model: nn.Module, training_set: LabeledSet, train: TrainConfig | None = None) -> nn.Module:
+        """Train ``model`` on ``training_set`` with ``train`` (default: the config's recipe)."""
+        return train_classifier(
+            model, training_set.x, training_set.y, train or self.config.train, self.normalizer, self.seed, self.model_id
+        )
 
 
 @dataclass
@@ -64,6 +109,8 @@ class NoOptions:
 class Paradigm(ABC):
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
+    # False for paradigms that train on the private set itself (nothing new to keep).
+    stores_training_set: ClassVar[bool] = True
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
@@ -74,19 +121,7 @@ class Paradigm(ABC):
 
     def train(self, training_set: LabeledSet, context: ShadowContext) -> nn.Module:
         """Train the audited model on ``training_set`` with the config's recipe."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(torch_seed(context.seed, "init", context.model_id))
-            model = build_model(context.config.model, context.input_shape, context.num_classes)
-        model = model.to(context.device)
-        return train_classifier(
-            model,
-            training_set.x,
-            training_set.y,
-            context.config.train,
-            context.normalizer,
-            context.seed,
-            context.model_id,
-        )
+        return context.train_classifier(context.build_model(), training_set)
 
 
 PARADIGMS: dict[str, type[Paradigm]] = {}
@@ -110,8 +145,9 @@ def make_paradigm(config: ExperimentConfig, name: str) -> Paradigm:
     return PARADIGMS[name](build_options(name, config.paradigm_options.get(name)))
 
 
-def options_dict(paradigm: Paradigm) -> dict[str, Any]:
-    return dataclasses.asdict(paradigm.options)
+def resolved_options(config: ExperimentConfig, name: str) -> dict[str, Any]:
+    """Paradigm ``name``'s options with defaults filled in (what its recipe hash covers)."""
+    return dataclasses.asdict(build_options(name, config.paradigm_options.get(name)))
 
 
 # Each paradigm module registers itself on import.

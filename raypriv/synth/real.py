@@ -8,6 +8,7 @@ from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
 @register
 class RealData(Paradigm):
     name = "real"
+    stores_training_set = False  # the training set is the private set
 
     def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
         return private
