@@ -46,6 +46,7 @@ from raypriv.data import AuditSplit, Dataset, load_dataset, make_audit_split
 from raypriv.errors import RayprivError
 from raypriv.metrics import attack_metrics, plot_roc, roc
 from raypriv.report import format_summary
+from raypriv.seeding import torch_seed
 from raypriv.store import (
     MODEL_SCHEMA,
     SCHEMA_VERSION,
@@ -110,13 +111,18 @@ class ShadowTrainer:
         )
         paradigm = make_paradigm(config, paradigm_name)
 
-        start = time.perf_counter()
-        training_set = paradigm.synthesize(private, context)
-        self._sync()
-        synthesized = time.perf_counter()
-        model = paradigm.train(training_set, context)
-        self._sync()
-        trained = time.perf_counter()
+        # Libraries that draw from torch's global generator (weight init in
+        # diffusers, dropout) get one seeded per pipeline, too.
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(torch_seed(config.seed, f"{paradigm_name}/global", model_id))
+            start = time.perf_counter()
+            training_set = paradigm.synthesize(private, context)
+            self._sync()
+            synthesized = time.perf_counter()
+            model = paradigm.train(training_set, context)
+            self._sync()
+            trained = time.perf_counter()
 
         if paradigm.stores_training_set:
             self.store.write_npz(

@@ -150,5 +150,13 @@ def resolved_options(config: ExperimentConfig, name: str) -> dict[str, Any]:
     return dataclasses.asdict(build_options(name, config.paradigm_options.get(name)))
 
 
-# Each paradigm module registers itself on import.
-from raypriv.synth import real  # noqa: E402,F401
+def _import_paradigm_modules() -> None:
+    """Import every module of this package; each registers its paradigm."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_paradigm_modules()
