@@ -1,5 +1,15 @@
 """ROC metrics of an attack: AUC, balanced accuracy, TPR at low FPR, and the log-log plot.
 
+The empirical epsilon lower bound turns the ROC counts into the smallest
+epsilon any (epsilon, delta)-DP training could have and still produce them
+(Kairouz et al. 2015's hypothesis-testing view, as used by Jagielski et al.
+2020 and Nasr et al. 2021): DP forces ``TPR <= e^eps FPR + delta`` and
+``1 - FPR <= e^eps (1 - TPR) + delta`` at every threshold.  The counts are
+samples, so we take a one-sided Clopper-Pearson upper bound on FPR and lower
+bound on TPR (confidence ``1 - alpha`` each) before solving for epsilon,
+and report the best threshold.  Choosing the best of many thresholds is
+slightly optimistic; the bound is a diagnostic, not a certificate.
+
 TPR at a target FPR reads the ROC curve the way it is achievable: the curve
 between two operating points is the straight line a randomised threshold
 attains, so the TPR at FPR ``t`` is the highest TPR at FPR <= ``t`` when a
@@ -11,6 +21,7 @@ with FPR < ``t``, which under-reads the TPR whenever the grid is coarse.)
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import beta
 from sklearn.metrics import roc_auc_score, roc_curve
 
 LOW_FPRS = {"tpr@0.1%fpr": 0.001, "tpr@1%fpr": 0.01}
@@ -34,8 +45,23 @@ def roc(is_in: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
-def attack_metrics(is_in: np.ndarray, score: np.ndarray) -> dict[str, float]:
-    """AUC, balanced accuracy and TPR at 0.1% and 1% FPR of one attack."""
+def epsilon_lower_bound(fpr: np.ndarray, tpr: np.ndarray, n_in: int, n_out: int, delta: float = 0.0, alpha: float = 0.05) -> float:
+    """Smallest epsilon consistent with the ROC counts at confidence 1 - alpha (see module docstring)."""
+    false_pos = np.rint(np.asarray(fpr) * n_out)
+    true_pos = np.rint(np.asarray(tpr) * n_in)
+    # One-sided Clopper-Pearson bounds; beta.ppf gives nan at the degenerate ends, fixed below.
+    fpr_high = np.where(false_pos >= n_out, 1.0, beta.ppf(1 - alpha, false_pos + 1, n_out - false_pos))
+    tpr_low = np.where(true_pos <= 0, 0.0, beta.ppf(alpha, true_pos, n_in - true_pos + 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        upper_left = np.log((tpr_low - delta) / fpr_high)
+        lower_right = np.log((1.0 - fpr_high - delta) / (1.0 - tpr_low))
+    candidates = np.concatenate([upper_left, lower_right])
+    candidates = candidates[np.isfinite(candidates)]
+    return float(max(0.0, candidates.max())) if len(candidates) else 0.0
+
+
+def attack_metrics(is_in: np.ndarray, score: np.ndarray, delta: float = 0.0) -> dict[str, float]:
+    """AUC, balanced accuracy, TPR at 0.1% and 1% FPR, and the empirical epsilon lower bound."""
     is_in = np.asarray(is_in, dtype=bool).ravel()
     score = np.asarray(score, dtype=np.float64).ravel()
     fpr, tpr = roc(is_in, score)
@@ -47,6 +73,7 @@ def attack_metrics(is_in: np.ndarray, score: np.ndarray) -> dict[str, float]:
         metrics[key] = tpr_at_fpr(fpr, tpr, target)
     metrics["n_in"] = int(is_in.sum())
     metrics["n_out"] = int((~is_in).sum())
+    metrics["eps_lower_bound"] = epsilon_lower_bound(fpr, tpr, metrics["n_in"], metrics["n_out"], delta)
     return metrics
 
 

@@ -391,8 +391,9 @@ def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, mode
         numeric = reported.select_dtypes("number")
         if not numeric.empty:
             entry["info"] = {key: float(value) for key, value in numeric.mean().items()}
+        delta = entry.get("info", {}).get("delta", 0.0)  # DP paradigms report theirs
         for attack, score in scores.items():
-            entry[attack] = attack_metrics(is_in, score)
+            entry[attack] = attack_metrics(is_in, score, delta)
             curves[f"{paradigm} / {attack} (AUC {entry[attack]['auc']:.3f})"] = roc(is_in, score)
         metrics[paradigm] = entry
         columns = {

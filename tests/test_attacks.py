@@ -97,3 +97,29 @@ def test_tpr_at_fpr_interpolates_between_operating_points():
     assert tpr_at_fpr(fpr, tpr, 0.01) == pytest.approx(0.3 + 0.2 * 8 / 18)
     metrics = attack_metrics(np.array([1, 1, 0, 0], bool), np.array([3.0, 2.0, 1.0, 0.0]))
     assert metrics["auc"] == 1.0 and metrics["tpr@0.1%fpr"] == 1.0 and metrics["balanced_acc"] == 1.0
+
+
+def test_epsilon_lower_bound_from_counts():
+    from raypriv.metrics import epsilon_lower_bound
+
+    # Chance-level curve: nothing to bound.
+    grid = np.linspace(0, 1, 101)
+    assert epsilon_lower_bound(grid, grid, 5000, 5000) == 0.0
+    # TPR 50% at FPR 1% with plenty of samples: epsilon is close to log(50) minus sampling slack.
+    fpr, tpr = np.array([0.0, 0.01, 1.0]), np.array([0.0, 0.5, 1.0])
+    bound = epsilon_lower_bound(fpr, tpr, 100_000, 100_000)
+    assert np.log(40) < bound < np.log(50)
+    # Fewer samples, wider intervals, a lower bound; delta absorbs TPR.
+    assert epsilon_lower_bound(fpr, tpr, 1000, 1000) < bound
+    assert epsilon_lower_bound(fpr, tpr, 100_000, 100_000, delta=0.49) < 1.0
+
+
+def test_dp_style_gaussian_scores_respect_their_epsilon():
+    # Scores from N(0,1) vs N(mu,1) are mu-GDP; at delta 1e-5 that is roughly epsilon = 4.3 for mu = 1.
+    from raypriv.metrics import attack_metrics
+
+    rng = np.random.default_rng(0)
+    is_in = np.repeat([True, False], 20_000)
+    score = rng.normal(size=40_000) + is_in * 1.0
+    metrics = attack_metrics(is_in, score, delta=1e-5)
+    assert 0.5 < metrics["eps_lower_bound"] < 4.3
