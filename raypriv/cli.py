@@ -1,7 +1,8 @@
 """``raypriv`` command line.
 
 ``raypriv audit [--config FILE] [--out DIR] [--models N] [--paradigms a,b] [--seed S]``
-runs (or resumes) an audit; flags override the config.  Problems with the
+runs (or resumes) an audit; flags override the config.
+``raypriv status RUN_DIR [--config FILE]`` says what a run holds and lacks.  Problems with the
 input print one ``error:`` line and exit with status 2; an interrupted run
 exits with 130 and resumes when rerun.
 """
@@ -24,8 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--models", type=int, help="number of shadow models (overrides n_models)")
     audit.add_argument("--paradigms", help="comma-separated paradigms (overrides paradigms), e.g. real")
     audit.add_argument("--seed", type=int, help="experiment seed (overrides seed)")
+    audit.add_argument("--actors", type=int, help="shadow-training actors (overrides ray.num_actors)")
     audit.add_argument("--no-ray", action="store_true", help="train in this process instead of on Ray actors")
     audit.add_argument("--quiet", action="store_true", help="no progress output")
+    status = commands.add_parser("status", help="what a run directory holds: complete and missing models")
+    status.add_argument("run_dir", help="the run directory (an audit's --out)")
+    status.add_argument("--config", help="check this config against the run (default: the run's own config.yaml)")
     return parser
 
 
@@ -33,7 +38,13 @@ def audit_command(args: argparse.Namespace) -> int:
     from raypriv.config import load_config
     from raypriv.runner import run_audit
 
-    overrides = {"out_dir": args.out, "n_models": args.models, "paradigms": args.paradigms, "seed": args.seed}
+    overrides = {
+        "out_dir": args.out,
+        "n_models": args.models,
+        "paradigms": args.paradigms,
+        "seed": args.seed,
+        "ray.num_actors": args.actors,
+    }
     config = load_config(args.config, overrides)
     result = run_audit(config, use_ray=not args.no_ray, show_progress=not args.quiet)
     print(result.summary, end="")
@@ -41,13 +52,22 @@ def audit_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def status_command(args: argparse.Namespace) -> int:
+    from raypriv.config import load_config
+    from raypriv.runner import run_status
+
+    config = load_config(args.config) if args.config else None
+    print(run_status(args.run_dir, config), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="raypriv: %(message)s")
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="raypriv: %(message)s")
     from raypriv.runner import AuditInterrupted
 
     try:
-        return audit_command(args)
+        return status_command(args) if args.command == "status" else audit_command(args)
     except AuditInterrupted as exc:
         print(f"raypriv: {exc}", file=sys.stderr)
         return 130

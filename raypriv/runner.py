@@ -283,14 +283,29 @@ def _actor_count(config: ExperimentConfig, pending: int) -> int:
         gpus = resources.get("GPU", 0)
         if gpus == 0:
             raise RayprivError(
-                "ray.num_gpus_per_actor > 0 but the Ray cluster has no GPUs; set it to 0 to train on CPUs, "
-                "or add GPU workers"
+                "ray.num_gpus_per_actor > 0 but the Ray cluster has no GPUs right now. On an autoscaling "
+                "cluster set ray.num_actors (or --actors N) so the autoscaler adds GPU nodes for them; "
+                "otherwise set ray.num_gpus_per_actor: 0 to train on CPUs"
             )
         count = int(gpus // config.ray.num_gpus_per_actor)
     return max(1, min(count, pending))
 
 
+_MAX_ATTEMPTS = 3  # lost workers per model before the run gives up (pipeline errors are not retried)
+
+
 def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
+    """Feed the pending models to a pool of ShadowTrainer actors, surviving lost workers.
+
+    Each actor has one model in flight.  If its node dies the call fails with
+    ``RayActorError``: the model goes back on the queue, the dead actor is
+    replaced by a fresh one (Ray places it wherever resources are, or the
+    autoscaler adds a node for it), and the run goes on.  Results are keyed
+    by model id and written atomically, so a model redone after a failure
+    overwrites nothing but itself and the store ends with exactly one result
+    per model.  Actors with nothing left to do are released at once, which
+    frees their resources for replacements still waiting to start.
+    """
     import ray
 
     trainer_cls = ray.remote(ShadowTrainer).options(
@@ -298,31 +313,49 @@ def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
     )
     data_ref = ray.put(dataset)
     split_ref = ray.put(split)
-    actors = [
-        trainer_cls.remote(config.to_dict(), store.uri, data_ref, split_ref)
-        for _ in range(_actor_count(config, len(pending)))
-    ]
+
+    def new_actor():
+        return trainer_cls.remote(config.to_dict(), store.uri, data_ref, split_ref)
+
+    actors = [new_actor() for _ in range(_actor_count(config, len(pending)))]
     log.info("training %d shadow models on %d Ray actors", len(pending), len(actors))
     queue = list(pending)
-    in_flight: dict[Any, Any] = {}
+    lost_workers: dict[tuple[str, int], int] = {}
+    in_flight: dict[Any, tuple[Any, tuple[str, int]]] = {}
 
     def submit(actor) -> None:
-        if queue:
-            paradigm, model_id = queue.pop(0)
-            in_flight[actor.run.remote(paradigm, model_id)] = actor
+        if not queue:
+            ray.kill(actor)
+            return
+        key = queue.pop(0)
+        in_flight[actor.run.remote(*key)] = (actor, key)
 
     for actor in actors:
         submit(actor)
     try:
         while in_flight:
             (ref,), _ = ray.wait(list(in_flight), num_returns=1)
-            actor = in_flight.pop(ref)
+            actor, key = in_flight.pop(ref)
             try:
                 row = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 if isinstance(exc.cause, RayprivError):
                     raise exc.cause from None
                 raise
+            except ray.exceptions.RayActorError as exc:
+                lost_workers[key] = lost_workers.get(key, 0) + 1
+                if lost_workers[key] >= _MAX_ATTEMPTS:
+                    raise RayprivError(
+                        f"model {key[1]} of {key[0]} lost its worker {lost_workers[key]} times (last: {exc}); "
+                        "check the cluster's health and rerun to resume"
+                    ) from None
+                log.warning("worker lost while training %s #%d; requeued on a new worker", key[0], key[1])
+                queue.insert(0, key)
+                ray.kill(actor)
+                replacement = new_actor()
+                actors.append(replacement)
+                submit(replacement)  # runs once Ray can place the new actor
+                continue
             progress.update(row)
             submit(actor)
     finally:
@@ -461,3 +494,74 @@ def run_audit(config: ExperimentConfig, use_ray: bool = True, show_progress: boo
     summary = format_summary(config, metrics, models, wall)
     store.write_bytes("summary.txt", summary.encode())
     return AuditResult(store.uri, metrics, models, summary, wall, len(pending), discarded)
+
+
+# ------------------------------------------------------------------- status
+
+
+def _ranges(ids: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    parts, start = [], None
+    for i, value in enumerate(ids):
+        if start is None:
+            start = value
+        if i + 1 == len(ids) or ids[i + 1] != value + 1:
+            parts.append(f"{start}" if start == value else f"{start}-{value}")
+            start = None
+    return ", ".join(parts)
+
+
+def run_status(run_dir: str, config: ExperimentConfig | None = None) -> str:
+    """What a run directory holds: complete and missing models, and whether ``config`` matches it."""
+    import yaml
+
+    store = RunStore(run_dir)
+    if not store.exists("run.json"):
+        raise RayprivError(f"{store.uri} holds no raypriv run (no run.json); give the --out of an audit")
+    manifest = store.read_json("run.json")
+    stored = config_from_dict(yaml.safe_load(store.read_bytes("config.yaml")))
+    lines = [
+        f"run {store.uri}: created {manifest.get('created_at')}, schema {manifest.get('schema_version')}, "
+        f"protocol {manifest.get('protocol_hash')}",
+    ]
+    if config is None:
+        config = stored
+        lines.append("config: the stored config.yaml (pass --config to check another)")
+    elif protocol_hash(config) != manifest.get("protocol_hash"):
+        differences = "; ".join(_diff(protocol_definition(stored), protocol_definition(config))[:8])
+        lines.append(
+            f"config: DOES NOT MATCH this run (differences: {differences}); `raypriv audit` will refuse it. "
+            "The run's own config.yaml holds:"
+        )
+        config = stored
+    else:
+        lines.append("config: matches this run's protocol")
+    total_missing = 0
+    for paradigm in config.paradigms:
+        recipe = recipe_hash(config, paradigm)
+        rows = []
+        for relative in store.list_files(f"models/{paradigm}", ".parquet"):
+            try:
+                rows.append(store.read_table(relative).to_pylist()[0])
+            except RayprivError:
+                continue  # a broken row is retrained on resume; it is not complete
+        done = sorted(r["model_id"] for r in rows if r.get("recipe_hash") == recipe and r["model_id"] < config.n_models)
+        other = sum(r.get("recipe_hash") != recipe for r in rows)
+        missing = sorted(set(range(config.n_models)) - set(done))
+        total_missing += len(missing)
+        note = f"; {other} models of another recipe (options changed)" if other else ""
+        lines.append(
+            f"  {paradigm:<10} {len(done):>5}/{config.n_models} complete"
+            + (f"; missing: {_ranges(missing)}" if missing else "")
+            + note
+        )
+    if total_missing:
+        lines.append(
+            f"{total_missing} models missing: rerun `raypriv audit --config {store.path('config.yaml')} "
+            f"--out {store.uri}` to finish"
+        )
+    else:
+        stale = not store.exists("metrics.json")
+        lines.append("all models complete; " + ("attacks not yet computed: rerun `raypriv audit` to score" if stale else "metrics.json is written"))
+    return "\n".join(lines) + "\n"
+

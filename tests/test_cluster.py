@@ -1,0 +1,129 @@
+"""Ray on a real (local) cluster: losing a node mid-run, and `ray job submit` through the Jobs API."""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from raypriv.config import config_from_dict
+from raypriv.runner import run_audit, run_status
+from tests.conftest import tiny_config_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def metric_values(metrics):
+    return {(p, a, k): v for p, e in metrics.items() for a, m in e.items() if isinstance(m, dict) for k, v in m.items()}
+
+
+@pytest.mark.slow
+def test_losing_a_worker_node_mid_run_loses_and_duplicates_nothing(tmp_path, caplog):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    raw = tiny_config_dict(tmp_path / "run", n_models=16, **{"train.epochs": 4})
+    reference = run_audit(config_from_dict(tiny_config_dict(tmp_path / "ref", n_models=16, **{"train.epochs": 4})),
+                          use_ray=False, show_progress=False)
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level=logging.WARNING)
+    rows = tmp_path / "run" / "models" / "real"
+    removed = threading.Event()
+
+    def remove_a_node_once_work_is_under_way():
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(rows.glob("model-*.parquet"))) < 3:
+            time.sleep(0.05)
+        cluster.remove_node(workers[1], allow_graceful=False)
+        removed.set()
+
+    killer = threading.Thread(target=remove_a_node_once_work_is_under_way, daemon=True)
+    try:
+        killer.start()
+        with caplog.at_level(logging.WARNING, logger="raypriv"):
+            result = run_audit(config_from_dict(raw), use_ray=True, show_progress=False)
+    finally:
+        killer.join(timeout=5)
+        ray.shutdown()
+        cluster.shutdown()
+    assert removed.is_set()
+    assert "worker lost while training" in caplog.text  # the requeue path really ran
+    models = pd.read_parquet(tmp_path / "run" / "models.parquet")
+    assert sorted(models.model_id) == list(range(16))  # every model exactly once
+    assert len(list(rows.glob("model-*.parquet"))) == 16
+    assert not list((tmp_path / "run").rglob(".tmp-*"))
+    assert metric_values(result.metrics) == metric_values(reference.metrics)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_audit_entrypoint(tmp_path, monkeypatch):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    # A throwaway head on loopback, without token authentication.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "run")))
+    dashboard = _free_port()
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={_free_port()}",
+         "--num-cpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+        stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
+    )
+    try:
+        client, deadline = None, time.time() + 90
+        while client is None:
+            try:
+                client = JobSubmissionClient(f"http://127.0.0.1:{dashboard}")
+            except Exception:  # noqa: BLE001 - the head is still starting
+                if time.time() > deadline or head.poll() is not None:
+                    raise AssertionError((tmp_path / "head.log").read_text()) from None
+                time.sleep(1)
+        job = client.submit_job(
+            entrypoint=f"{sys.executable} jobs/audit.py --config {config} --quiet",
+            runtime_env={"working_dir": str(ROOT), "excludes": [".venv", ".git", "runs", "*.pyc"]},
+        )
+        deadline = time.time() + 300
+        while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            assert time.time() < deadline, client.get_job_logs(job)
+            time.sleep(1)
+        logs = client.get_job_logs(job)
+        assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+            head.wait(timeout=60)
+    assert "lira_online" in logs  # the summary table reached the job's logs
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["real"]) >= {"loss", "lira_online", "lira_offline"}
+    assert len(pd.read_parquet(tmp_path / "run" / "models.parquet")) == 8
+
+
+def test_status_reports_complete_missing_and_mismatch(tmp_path):
+    config = config_from_dict(tiny_config_dict(tmp_path / "run", **{"train.epochs": 1}))
+    run_audit(config, use_ray=False, show_progress=False)
+    for model_id in (2, 3, 6):
+        (tmp_path / "run" / "models" / "real" / f"model-{model_id:06d}.parquet").unlink()
+    report = run_status(str(tmp_path / "run"))
+    assert "real               5/8 complete; missing: 2-3, 6" in report
+    assert "3 models missing: rerun `raypriv audit --config" in report
+    other = config_from_dict(tiny_config_dict(tmp_path / "run", **{"train.epochs": 2}))
+    assert "DOES NOT MATCH this run (differences: train.epochs: 1 -> 2)" in run_status(str(tmp_path / "run"), other)
