@@ -16,6 +16,7 @@ driver process; the benchmarks use this to measure Ray's overhead.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -97,6 +98,19 @@ class ShadowTrainer:
         self.x_test = torch.tensor(dataset.x_test, device=self.device)
         self.y_test = torch.tensor(dataset.y_test, device=self.device)
 
+    @contextlib.contextmanager
+    def _seeded_global_rng(self, stream: str, model_id: int):
+        """Seed torch's global generator for one stage of one pipeline.
+
+        Libraries that draw from it (weight init in diffusers, dropout) then
+        give the same result in any process; each stage gets its own seed so
+        synthesis and training need not run in the same process.
+        """
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(torch_seed(self.config.seed, stream, model_id))
+            yield
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -111,18 +125,15 @@ class ShadowTrainer:
         )
         paradigm = make_paradigm(config, paradigm_name)
 
-        # Libraries that draw from torch's global generator (weight init in
-        # diffusers, dropout) get one seeded per pipeline, too.
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(torch_seed(config.seed, f"{paradigm_name}/global", model_id))
-            start = time.perf_counter()
+        start = time.perf_counter()
+        with self._seeded_global_rng(f"{paradigm_name}/synthesize", model_id):
             training_set = paradigm.synthesize(private, context)
-            self._sync()
-            synthesized = time.perf_counter()
+        self._sync()
+        synthesized = time.perf_counter()
+        with self._seeded_global_rng(f"{paradigm_name}/train", model_id):
             model = paradigm.train(training_set, context)
-            self._sync()
-            trained = time.perf_counter()
+        self._sync()
+        trained = time.perf_counter()
 
         if paradigm.stores_training_set:
             self.store.write_npz(
