@@ -55,3 +55,13 @@ def test_resume_scan_discards_bad_results(tmp_path):
     assert not (tmp_path / logits_path("real", 1)).exists()  # removed so the model is retrained
     with pytest.raises(RayprivError, match="holds real models of another recipe"):
         scan_completed(store, "real", "other-hash", 4)
+
+
+def test_store_works_through_a_pyarrow_uri(tmp_path):
+    store = RunStore(f"file://{tmp_path}/run")
+    write_model_result(store, row(0), np.ones((3, 2, 4), np.float32), np.zeros(3, np.int64))
+    assert store.list_files("models", ".parquet") == ["models/real/model-000000.parquet"]
+    np.testing.assert_array_equal(read_logits(store, "real", 1, 3, 2), np.ones((1, 3, 2, 4), np.float32))
+    assert (tmp_path / "run" / "logits" / "paradigm=real" / "model-000000.parquet").is_file()
+    with pytest.raises(RayprivError, match="cannot open run directory"):
+        RunStore("nosuchscheme://bucket/run")
