@@ -86,10 +86,14 @@ class TrainConfig:
 class RayConfig:
     """How the shadow-model pool is laid out.  Never changes the results."""
 
-    address: str | None = None  # None: RAY_ADDRESS if set, else a local instance
-    num_actors: int | None = None  # None: as many as the cluster's resources fit
+    address: str | None = None  # None: RAY_ADDRESS if set, else a new local instance; "auto": a `ray start` cluster here
+    num_actors: int | None = None  # shadow-model pool; None: as many as the cluster's resources fit
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float = 0.0  # fractional values share a GPU
+    # Synthesis pool: 0 means the shadow-model actors run whole pipelines.
+    num_synthesis_workers: int = 0
+    synthesis_cpus_per_worker: float = 1.0
+    synthesis_gpus_per_worker: float = 0.0
 
 
 @dataclass
@@ -296,6 +300,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     _require(r.num_cpus_per_actor > 0, "ray.num_cpus_per_actor must be positive")
     _require(r.num_gpus_per_actor >= 0, "ray.num_gpus_per_actor must be zero (CPU) or positive (may be fractional)")
     _require(r.num_actors is None or r.num_actors >= 1, "ray.num_actors must be at least 1, or null for automatic")
+    _require(r.num_synthesis_workers >= 0, "ray.num_synthesis_workers must be 0 (no separate pool) or more")
+    _require(r.synthesis_cpus_per_worker > 0, "ray.synthesis_cpus_per_worker must be positive")
+    _require(r.synthesis_gpus_per_worker >= 0, "ray.synthesis_gpus_per_worker must be zero or positive")
     return config
 
 

@@ -14,8 +14,8 @@ def summary_frame(metrics: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for paradigm, entry in metrics.items():
         for attack, result in entry.items():
-            if not isinstance(result, dict):
-                continue
+            if not (isinstance(result, dict) and "auc" in result):
+                continue  # test_acc, timings, the paradigm's info
             rows.append(
                 {
                     "paradigm": paradigm,
@@ -52,10 +52,12 @@ def format_summary(config: ExperimentConfig, metrics: dict[str, Any], models: pd
     ]
     for paradigm, entry in metrics.items():
         rows = models[models.paradigm == paradigm]
+        info = entry.get("info", {})
+        accounted = f"; accounted ε={info['epsilon']:.2f} (δ={info['delta']:.1e})" if "epsilon" in info else ""
         lines.append(
             f"{paradigm}: test acc {entry['test_acc']:.3f} ± {entry['test_acc_std']:.3f}; per model "
             f"{rows.synth_seconds.mean():.2f}s synthesis + {rows.train_seconds.mean():.2f}s training "
-            f"({(rows.synth_seconds + rows.train_seconds).sum():.0f}s of worker time in all)"
+            f"({(rows.synth_seconds + rows.train_seconds).sum():.0f}s of worker time in all){accounted}"
         )
     lines.append(f"total time: {wall_seconds:.1f}s")
     return "\n".join(lines) + "\n"

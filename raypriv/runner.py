@@ -57,6 +57,7 @@ from raypriv.store import (
     scan_completed,
     scores_schema,
     synthetic_path,
+    synthetic_record_path,
     write_model_result,
 )
 from raypriv.synth import LabeledSet, ShadowContext, make_paradigm
@@ -76,17 +77,20 @@ class ShadowTrainer:
     """Runs shadow pipelines one after another; one instance per Ray actor.
 
     It holds the dataset on its device for its whole life, so each model costs
-    only its own synthesis and training.
+    only its own synthesis and training.  The same class serves both pools:
+    a synthesis worker calls :meth:`synthesize` (``role="synthesis"``), a
+    shadow-model actor calls :meth:`run`.
     """
 
-    def __init__(self, config: dict[str, Any], run_uri: str, dataset: Dataset, split: AuditSplit):
+    def __init__(self, config: dict[str, Any], run_uri: str, dataset: Dataset, split: AuditSplit, role: str = "train"):
         self.config = config_from_dict(config)
         self.recipe_hashes = {p: recipe_hash(self.config, p) for p in self.config.paradigms}
         self.store = RunStore(run_uri)
         self.split = split
         # CPU results depend on the thread count (reduction order), so it is pinned to
         # the actor's CPUs whether or not Ray runs this worker.
-        torch.set_num_threads(max(1, int(self.config.ray.num_cpus_per_actor)))
+        cpus = self.config.ray.synthesis_cpus_per_worker if role == "synthesis" else self.config.ray.num_cpus_per_actor
+        torch.set_num_threads(max(1, int(cpus)))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.normalizer = Normalizer.fit(dataset.x_train).to(self.device)
         self.num_classes = dataset.num_classes
@@ -115,32 +119,71 @@ class ShadowTrainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def run(self, paradigm_name: str, model_id: int) -> dict[str, Any]:
-        """Synthesize, train, query and store model ``model_id``; returns its row."""
-        config = self.config
+    def _context(self, paradigm_name: str, model_id: int) -> ShadowContext:
+        return ShadowContext(
+            self.config, paradigm_name, model_id, self.num_classes, self.input_shape, self.normalizer, self.device
+        )
+
+    def _synthesize(self, paradigm, context: ShadowContext) -> tuple[LabeledSet, dict[str, Any]]:
+        """Run the synthesis stage on the model's private set; store the set if the paradigm makes one."""
+        name, model_id = context.paradigm, context.model_id
         index = torch.from_numpy(self.split.private_indices(model_id)).to(self.device)
         private = LabeledSet(self.x_pool[index], self.y_pool[index])
-        context = ShadowContext(
-            config, paradigm_name, model_id, self.num_classes, self.input_shape, self.normalizer, self.device
-        )
-        paradigm = make_paradigm(config, paradigm_name)
-
         start = time.perf_counter()
-        with self._seeded_global_rng(f"{paradigm_name}/synthesize", model_id):
+        with self._seeded_global_rng(f"{name}/synthesize", model_id):
             training_set = paradigm.synthesize(private, context)
         self._sync()
-        synthesized = time.perf_counter()
+        # Plain strides: a set trained on straight away must match one reloaded from storage.
+        training_set = LabeledSet(
+            training_set.x.detach().clone(memory_format=torch.contiguous_format),
+            training_set.y.detach().clone(memory_format=torch.contiguous_format),
+        )
+        record = {
+            "recipe_hash": self.recipe_hashes[name],
+            "synth_seconds": time.perf_counter() - start,
+            "private_size": len(private),
+            "info": dict(context.info),
+        }
+        if paradigm.stores_training_set:
+            self.store.write_npz(
+                synthetic_path(name, model_id), x=training_set.x.cpu().numpy(), y=training_set.y.cpu().numpy()
+            )
+            self.store.write_json(synthetic_record_path(name, model_id), record)
+        return training_set, record
+
+    def _stored_synthesis(self, paradigm, context: ShadowContext) -> tuple[LabeledSet, dict[str, Any]] | None:
+        """The synthetic set a synthesis worker stored for this recipe, if any."""
+        name, model_id = context.paradigm, context.model_id
+        if not (paradigm.separable_synthesis and self.store.exists(synthetic_record_path(name, model_id))):
+            return None
+        record = self.store.read_json(synthetic_record_path(name, model_id))
+        if record.get("recipe_hash") != self.recipe_hashes[name]:
+            return None
+        arrays = self.store.read_npz(synthetic_path(name, model_id))
+        training_set = LabeledSet(torch.tensor(arrays["x"], device=self.device), torch.tensor(arrays["y"], device=self.device))
+        context.info.update(record["info"])
+        return training_set, record
+
+    def synthesize(self, paradigm_name: str, model_id: int) -> dict[str, Any]:
+        """Synthesis stage only (for the synthesis pool); returns the stored record."""
+        paradigm = make_paradigm(self.config, paradigm_name)
+        context = self._context(paradigm_name, model_id)
+        stored = self._stored_synthesis(paradigm, context)
+        return (stored or self._synthesize(paradigm, context))[1]
+
+    def run(self, paradigm_name: str, model_id: int) -> dict[str, Any]:
+        """Train, query and store model ``model_id`` (synthesizing first unless a stored set exists); returns its row."""
+        config = self.config
+        paradigm = make_paradigm(config, paradigm_name)
+        context = self._context(paradigm_name, model_id)
+        training_set, record = self._stored_synthesis(paradigm, context) or self._synthesize(paradigm, context)
+
+        start = time.perf_counter()
         with self._seeded_global_rng(f"{paradigm_name}/train", model_id):
             model = paradigm.train(training_set, context)
         self._sync()
-        trained = time.perf_counter()
+        train_seconds = time.perf_counter() - start
 
-        if paradigm.stores_training_set:
-            self.store.write_npz(
-                synthetic_path(paradigm_name, model_id),
-                x=training_set.x.detach().cpu().numpy(),
-                y=training_set.y.detach().cpu().numpy(),
-            )
         batch = config.train.eval_batch_size
         logits = predict_logits(model, self.x_audit, self.normalizer, config.queries, batch)
         row = {
@@ -149,11 +192,11 @@ class ShadowTrainer:
             "seed": config.seed,
             "recipe_hash": self.recipe_hashes[paradigm_name],
             "in_count": int(self.split.keep[model_id].sum()),
-            "private_size": len(private),
+            "private_size": record["private_size"],
             "synthetic_size": len(training_set),
             "test_acc": accuracy(model, self.x_test, self.y_test, self.normalizer, batch),
-            "synth_seconds": synthesized - start,
-            "train_seconds": trained - synthesized,
+            "synth_seconds": record["synth_seconds"],
+            "train_seconds": train_seconds,
             "device": str(self.device),
             "info": json.dumps(context.info, sort_keys=True),
             "status": "ok",
@@ -279,99 +322,181 @@ def _init_ray(config: ExperimentConfig) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        # "local": a fresh instance, even where /tmp/ray records another (possibly dead)
+        # cluster that a bare ray.init() would try to join.  ray.address: auto joins it.
+        ray.init(address="local", include_dashboard=False, **kwargs)
     return True
 
 
-def _actor_count(config: ExperimentConfig, pending: int) -> int:
+def _actor_count(config: ExperimentConfig, pending: int, synthesis_workers: int = 0) -> int:
+    """Shadow-model actors: ``ray.num_actors``, or what the cluster's resources fit now.
+
+    The synthesis workers' resources are set aside first, so the two pools
+    never wait on each other for the same CPUs or GPUs.
+    """
     import ray
 
-    if config.ray.num_actors:
-        return min(config.ray.num_actors, pending)
+    r = config.ray
+    if r.num_actors:
+        return min(r.num_actors, pending)
     resources = ray.cluster_resources()
-    count = int(resources.get("CPU", 0) // config.ray.num_cpus_per_actor)
-    if config.ray.num_gpus_per_actor > 0:
-        gpus = resources.get("GPU", 0)
-        if gpus == 0:
+    cpus = resources.get("CPU", 0) - synthesis_workers * r.synthesis_cpus_per_worker
+    count = int(cpus // r.num_cpus_per_actor)
+    if r.num_gpus_per_actor > 0:
+        gpus = resources.get("GPU", 0) - synthesis_workers * r.synthesis_gpus_per_worker
+        if gpus <= 0:
             raise RayprivError(
-                "ray.num_gpus_per_actor > 0 but the Ray cluster has no GPUs right now. On an autoscaling "
-                "cluster set ray.num_actors (or --actors N) so the autoscaler adds GPU nodes for them; "
-                "otherwise set ray.num_gpus_per_actor: 0 to train on CPUs"
+                "ray.num_gpus_per_actor > 0 but the Ray cluster has no GPUs free for shadow-model actors right "
+                "now. On an autoscaling cluster set ray.num_actors (or --actors N) so the autoscaler adds GPU "
+                "nodes for them; otherwise set ray.num_gpus_per_actor: 0 to train on CPUs"
             )
-        count = int(gpus // config.ray.num_gpus_per_actor)
+        count = int(gpus // r.num_gpus_per_actor)
     return max(1, min(count, pending))
 
 
 _MAX_ATTEMPTS = 3  # lost workers per model before the run gives up (pipeline errors are not retried)
 
 
-def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
-    """Feed the pending models to a pool of ShadowTrainer actors, surviving lost workers.
+class _ActorPool:
+    """Actors of one kind, one call in flight each, surviving the loss of their nodes.
 
-    Each actor has one model in flight.  If its node dies the call fails with
-    ``RayActorError``: the model goes back on the queue, the dead actor is
-    replaced by a fresh one (Ray places it wherever resources are, or the
-    autoscaler adds a node for it), and the run goes on.  Results are keyed
-    by model id and written atomically, so a model redone after a failure
-    overwrites nothing but itself and the store ends with exactly one result
-    per model.  Actors with nothing left to do are released at once, which
-    frees their resources for replacements still waiting to start.
+    If an actor's node dies its call fails with ``RayActorError``: the model
+    goes back on the queue, the dead actor is replaced by a fresh one (Ray
+    places it wherever resources are, or the autoscaler adds a node for it),
+    and the run goes on.  Results are keyed by model id and written
+    atomically, so a model redone after a failure overwrites nothing but
+    itself and the store ends with exactly one result per model.
+    """
+
+    def __init__(self, name: str, make_actor, count: int, method: str):
+        self.name, self.make_actor, self.method = name, make_actor, method
+        self.actors = [make_actor() for _ in range(count)]
+        self.idle = list(self.actors)
+        self.queue: list[tuple[str, int]] = []
+        self.in_flight: dict[Any, tuple[Any, tuple[str, int]]] = {}
+        self.lost_workers: dict[tuple[str, int], int] = {}
+
+    def add(self, key: tuple[str, int]) -> None:
+        self.queue.append(key)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.queue and self.idle:
+            actor, key = self.idle.pop(0), self.queue.pop(0)
+            self.in_flight[getattr(actor, self.method).remote(*key)] = (actor, key)
+
+    def collect(self, ref) -> tuple[tuple[str, int], Any] | None:
+        """The (key, result) of a finished call, or None if its worker was lost (the key is requeued)."""
+        import ray
+
+        actor, key = self.in_flight.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, RayprivError):
+                raise exc.cause from None
+            raise
+        except ray.exceptions.RayActorError as exc:
+            self.lost_workers[key] = self.lost_workers.get(key, 0) + 1
+            if self.lost_workers[key] >= _MAX_ATTEMPTS:
+                raise RayprivError(
+                    f"model {key[1]} of {key[0]} lost its {self.name} worker {self.lost_workers[key]} times "
+                    f"(last: {exc}); check the cluster's health and rerun to resume"
+                ) from None
+            log.warning("%s worker lost on %s #%d; requeued on a new worker", self.name, key[0], key[1])
+            ray.kill(actor)
+            replacement = self.make_actor()
+            self.actors.append(replacement)
+            self.idle.append(replacement)  # its calls run once Ray can place it
+            self.queue.insert(0, key)
+            self._dispatch()
+            return None
+        self.idle.append(actor)
+        self._dispatch()
+        return key, result
+
+    def release_idle(self) -> None:
+        """Free the resources of actors with nothing left to do (for replacements still waiting)."""
+        import ray
+
+        for actor in self.idle:
+            ray.kill(actor)
+        self.idle = []
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
+    """Run the pending pipelines on Ray: a synthesis pool feeding the shadow-model pool.
+
+    With ``ray.num_synthesis_workers > 0``, pipelines whose synthesis is
+    separable (see :attr:`Paradigm.separable_synthesis`) synthesize on the
+    synthesis pool, which stores each set and hands the model to the
+    shadow-model pool at once: training starts as soon as its set exists.
+    The others (``real``, DP-SGD, paradigms that keep state between the
+    stages) run whole on the shadow-model pool.
     """
     import ray
 
-    trainer_cls = ray.remote(ShadowTrainer).options(
-        num_cpus=config.ray.num_cpus_per_actor, num_gpus=config.ray.num_gpus_per_actor
-    )
     data_ref = ray.put(dataset)
     split_ref = ray.put(split)
+    r = config.ray
 
-    def new_actor():
-        return trainer_cls.remote(config.to_dict(), store.uri, data_ref, split_ref)
+    def actor_factory(role: str, cpus: float, gpus: float):
+        remote_cls = ray.remote(ShadowTrainer).options(num_cpus=cpus, num_gpus=gpus)
+        return lambda: remote_cls.remote(config.to_dict(), store.uri, data_ref, split_ref, role)
 
-    actors = [new_actor() for _ in range(_actor_count(config, len(pending)))]
-    log.info("training %d shadow models on %d Ray actors", len(pending), len(actors))
-    queue = list(pending)
-    lost_workers: dict[tuple[str, int], int] = {}
-    in_flight: dict[Any, tuple[Any, tuple[str, int]]] = {}
-
-    def submit(actor) -> None:
-        if not queue:
-            ray.kill(actor)
-            return
-        key = queue.pop(0)
-        in_flight[actor.run.remote(*key)] = (actor, key)
-
-    for actor in actors:
-        submit(actor)
+    to_synthesize = []
+    if r.num_synthesis_workers > 0:
+        separable = {p: make_paradigm(config, p).separable_synthesis for p in config.paradigms}
+        to_synthesize = [
+            key for key in pending if separable[key[0]] and not store.exists(synthetic_record_path(*key))
+        ]
+    synthesis = _ActorPool(
+        "synthesis",
+        actor_factory("synthesis", r.synthesis_cpus_per_worker, r.synthesis_gpus_per_worker),
+        min(r.num_synthesis_workers, len(to_synthesize)),
+        "synthesize",
+    )
+    trainers = _ActorPool(
+        "shadow-model",
+        actor_factory("train", r.num_cpus_per_actor, r.num_gpus_per_actor),
+        _actor_count(config, len(pending), len(synthesis.actors)),
+        "run",
+    )
+    log.info(
+        "training %d shadow models on %d Ray actors%s",
+        len(pending), len(trainers.actors),
+        f", {len(to_synthesize)} synthetic sets made by {len(synthesis.actors)} synthesis workers" if to_synthesize else "",
+    )
+    waiting_for_synthesis = set(to_synthesize)
+    for key in to_synthesize:
+        synthesis.add(key)
+    for key in pending:
+        if key not in waiting_for_synthesis:
+            trainers.add(key)
     try:
-        while in_flight:
-            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
-            actor, key = in_flight.pop(ref)
-            try:
-                row = ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:
-                if isinstance(exc.cause, RayprivError):
-                    raise exc.cause from None
-                raise
-            except ray.exceptions.RayActorError as exc:
-                lost_workers[key] = lost_workers.get(key, 0) + 1
-                if lost_workers[key] >= _MAX_ATTEMPTS:
-                    raise RayprivError(
-                        f"model {key[1]} of {key[0]} lost its worker {lost_workers[key]} times (last: {exc}); "
-                        "check the cluster's health and rerun to resume"
-                    ) from None
-                log.warning("worker lost while training %s #%d; requeued on a new worker", key[0], key[1])
-                queue.insert(0, key)
-                ray.kill(actor)
-                replacement = new_actor()
-                actors.append(replacement)
-                submit(replacement)  # runs once Ray can place the new actor
-                continue
-            progress.update(row)
-            submit(actor)
+        while synthesis.in_flight or trainers.in_flight:
+            (ref,), _ = ray.wait([*synthesis.in_flight, *trainers.in_flight], num_returns=1)
+            if ref in synthesis.in_flight:
+                done = synthesis.collect(ref)
+                if done is not None:
+                    trainers.add(done[0])
+                if not synthesis.queue:
+                    synthesis.release_idle()
+            else:
+                done = trainers.collect(ref)
+                if done is not None:
+                    progress.update(done[1])
+            if not (synthesis.queue or synthesis.in_flight or trainers.queue):
+                trainers.release_idle()
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        synthesis.shutdown()
+        trainers.shutdown()
 
 
 def train_pending(config: ExperimentConfig, store: RunStore, dataset: Dataset, split: AuditSplit, pending: list[tuple[str, int]], use_ray: bool = True, show_progress: bool = True) -> None:
@@ -455,7 +580,7 @@ def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, mode
         {"paradigm": p, "attack": a, **{k: v for k, v in m.items()}, "test_acc": e["test_acc"]}
         for p, e in metrics.items()
         for a, m in e.items()
-        if isinstance(m, dict)
+        if isinstance(m, dict) and "auc" in m
     ]
     store.write_bytes("metrics.csv", pd.DataFrame(flat).to_csv(index=False).encode())
     figure = plot_roc(curves, f"{config.name}: {n_models} models x {n_audit} audit samples (leave-one-out)")

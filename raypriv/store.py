@@ -35,7 +35,10 @@ holds:
     The training set a synthesis paradigm made for that model: ``x`` (uint8
     or float32 images in pixel scale 0..1, or features) and ``y`` (class ids,
     or class probabilities for soft labels).  Not written for paradigms that
-    train on the private set itself (``real``).
+    train on the private set itself (``real``).  ``model-<id>.json`` beside it,
+    written after it, marks the set complete: ``{"recipe_hash",
+    "synth_seconds", "private_size", "info"}``; a shadow-model actor trains
+    from the pair when a separate synthesis pool made it.
 ``scores.parquet``  (:func:`scores_schema`)
     One row per (paradigm, target model, audit sample): ``is_in`` and one
     float64 column per attack, higher meaning "more likely IN".
@@ -128,6 +131,11 @@ def model_row_path(paradigm: str, model_id: int) -> str:
 
 def synthetic_path(paradigm: str, model_id: int) -> str:
     return f"synthetic/{paradigm}/model-{model_id:06d}.npz"
+
+
+def synthetic_record_path(paradigm: str, model_id: int) -> str:
+    """JSON written after the synthetic set: marks it complete and keeps its timing and info."""
+    return f"synthetic/{paradigm}/model-{model_id:06d}.json"
 
 
 _REWRITE_HINT = "delete it and rerun `raypriv audit` with the same config and --out to recompute it"

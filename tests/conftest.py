@@ -19,6 +19,9 @@ def tiny_config_dict(out_dir, **overrides):
         "train": {"epochs": 3, "batch_size": 256},
     }
     for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+            continue
         node = raw
         *parents, leaf = key.split(".")
         for part in parents:

@@ -127,3 +127,33 @@ def test_status_reports_complete_missing_and_mismatch(tmp_path):
     assert "3 models missing: rerun `raypriv audit --config" in report
     other = config_from_dict(tiny_config_dict(tmp_path / "run", **{"train.epochs": 2}))
     assert "DOES NOT MATCH this run (differences: train.epochs: 1 -> 2)" in run_status(str(tmp_path / "run"), other)
+
+
+def _pipeline_config(out_dir, **ray_options):
+    return config_from_dict(
+        tiny_config_dict(
+            out_dir,
+            paradigms=["real", "coreset"],
+            paradigm_options={"coreset": {"method": "random", "ipc": 2, "train_epochs": 5}},
+            ray=ray_options,
+        )
+    )
+
+
+@pytest.mark.slow
+def test_synthesis_pool_feeds_the_shadow_model_pool(tmp_path):
+    reference = run_audit(_pipeline_config(tmp_path / "ref"), use_ray=False, show_progress=False)
+    split = run_audit(
+        _pipeline_config(tmp_path / "run", num_synthesis_workers=1, num_actors=1), use_ray=True, show_progress=False
+    )
+    assert metric_values(split.metrics) == metric_values(reference.metrics)
+    records = sorted((tmp_path / "run" / "synthetic" / "coreset").glob("model-*.json"))
+    assert len(records) == 8 and not list((tmp_path / "run" / "synthetic").glob("real"))
+
+    # Resume trains from the stored set: it is not synthesized again.
+    stored = tmp_path / "run" / "synthetic" / "coreset" / "model-000003.npz"
+    before = stored.stat().st_mtime_ns
+    (tmp_path / "run" / "models" / "coreset" / "model-000003.parquet").unlink()
+    resumed = run_audit(_pipeline_config(tmp_path / "run"), use_ray=False, show_progress=False)
+    assert resumed.trained_now == 1 and stored.stat().st_mtime_ns == before
+    assert metric_values(resumed.metrics) == metric_values(reference.metrics)

@@ -112,6 +112,16 @@ class Paradigm(ABC):
     # False for paradigms that train on the private set itself (nothing new to keep).
     stores_training_set: ClassVar[bool] = True
 
+    @property
+    def separable_synthesis(self) -> bool:
+        """Whether ``train`` needs nothing from ``synthesize`` but the training set it returned.
+
+        Then a synthesis worker may run ``synthesize`` and store the set, and
+        a shadow-model actor elsewhere trains on it.  A paradigm that keeps
+        state between the two (a student trained during synthesis) says False.
+        """
+        return self.stores_training_set
+
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
 

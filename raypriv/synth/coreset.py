@@ -1,0 +1,293 @@
+"""``coreset``: train on ``ipc`` real private samples per class.
+
+A coreset is a small subset of the training set chosen to stand in for all
+of it.  The audited model trains on these *private samples themselves*, so a
+selected sample leaks like any training sample (more, if the selection
+favours outliers such as mislabeled canaries); the audit should show it.
+
+Methods (each picks ``ipc`` samples per class, class by class):
+
+* ``random``: uniform without replacement (the usual coreset baseline).
+* ``herding`` (Welling, "Herding dynamical weights to learn", ICML 2009; in
+  the form of Rebuffi et al., iCaRL, CVPR 2017, Alg. 4): greedily add the
+  sample that brings the mean embedding of the selected samples closest to
+  the class mean.
+* ``kcenter`` (Sener & Savarese, "Active learning for convolutional neural
+  networks: a core-set approach", ICLR 2018, Alg. 1, k-center greedy):
+  greedily add the sample farthest from everything selected so far.
+* ``forgetting`` (Toneva et al., "An empirical study of example forgetting
+  during deep neural network learning", ICLR 2019): train on the private
+  set, count how often each sample goes from correctly to wrongly
+  classified, and keep the most forgotten (never-learned samples first).
+
+Herding and k-center work in the penultimate-layer embedding (the input of
+the last linear layer) of a *scoring model*: the audited architecture with
+its own initialisation (stream ``coreset-features``) trained on the private
+set with the experiment's recipe for ``feature_epochs`` epochs.  Forgetting
+trains the same scoring model while recording its predictions.  The audited
+model then trains on the coreset with the experiment's recipe for
+``train_epochs`` epochs (a small set needs many epochs to get enough steps).
+
+Mislabeled canaries are outliers in embedding space and are never learned by
+the scoring model, so ``kcenter`` and ``forgetting`` pick them first: on the
+digits default nearly the whole coreset is IN canaries, maximal leakage and
+near-chance test accuracy (without canaries both reach ~0.91-0.93).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raypriv.config import TrainConfig
+from raypriv.errors import RayprivError
+from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
+from raypriv.training import Normalizer, _autocast, _optimizer, augment
+
+_WHERE = "paradigm_options.coreset"
+
+
+@dataclass
+class CoresetOptions:
+    method: Literal["random", "herding", "kcenter", "forgetting"] = "herding"
+    ipc: int = 10  # samples per class
+    feature_epochs: int | None = None  # epochs of the scoring model; None: train.epochs
+    # Epochs of the audited model on the coreset; None: train.epochs.  A coreset of 10 per
+    # class is one batch, so the recipe's 15 epochs would be 15 steps (digits: ~0.3 test
+    # accuracy); coreset benchmarks train ~200 epochs on the small set (DeepCore, Guo et al. 2022).
+    train_epochs: int | None = 200
+
+    def __post_init__(self) -> None:
+        if self.ipc < 1:
+            raise RayprivError(f"{_WHERE}.ipc={self.ipc!r}: the number of samples per class must be at least 1")
+        for field in ("feature_epochs", "train_epochs"):
+            value = getattr(self, field)
+            if value is not None and value < 1:
+                raise RayprivError(f"{_WHERE}.{field}={value!r}: must be at least 1, or null for train.epochs")
+
+
+@register
+class Coreset(Paradigm):
+    name = "coreset"
+    Options = CoresetOptions
+
+    def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
+        opts: CoresetOptions = self.options
+        by_class = _indices_by_class(private.y, context.num_classes, opts.ipc, context.model_id)
+
+        if opts.method == "random":
+            rng = context.rng("random")
+            picks = []
+            for index in by_class:
+                chosen = torch.from_numpy(rng.choice(len(index), opts.ipc, replace=False))
+                picks.append(index[chosen.to(index.device)])
+        elif opts.method in ("herding", "kcenter"):
+            scorer = _scoring_model(private, context, opts)
+            features = penultimate_features(scorer, private.x, context.normalizer, context.config.train.eval_batch_size)
+            picks = []
+            for index in by_class:
+                if opts.method == "herding":
+                    # iCaRL herds L2-normalised features: every sample counts with the same weight.
+                    class_features = F.normalize(features[index], dim=1)
+                    picks.append(index[herding_order(class_features, opts.ipc)])
+                else:
+                    # Sener & Savarese use raw activations and L2 distance.  The first
+                    # centre is the sample nearest the class mean (deterministic; their
+                    # active-learning setting starts from an already labelled pool instead).
+                    class_features = features[index]
+                    first = int(torch.cdist(class_features, class_features.mean(0, keepdim=True))[:, 0].argmin())
+                    picks.append(index[kcenter_greedy(class_features, opts.ipc, first)])
+        else:  # forgetting
+            correct = _train_recording_correctness(private, context, opts)
+            counts = forgetting_counts(correct)
+            ties = context.rng("forgetting-ties")
+            picks = [index[most_forgotten(counts[index], opts.ipc, ties)] for index in by_class]
+            context.info.update(
+                never_learned=int(torch.isinf(counts).sum()),
+                forgotten_at_least_once=int((counts > 0).sum()),
+                selected_never_learned=int(torch.isinf(counts[torch.cat(picks)]).sum()),
+            )
+
+        selected = torch.cat(picks)
+        return LabeledSet(private.x[selected], private.y[selected])
+
+    def train(self, training_set: LabeledSet, context: ShadowContext) -> nn.Module:
+        """The audited model and recipe, for ``train_epochs`` epochs on the coreset."""
+        recipe = context.config.train
+        if self.options.train_epochs is not None:
+            recipe = dataclasses.replace(recipe, epochs=self.options.train_epochs)
+        return context.train_classifier(context.build_model(), training_set, recipe)
+
+
+# ------------------------------------------------------------------- selection
+
+
+def herding_order(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Herding: ``k`` row indices of ``features`` (n, d), in the order picked.
+
+    Step ``t`` picks the not yet selected row ``i`` minimising
+    ``|| mean(features) - (sum of the t-1 picked rows + features[i]) / t ||``:
+    the running mean of the selection tracks the class mean as closely as a
+    greedy choice can.  Rows are picked without replacement (as in iCaRL).
+    """
+    target = features.mean(0)
+    running_sum = torch.zeros_like(target)
+    available = torch.ones(len(features), dtype=torch.bool, device=features.device)
+    order = []
+    for t in range(1, k + 1):
+        distance = ((running_sum + features) / t - target).pow(2).sum(1)
+        distance[~available] = math.inf
+        i = int(distance.argmin())
+        order.append(i)
+        available[i] = False
+        running_sum = running_sum + features[i]
+    return torch.tensor(order, dtype=torch.long, device=features.device)
+
+
+def kcenter_greedy(features: torch.Tensor, k: int, first: int) -> torch.Tensor:
+    """k-center greedy: ``k`` row indices of ``features``, starting from row ``first``.
+
+    Each step adds the row whose distance to its nearest selected row is the
+    largest, a 2-approximation of the minimax (k-center) cover.
+    """
+    order = [first]
+    nearest = torch.cdist(features, features[first : first + 1])[:, 0]  # distance to the nearest centre
+    nearest[first] = -math.inf  # never pick a centre twice (duplicates are also at distance 0)
+    for _ in range(k - 1):
+        i = int(nearest.argmax())
+        order.append(i)
+        nearest = torch.minimum(nearest, torch.cdist(features, features[i : i + 1])[:, 0])
+        nearest[order] = -math.inf
+    return torch.tensor(order, dtype=torch.long, device=features.device)
+
+
+def forgetting_counts(correct: torch.Tensor) -> torch.Tensor:
+    """Forgetting events per sample from a ``(presentations, n)`` record.
+
+    ``correct[t, i]`` is 1 if sample ``i`` was classified correctly at its
+    ``t``-th presentation, 0 if not, and -1 if it was not presented then.  A
+    forgetting event is a presentation that is wrong right after a correct one.
+    Samples never classified correctly count ``inf`` (Toneva et al. rank them
+    as the most forgettable).
+    """
+    n = correct.shape[1]
+    counts = torch.zeros(n, device=correct.device)
+    previous = torch.full((n,), -1, dtype=correct.dtype, device=correct.device)
+    for now in correct:
+        seen = now >= 0
+        counts += (seen & (previous == 1) & (now == 0)).float()
+        previous = torch.where(seen, now, previous)
+    learned = (correct == 1).any(0)
+    counts[~learned] = math.inf
+    return counts
+
+
+def most_forgotten(counts: torch.Tensor, k: int, rng: np.random.Generator) -> torch.Tensor:
+    """The ``k`` positions with the most forgetting events; ties broken at random by ``rng``."""
+    tiebreak = rng.random(len(counts))
+    order = np.lexsort((tiebreak, -counts.cpu().numpy()))  # last key sorts first: most forgotten first
+    return torch.from_numpy(order[:k].copy()).to(counts.device)
+
+
+# ---------------------------------------------------------- the scoring model
+
+
+def _indices_by_class(y: torch.Tensor, num_classes: int, ipc: int, model_id: int) -> list[torch.Tensor]:
+    """Private-set positions of each class; every class must hold ``ipc`` samples."""
+    by_class = [torch.nonzero(y == c).flatten() for c in range(num_classes)]
+    for c, index in enumerate(by_class):
+        if len(index) < ipc:
+            smallest = min(len(i) for i in by_class)
+            raise RayprivError(
+                f"{_WHERE}.ipc={ipc}: class {c} has only {len(index)} samples in the private set of model {model_id}, "
+                f"so {ipc} per class cannot be selected; choose ipc <= {smallest}"
+            )
+    return by_class
+
+
+def _scoring_recipe(context: ShadowContext, opts: CoresetOptions) -> TrainConfig:
+    train = context.config.train
+    return dataclasses.replace(train, epochs=opts.feature_epochs or train.epochs)
+
+
+def _scoring_model(private: LabeledSet, context: ShadowContext, opts: CoresetOptions) -> nn.Module:
+    """The audited architecture, own initialisation, trained on the private set."""
+    model = context.build_model(stream="coreset-features")
+    return context.train_classifier(model, private, _scoring_recipe(context, opts))
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise RayprivError(f"coreset: the model {type(model).__name__} has no linear layer to take embeddings before")
+    return linears[-1]
+
+
+@torch.no_grad()
+def penultimate_features(
+    model: nn.Module, x: torch.Tensor, normalizer: Normalizer, batch_size: int = 1024
+) -> torch.Tensor:
+    """Eval-mode embeddings: the input of the model's last linear layer (its classifier head).
+
+    That is ``features`` of ``cnn_small``, the pooled activations of the
+    ResNets and the last hidden layer of ``mlp``.
+    """
+    captured: list[torch.Tensor] = []
+    hook = _last_linear(model).register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0].float()))
+    try:
+        model.eval()
+        for start in range(0, len(x), batch_size):
+            model(normalizer(x[start : start + batch_size]))
+    finally:
+        hook.remove()
+    return torch.cat(captured)
+
+
+def _train_recording_correctness(private: LabeledSet, context: ShadowContext, opts: CoresetOptions) -> torch.Tensor:
+    """Train the scoring model as ``train_classifier`` does, recording each sample's correctness.
+
+    Toneva et al. record, for every minibatch, whether each of its samples is
+    classified correctly in that forward pass (before the update), so a
+    sample's record follows the order in which training presents it.  Row
+    ``e`` holds epoch ``e`` (each sample is presented once per epoch); -1
+    marks a sample not presented (a dropped batch of one).
+    """
+    recipe = _scoring_recipe(context, opts)
+    model = context.build_model(stream="coreset-features")
+    x, y = private.x, private.y
+    n = len(y)
+    order_rng = context.generator("forgetting-order")
+    augment_rng = context.generator("forgetting-augment")
+    optimizer = _optimizer(model, recipe)
+    total_steps = recipe.epochs * max(1, math.ceil(n / recipe.batch_size))
+    if recipe.lr_schedule == "cosine":
+        schedule = lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))  # noqa: E731
+    else:
+        schedule = lambda step: 1.0  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    correct = torch.full((recipe.epochs, n), -1, dtype=torch.int8, device=x.device)
+    model.train()
+    for epoch in range(recipe.epochs):
+        permutation = torch.randperm(n, generator=order_rng).to(x.device)
+        for start in range(0, n, recipe.batch_size):
+            index = permutation[start : start + recipe.batch_size]
+            if len(index) < 2 and n >= 2:
+                continue  # BatchNorm cannot normalise a batch of one (as in train_classifier)
+            inputs = context.normalizer(augment(x[index], recipe, augment_rng))
+            with _autocast(x.device, recipe):
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, y[index])
+            correct[epoch, index] = (logits.argmax(1) == y[index]).to(torch.int8)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    return correct

@@ -1,0 +1,115 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from raypriv.config import config_from_dict
+from raypriv.errors import RayprivError
+from raypriv.runner import run_audit
+from raypriv.synth import LabeledSet, ShadowContext, build_options, make_paradigm
+from raypriv.training import Normalizer, predict_logits
+from tests.conftest import tiny_config_dict
+
+
+def _private_set(n: int = 120, seed: int = 0) -> LabeledSet:
+    """Random 8x8 images whose brightness pattern depends on the class (learnable, tiny)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 10
+    x = rng.integers(0, 128, (n, 1, 8, 8))
+    x[np.arange(n), 0, y % 8, :] += 120  # a bright row per class
+    return LabeledSet(torch.tensor(x, dtype=torch.uint8), torch.tensor(y, dtype=torch.int64))
+
+
+def _context(tmp_path, model_id: int = 0, **options) -> tuple[ShadowContext, object]:
+    overrides = {f"paradigm_options.dpsgd.{k}": v for k, v in options.items()}
+    config = config_from_dict(tiny_config_dict(tmp_path / "run", paradigms=["dpsgd"], **overrides))
+    private = _private_set()
+    normalizer = Normalizer.fit(private.x.numpy())
+    context = ShadowContext(config, "dpsgd", model_id, 10, (1, 8, 8), normalizer, torch.device("cpu"))
+    return context, make_paradigm(config, "dpsgd")
+
+
+def _train(tmp_path, model_id: int = 0, **options):
+    context, paradigm = _context(tmp_path, model_id, **options)
+    private = _private_set()
+    training_set = paradigm.synthesize(private, context)
+    assert training_set is private  # DP-SGD trains on the private set itself
+    model = paradigm.train(training_set, context)
+    return model, context, private
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One DP-SGD model at the default target epsilon 8 (accounting dominates the cost, so it is shared)."""
+    return _train(tmp_path_factory.mktemp("dpsgd"), model_id=3, epochs=2, batch_size=30)
+
+
+def test_accounted_epsilon_meets_the_target_and_the_model_is_plain(trained):
+    model, context, private = trained
+    info = context.info
+    assert 0 < info["epsilon"] <= 8.0 + 1e-3
+    assert info["epsilon"] > 7.0  # the noise is calibrated to spend (about) the budget, not far less
+    assert info["target_epsilon"] == 8.0 and info["accountant"] == "rdp"
+    assert info["delta"] == pytest.approx(1 / len(private))
+    assert info["sample_rate"] == pytest.approx(1 / 4)  # 1 / ceil(120 / 30)
+    assert info["steps"] == 2 * 4 and info["noise_multiplier"] > 0
+    json.dumps(info)  # storable
+    # GroupNorm instead of BatchNorm; a plain module, with no per-sample-gradient leftovers.
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    assert type(model).__name__ == "SmallCNN"
+    assert not any(hasattr(p, "grad_sample") or hasattr(p, "_forward_counter") for p in model.parameters())
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+    logits = predict_logits(model, private.x, context.normalizer, ["identity"])
+    assert logits.shape == (len(private), 1, 10) and np.isfinite(logits).all()
+
+
+def test_smaller_epsilon_means_more_noise(tmp_path, trained):
+    _, loose, _ = trained
+    _, tight, _ = _train(tmp_path, model_id=3, epsilon=1.0, epochs=2, batch_size=30)
+    assert tight.info["noise_multiplier"] > loose.info["noise_multiplier"]
+    assert 0 < tight.info["epsilon"] <= 1.0 + 1e-3
+
+
+def test_same_seed_and_model_give_identical_models(tmp_path, trained):
+    first, context, private = trained
+    second, _, _ = _train(tmp_path, model_id=3, epochs=2, batch_size=30)
+    a, b = (predict_logits(m, private.x, context.normalizer, ["identity"]) for m in (first, second))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_prv_accountant(tmp_path):
+    _, context, _ = _train(tmp_path, epsilon=3.0, accountant="prv", epochs=1, batch_size=40)
+    assert context.info["accountant"] == "prv"
+    assert 0 < context.info["epsilon"] <= 3.0 + 0.05  # PRV reports an upper bound within its eps_error
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("epsilon", 0.0), ("epsilon", -1.0), ("delta", 0.0), ("delta", 1.0), ("max_grad_norm", 0.0), ("epochs", 0)],
+)
+def test_bad_options_name_the_field(field, value):
+    with pytest.raises(RayprivError, match=f"paradigm_options.dpsgd.{field}"):
+        build_options("dpsgd", {field: value})
+
+
+def test_batch_larger_than_private_set_is_refused(tmp_path):
+    with pytest.raises(RayprivError, match="batch_size"):
+        _train(tmp_path, batch_size=1000, epochs=1)
+
+
+def test_tiny_audit_end_to_end(tmp_path):
+    options = {"paradigm_options.dpsgd.epochs": 1, "paradigm_options.dpsgd.batch_size": 64}
+    raw = tiny_config_dict(tmp_path / "run", paradigms=["dpsgd"], **options)
+    result = run_audit(config_from_dict(raw), use_ray=False, show_progress=False)
+    models = result.models
+    assert len(models) == 8 and (models.status == "ok").all()
+    info = pd.DataFrame([json.loads(i) for i in models["info"]])
+    assert (info.epsilon > 0).all() and (info.epsilon <= 8.0 + 1e-3).all()
+    assert (models.synthetic_size == models.private_size).all()
+    assert not (tmp_path / "run" / "synthetic" / "dpsgd").exists()  # nothing new to store
+    assert "lira_online" in result.metrics["dpsgd"]
+    assert models.test_acc.mean() > 0.2  # it learns something even in one noisy epoch
