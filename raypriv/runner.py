@@ -506,9 +506,13 @@ def train_pending(config: ExperimentConfig, store: RunStore, dataset: Dataset, s
         if use_ray:
             _train_on_ray(config, store, dataset, split, pending, progress)
         else:
-            trainer = ShadowTrainer(config.to_dict(), store.uri, dataset, split)
-            for paradigm, model_id in pending:
-                progress.update(trainer.run(paradigm, model_id))
+            threads = torch.get_num_threads()  # the trainer pins its own; give the caller's back after
+            try:
+                trainer = ShadowTrainer(config.to_dict(), store.uri, dataset, split)
+                for paradigm, model_id in pending:
+                    progress.update(trainer.run(paradigm, model_id))
+            finally:
+                torch.set_num_threads(threads)
     except KeyboardInterrupt:
         raise AuditInterrupted(
             f"interrupted after {progress.done} of {len(pending)} models; every finished model is saved in "

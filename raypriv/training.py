@@ -91,7 +91,8 @@ def apply_query(x: torch.Tensor, query: str) -> torch.Tensor:
     raise ValueError(f"unknown query {query!r}")
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimizer (SGD with Nesterov momentum, or Adam) over ``model``'s parameters."""
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
@@ -99,7 +100,17 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def _autocast(device: torch.device, config: TrainConfig):
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning-rate schedule: ``cosine`` decay to zero over ``total_steps``, or ``constant``."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def autocast(device: torch.device, config: TrainConfig):
+    """bfloat16 autocast on CUDA when the recipe asks for it; a no-op on CPU."""
     enabled = config.amp and device.type == "cuda"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
@@ -122,16 +133,10 @@ def train_classifier(
     device = x.device
     order_rng = torch_generator(seed, "order", model_id)
     augment_rng = torch_generator(seed, "augment", model_id)
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model, config)
     n = len(y)
-    steps_per_epoch = max(1, math.ceil(n / config.batch_size))
-    total_steps = config.epochs * steps_per_epoch
-    if config.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-        )
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    total_steps = config.epochs * max(1, math.ceil(n / config.batch_size))
+    scheduler = make_scheduler(optimizer, config.lr_schedule, total_steps)
 
     model.train()
     for _ in range(config.epochs):
@@ -141,7 +146,7 @@ def train_classifier(
             if len(index) < 2 and n >= 2:
                 continue  # BatchNorm cannot normalise a batch of one
             inputs = normalizer(augment(x[index], config, augment_rng))
-            with _autocast(device, config):
+            with autocast(device, config):
                 loss = F.cross_entropy(model(inputs), y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

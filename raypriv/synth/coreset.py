@@ -49,7 +49,7 @@ from torch import nn
 from raypriv.config import TrainConfig
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
-from raypriv.training import Normalizer, _autocast, _optimizer, augment
+from raypriv.training import Normalizer, augment, autocast, make_optimizer, make_scheduler
 
 _WHERE = "paradigm_options.coreset"
 
@@ -265,13 +265,8 @@ def _train_recording_correctness(private: LabeledSet, context: ShadowContext, op
     n = len(y)
     order_rng = context.generator("forgetting-order")
     augment_rng = context.generator("forgetting-augment")
-    optimizer = _optimizer(model, recipe)
-    total_steps = recipe.epochs * max(1, math.ceil(n / recipe.batch_size))
-    if recipe.lr_schedule == "cosine":
-        schedule = lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))  # noqa: E731
-    else:
-        schedule = lambda step: 1.0  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer = make_optimizer(model, recipe)
+    scheduler = make_scheduler(optimizer, recipe.lr_schedule, recipe.epochs * max(1, math.ceil(n / recipe.batch_size)))
 
     correct = torch.full((recipe.epochs, n), -1, dtype=torch.int8, device=x.device)
     model.train()
@@ -282,7 +277,7 @@ def _train_recording_correctness(private: LabeledSet, context: ShadowContext, op
             if len(index) < 2 and n >= 2:
                 continue  # BatchNorm cannot normalise a batch of one (as in train_classifier)
             inputs = context.normalizer(augment(x[index], recipe, augment_rng))
-            with _autocast(x.device, recipe):
+            with autocast(x.device, recipe):
                 logits = model(inputs)
                 loss = F.cross_entropy(logits, y[index])
             correct[epoch, index] = (logits.argmax(1) == y[index]).to(torch.int8)

@@ -24,7 +24,6 @@ with GroupNorm instead (De et al. 2022 use GroupNorm for DP-SGD, too).
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -37,7 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from raypriv.config import TrainConfig
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
-from raypriv.training import _optimizer, augment
+from raypriv.training import augment, make_optimizer, make_scheduler
 
 _WHERE = "paradigm_options.dpsgd"
 
@@ -110,7 +109,7 @@ class DPSGD(Paradigm):
         if model_config.norm == "batch":
             model_config = dataclasses.replace(model_config, norm="group")
         model = context.build_model(model_config)
-        optimizer = _optimizer(model, recipe)
+        optimizer = make_optimizer(model, recipe)
 
         # The loader yields indices only; the data stay on the device and are gathered per batch.
         # opacus replaces it with a Poisson loader of sample rate 1/len(loader) and len(loader) steps per epoch.
@@ -136,7 +135,7 @@ class DPSGD(Paradigm):
 
         steps_per_epoch = len(dp_loader)
         total_steps = recipe.epochs * steps_per_epoch
-        scheduler = _schedule(dp_optimizer, recipe, total_steps)
+        scheduler = make_scheduler(dp_optimizer, recipe.lr_schedule, total_steps)
         augment_rng = context.generator("augment")
         x, y = training_set.x, training_set.y
 
@@ -183,11 +182,3 @@ def _device_generator(context: ShadowContext, stream: str) -> torch.Generator:
     generator.manual_seed(seed)
     return generator
 
-
-def _schedule(optimizer: torch.optim.Optimizer, recipe: TrainConfig, total_steps: int):
-    """The recipe's learning-rate schedule, stepped once per optimiser step (as train_classifier does)."""
-    if recipe.lr_schedule == "cosine":
-        factor = lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))  # noqa: E731
-    else:
-        factor = lambda step: 1.0  # noqa: E731
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
