@@ -1,0 +1,368 @@
+"""``diffusion``: train a class-conditional diffusion model on the private set, sample from it.
+
+The synthetic training set is drawn from a denoising diffusion probabilistic
+model (DDPM) fitted to the private set:
+
+* Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020:
+  the forward process adds Gaussian noise over ``T`` steps with a fixed beta
+  schedule, ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``; a U-Net
+  ``eps_theta(x_t, t, y)`` is trained to predict ``eps`` with a plain MSE loss
+  (their "simple" objective) at uniformly drawn ``t``; sampling runs the
+  learned reverse process from pure noise.  Ho et al. also average the weights
+  with an exponential moving average (EMA) and sample from the average.
+* Song, Meng & Ermon, "Denoising Diffusion Implicit Models", ICLR 2021: the
+  same trained network sampled with a deterministic (eta = 0) non-Markovian
+  reverse process on a short sub-sequence of the timesteps, so a few dozen
+  network evaluations replace ``T`` (``sampler: ddim``, the default).
+* Ho & Salimans, "Classifier-Free Diffusion Guidance", 2022 (optional): drop
+  the class label to a *null* class with probability ``label_dropout`` during
+  training, so one network learns both the conditional and the unconditional
+  model; at sampling time ``eps = eps_null + w (eps_y - eps_null)`` with
+  ``w = guidance_scale`` (``w = 1`` is plain conditional sampling).
+
+The building blocks are Hugging Face ``diffusers``: ``UNet2DModel``
+(conditioned on the class through ``num_class_embeds``), ``DDPMScheduler`` for
+the noise schedule and ancestral sampling, ``DDIMScheduler`` for DDIM, and
+``EMAModel`` for the weight average.  Instead of training from scratch, a
+``UNet2DModel`` saved with ``save_pretrained`` can be loaded from a local
+folder (``pretrained_path``) and fine-tuned on the private set.
+
+The synthetic set is class balanced (``n_per_class`` samples of every class),
+float32 images in pixel scale 0..1 with int64 labels; the audited model then
+trains on it with the experiment's recipe.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+
+from raypriv.errors import RayprivError
+from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
+
+if TYPE_CHECKING:  # diffusers is imported when a model is built: importing raypriv.synth stays quick
+    from diffusers import DDPMScheduler, UNet2DModel
+
+# Images are denoised in chunks of this many samples (memory only; results do not depend on it
+# beyond floating-point reduction order).
+SAMPLE_CHUNK = 512
+
+
+@dataclass
+class DiffusionOptions:
+    """Options of ``paradigm_options.diffusion`` (defaults suit 8x8 digits on one CPU thread)."""
+
+    # A local folder written by UNet2DModel.save_pretrained; None trains from scratch.
+    pretrained_path: str | None = None
+    # U-Net shape when training from scratch (ignored with pretrained_path): one resolution level
+    # per entry, each halving the image side, so H and W must divide by 2 ** (len - 1).
+    block_out_channels: list[int] = field(default_factory=lambda: [16, 32])
+    layers_per_block: int = 1
+    norm_num_groups: int = 8  # GroupNorm groups; must divide every entry of block_out_channels
+    # Optimisation (Adam, linear warm-up then cosine decay, EMA of the weights).
+    train_steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-3
+    ema_decay: float = 0.995  # 0 samples from the raw weights
+    # Noise schedule (Ho et al.: T = 1000, betas linear from 1e-4 to 0.02).
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "squaredcos_cap_v2"] = "linear"
+    # Sampling.
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    sample_steps: int = 25
+    n_per_class: int | None = None  # None: size_fraction * len(private) / num_classes, rounded
+    size_fraction: float = 1.0
+    # Classifier-free guidance: 0 disables the null class; guidance_scale 1 is plain conditional.
+    label_dropout: float = 0.0
+    guidance_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        where = "paradigm_options.diffusion"
+        if not self.block_out_channels or any(c < 1 for c in self.block_out_channels):
+            raise RayprivError(
+                f"{where}.block_out_channels={self.block_out_channels}: give one positive channel count per "
+                "resolution level, e.g. [16, 32]"
+            )
+        if self.norm_num_groups < 1 or any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise RayprivError(
+                f"{where}.norm_num_groups={self.norm_num_groups} must be positive and divide every entry of "
+                f"block_out_channels={self.block_out_channels} (GroupNorm splits the channels into equal groups)"
+            )
+        if self.layers_per_block < 1:
+            raise RayprivError(f"{where}.layers_per_block={self.layers_per_block} must be at least 1")
+        minimum_steps = 0 if self.pretrained_path is not None else 1
+        if self.train_steps < minimum_steps:
+            raise RayprivError(
+                f"{where}.train_steps={self.train_steps} must be at least {minimum_steps} "
+                "(0 is allowed only with pretrained_path: sample from the loaded model as it is)"
+            )
+        if self.batch_size < 1:
+            raise RayprivError(f"{where}.batch_size={self.batch_size} must be at least 1")
+        if not self.lr > 0:
+            raise RayprivError(f"{where}.lr={self.lr} must be positive")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise RayprivError(f"{where}.ema_decay={self.ema_decay} must be in [0, 1); 0 turns the EMA off")
+        if self.num_train_timesteps < 2:
+            raise RayprivError(f"{where}.num_train_timesteps={self.num_train_timesteps} must be at least 2")
+        if not 1 <= self.sample_steps <= self.num_train_timesteps:
+            raise RayprivError(
+                f"{where}.sample_steps={self.sample_steps} must be between 1 and "
+                f"num_train_timesteps={self.num_train_timesteps}"
+            )
+        if self.n_per_class is not None and self.n_per_class < 1:
+            raise RayprivError(f"{where}.n_per_class={self.n_per_class} must be at least 1, or null for automatic")
+        if not self.size_fraction > 0:
+            raise RayprivError(f"{where}.size_fraction={self.size_fraction} must be positive")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise RayprivError(f"{where}.label_dropout={self.label_dropout} must be in [0, 1)")
+        if self.guidance_scale < 0:
+            raise RayprivError(f"{where}.guidance_scale={self.guidance_scale} must be non-negative (1 = no guidance)")
+        if self.guidance_scale != 1.0 and self.label_dropout == 0.0:
+            raise RayprivError(
+                f"{where}.guidance_scale={self.guidance_scale} needs an unconditional model: set label_dropout "
+                "> 0 (e.g. 0.1) so the network learns the null class, or keep guidance_scale 1"
+            )
+
+
+# ------------------------------------------------------------------ the network
+
+
+def build_unet(options: DiffusionOptions, channels: int, height: int, width: int, num_class_embeds: int) -> UNet2DModel:
+    """A fresh class-conditional ``UNet2DModel`` for ``channels x height x width`` images."""
+    from diffusers import UNet2DModel
+
+    levels = len(options.block_out_channels)
+    factor = 2 ** (levels - 1)
+    if height % factor or width % factor:
+        raise RayprivError(
+            f"paradigm_options.diffusion.block_out_channels={options.block_out_channels} has {levels} resolution "
+            f"levels, so the image side must divide by {factor}, but the images are {height}x{width}; "
+            "use fewer levels"
+        )
+    # Plain convolutional ResNet blocks at every level; the middle block (at the lowest
+    # resolution) keeps its self-attention, as in Ho et al.'s U-Net.
+    return UNet2DModel(
+        sample_size=height if height == width else (height, width),
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(options.block_out_channels),
+        layers_per_block=options.layers_per_block,
+        down_block_types=("DownBlock2D",) * levels,
+        up_block_types=("UpBlock2D",) * levels,
+        norm_num_groups=options.norm_num_groups,
+        num_class_embeds=num_class_embeds,
+    )
+
+
+def load_unet(
+    path: str, channels: int, height: int, width: int, num_classes: int, need_null_class: bool
+) -> UNet2DModel:
+    """A ``UNet2DModel`` from a ``save_pretrained`` folder, checked against the data."""
+    from diffusers import UNet2DModel
+
+    where = "paradigm_options.diffusion.pretrained_path"
+    if not os.path.isdir(path):
+        raise RayprivError(
+            f"{where}={path!r} is not a folder; give a local (or mounted) folder written by "
+            "UNet2DModel.save_pretrained (nothing is downloaded)"
+        )
+    try:
+        unet = UNet2DModel.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise RayprivError(f"{where}={path!r}: could not load a UNet2DModel from it ({exc})") from None
+    config = unet.config
+    size = config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size) if size is not None else None
+    problems = []
+    if size is not None and size != (height, width):
+        problems.append(f"sample_size {config.sample_size} but the images are {height}x{width}")
+    if config.in_channels != channels or config.out_channels != channels:
+        problems.append(f"in/out channels {config.in_channels}/{config.out_channels} but the images have {channels}")
+    allowed = [num_classes + 1] if need_null_class else [num_classes, num_classes + 1]
+    if config.num_class_embeds not in allowed or config.class_embed_type is not None:
+        null = " (the classes plus a null class, for label_dropout > 0)" if need_null_class else ""
+        problems.append(
+            f"num_class_embeds {config.num_class_embeds} but the data has {num_classes} classes; "
+            f"it must be {' or '.join(map(str, allowed))}{null}"
+        )
+    if problems:
+        raise RayprivError(f"{where}={path!r}: the model does not fit the data: {'; '.join(problems)}")
+    return unet
+
+
+# ---------------------------------------------------------- training and sampling
+
+
+def make_noise_scheduler(options: DiffusionOptions) -> DDPMScheduler:
+    """The forward-process schedule (Ho et al.'s DDPM defaults: betas 1e-4 .. 0.02)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=options.num_train_timesteps, beta_schedule=options.beta_schedule)
+
+
+def train_denoiser(
+    unet: torch.nn.Module,
+    x0: torch.Tensor,
+    labels: torch.Tensor,
+    options: DiffusionOptions,
+    null_class: int | None,
+    generator: torch.Generator,
+) -> list[float]:
+    """Fit ``unet`` to predict the noise in ``x0`` (images in [-1, 1]); returns the loss per step.
+
+    Each step draws a batch, a timestep per image (uniform over the T steps), and
+    Gaussian noise, noises the images with the closed-form forward process
+    ``q(x_t | x_0)``, and regresses the network's output on the noise (MSE).
+    With ``null_class`` set, labels are replaced by it with probability
+    ``label_dropout`` (classifier-free guidance training).  If ``ema_decay`` > 0
+    the EMA of the weights is copied into ``unet`` at the end.
+    """
+    from diffusers.training_utils import EMAModel
+
+    device = x0.device
+    scheduler = make_noise_scheduler(options)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=options.lr)
+    # A short linear warm-up (Ho et al. warm up too), then cosine decay to zero: our runs are
+    # short (about a thousand steps, not Ho et al.'s 800k), so they should end on small steps.
+    warmup = max(1, options.train_steps // 20)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, options.train_steps - warmup)))
+
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    ema = EMAModel(unet.parameters(), decay=options.ema_decay, foreach=True) if options.ema_decay > 0 else None
+
+    n = len(x0)
+    batch = min(options.batch_size, n)
+    losses = []
+    unet.train()
+    for _ in range(options.train_steps):
+        # All draws on the CPU generator, then moved: the same model on a GPU or a laptop.
+        index = torch.randint(0, n, (batch,), generator=generator).to(device)
+        timesteps = torch.randint(0, options.num_train_timesteps, (batch,), generator=generator).to(device)
+        noise = torch.randn((batch, *x0.shape[1:]), generator=generator).to(device)
+        y = labels[index]
+        if null_class is not None:
+            drop = (torch.rand(batch, generator=generator) < options.label_dropout).to(device)
+            y = torch.where(drop, torch.full_like(y, null_class), y)
+        noisy = scheduler.add_noise(x0[index], noise, timesteps)
+        loss = F.mse_loss(unet(noisy, timesteps, class_labels=y).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr_schedule.step()
+        if ema is not None:
+            ema.step(unet.parameters())
+        losses.append(loss.detach())  # no .item() here: it would wait for the GPU every step
+    if ema is not None:
+        ema.copy_to(unet.parameters())  # Ho et al. sample from the averaged weights
+    return torch.stack(losses).tolist() if losses else []
+
+
+@torch.no_grad()
+def sample_images(
+    unet: torch.nn.Module,
+    labels: torch.Tensor,
+    shape: tuple[int, int, int],
+    options: DiffusionOptions,
+    null_class: int | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Images in [-1, 1] for ``labels``, by running the reverse process from pure noise."""
+    from diffusers import DDIMScheduler
+
+    device = labels.device
+    scheduler = make_noise_scheduler(options)
+    if options.sampler == "ddim":
+        # Same betas as training; DDIM with eta = 0 (deterministic given x_T).
+        scheduler = DDIMScheduler.from_config(scheduler.config)
+    scheduler.set_timesteps(options.sample_steps)
+    guided = options.guidance_scale != 1.0
+
+    unet.eval()
+    chunks = []
+    for start in range(0, len(labels), SAMPLE_CHUNK):
+        y = labels[start : start + SAMPLE_CHUNK]
+        x = torch.randn((len(y), *shape), generator=generator).to(device)
+        for t in scheduler.timesteps:
+            timestep = torch.full((len(y),), int(t), device=device, dtype=torch.long)
+            if guided:
+                # One batched pass for the conditional and the null-class prediction.
+                both = unet(
+                    torch.cat([x, x]), torch.cat([timestep, timestep]),
+                    class_labels=torch.cat([y, torch.full_like(y, null_class)]),
+                ).sample
+                eps_y, eps_null = both.chunk(2)
+                eps = eps_null + options.guidance_scale * (eps_y - eps_null)
+            else:
+                eps = unet(x, timestep, class_labels=y).sample
+            # DDIM with eta = 0 draws nothing; DDPM draws its posterior noise from the generator.
+            x = scheduler.step(eps, t, x, generator=generator).prev_sample
+        chunks.append(x)
+    return torch.cat(chunks)
+
+
+# ------------------------------------------------------------------ the paradigm
+
+
+@register
+class Diffusion(Paradigm):
+    name = "diffusion"
+    Options = DiffusionOptions
+
+    def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
+        options: DiffusionOptions = self.options
+        if private.x.ndim != 4:
+            raise RayprivError(
+                f"paradigm diffusion needs images (N, C, H, W), but the private set has inputs of shape "
+                f"{tuple(private.x.shape)}; use another paradigm for tabular data"
+            )
+        if private.y.ndim != 1:
+            raise RayprivError("paradigm diffusion needs class ids as labels (N,), not soft labels")
+        num_classes = context.num_classes
+        channels, height, width = (int(s) for s in private.x.shape[1:])
+        device = context.device
+
+        # Pixel scale 0..1 (uint8 / 255), then [-1, 1] as in Ho et al.
+        x = private.x.float() / 255.0 if private.x.dtype == torch.uint8 else private.x.float()
+        x0 = (x * 2.0 - 1.0).to(device)
+        labels = private.y.long().to(device)
+        # Classifier-free guidance trains one extra class embedding: the null class, index num_classes.
+        null_class = num_classes if options.label_dropout > 0 else None
+        num_class_embeds = num_classes + 1 if null_class is not None else num_classes
+
+        if options.pretrained_path is not None:
+            unet = load_unet(options.pretrained_path, channels, height, width, num_classes, null_class is not None)
+        else:
+            # diffusers initialises from torch's global RNG: fork it and seed from this model's stream.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(context.generator("init").initial_seed())
+                unet = build_unet(options, channels, height, width, num_class_embeds)
+        unet = unet.to(device)
+
+        losses = train_denoiser(unet, x0, labels, options, null_class, context.generator("train"))
+
+        if options.n_per_class is not None:
+            n_per_class = options.n_per_class
+        else:
+            n_per_class = max(1, round(options.size_fraction * len(private) / num_classes))
+        synthetic_labels = torch.arange(num_classes, device=device).repeat_interleave(n_per_class)
+        images = sample_images(
+            unet, synthetic_labels, (channels, height, width), options, null_class, context.generator("sample")
+        )
+
+        context.info["unet_parameters"] = sum(p.numel() for p in unet.parameters())
+        context.info["n_per_class"] = n_per_class
+        if losses:  # mean denoising loss over the first and the last tenth of the steps
+            tail = max(1, len(losses) // 10)
+            context.info["loss_first"] = sum(losses[:tail]) / tail
+            context.info["loss_last"] = sum(losses[-tail:]) / tail
+        # Back to pixel scale 0..1 (float32), the convention for synthetic images.
+        return LabeledSet(((images + 1.0) / 2.0).clamp(0.0, 1.0).float(), synthetic_labels)
