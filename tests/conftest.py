@@ -1,11 +1,15 @@
 import os
 
 import pytest
+import torch
 
 from raypriv.config import config_from_dict
 
 # Ray's local instance must not try to reach the network or grab every core for the dashboard.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Tests that call paradigms directly share 2 cores with Ray workers; oversubscribed
+# small convolutions run many times slower, and one thread is deterministic.
+torch.set_num_threads(1)
 
 
 def tiny_config_dict(out_dir, **overrides):
