@@ -609,7 +609,9 @@ def run_audit(config: ExperimentConfig, use_ray: bool = True, show_progress: boo
         complete.update({(paradigm, m): row for m, row in scan.complete.items() if m < config.n_models})
     for message in discarded:
         log.warning("discarding a stored result: %s", message)
-    pending = [(p, m) for p in config.paradigms for m in range(config.n_models) if (p, m) not in complete]
+    # Model-major order: every paradigm progresses together, so early results cover them all
+    # and the ETA averages over paradigms of very different cost.
+    pending = [(p, m) for m in range(config.n_models) for p in config.paradigms if (p, m) not in complete]
     if complete:
         log.info("resuming %s: %d models already complete, %d to train", store.uri, len(complete), len(pending))
 
