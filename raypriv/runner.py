@@ -594,19 +594,23 @@ def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, mode
     return metrics
 
 
+def _completed_models(config: ExperimentConfig, store: RunStore) -> tuple[dict[tuple[str, int], dict[str, Any]], list[str]]:
+    """Rows of the models already stored for this config, keyed (paradigm, model id), and what was discarded."""
+    expected_rows = config.audit.n_audit * len(config.queries)
+    complete: dict[tuple[str, int], dict[str, Any]] = {}
+    discarded: list[str] = []
+    for paradigm in config.paradigms:
+        scan = scan_completed(store, paradigm, recipe_hash(config, paradigm), expected_rows)
+        discarded += scan.discarded
+        complete.update({(paradigm, m): row for m, row in scan.complete.items() if m < config.n_models})
+    return complete, discarded
+
+
 def run_audit(config: ExperimentConfig, use_ray: bool = True, show_progress: bool = True) -> AuditResult:
     """Run (or resume) the audit a config describes; see the module docstring."""
     start = time.perf_counter()
     store, dataset, split = prepare_run(config)
-    recipes = {p: recipe_hash(config, p) for p in config.paradigms}
-    expected_rows = config.audit.n_audit * len(config.queries)
-
-    complete: dict[tuple[str, int], dict[str, Any]] = {}
-    discarded: list[str] = []
-    for paradigm in config.paradigms:
-        scan = scan_completed(store, paradigm, recipes[paradigm], expected_rows)
-        discarded += scan.discarded
-        complete.update({(paradigm, m): row for m, row in scan.complete.items() if m < config.n_models})
+    complete, discarded = _completed_models(config, store)
     for message in discarded:
         log.warning("discarding a stored result: %s", message)
     # Model-major order: every paradigm progresses together, so early results cover them all
@@ -624,9 +628,7 @@ def run_audit(config: ExperimentConfig, use_ray: bool = True, show_progress: boo
                 import ray
 
                 ray.shutdown()
-        for paradigm in config.paradigms:
-            rescan = scan_completed(store, paradigm, recipes[paradigm], expected_rows)
-            complete.update({(paradigm, m): row for m, row in rescan.complete.items() if m < config.n_models})
+        complete, _ = _completed_models(config, store)
 
     rows = [complete[key] for key in sorted(complete)]
     models = pa.Table.from_pylist(rows, schema=MODEL_SCHEMA).to_pandas()

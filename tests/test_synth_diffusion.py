@@ -12,13 +12,6 @@ from raypriv.synth.diffusion import DiffusionOptions, build_unet, sample_images,
 from raypriv.training import Normalizer
 from tests.conftest import tiny_config_dict
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread, like a Ray worker: small convolutions on a busy two-core machine crawl with more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 TINY = {"block_out_channels": [8, 16], "norm_num_groups": 4, "batch_size": 32, "sample_steps": 4}

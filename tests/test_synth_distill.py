@@ -31,13 +31,6 @@ from tests.conftest import tiny_config_dict
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: small convolutions only lose time to threading on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def network_factory(num_classes: int = 3, seed: int = 0):
