@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import beta
+from sklearn.metrics import auc as roc_auc
 from sklearn.metrics import roc_auc_score, roc_curve
 
 LOW_FPRS = {"tpr@0.1%fpr": 0.001, "tpr@1%fpr": 0.01}
@@ -77,26 +78,42 @@ def attack_metrics(is_in: np.ndarray, score: np.ndarray, delta: float = 0.0) -> 
     return metrics
 
 
-def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str):
-    """Log-log ROC curves on one figure; returns the matplotlib Figure."""
+def plot_roc(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], title: str):
+    """Log-log ROC curves, ``curves[paradigm][attack] = (fpr, tpr)``; returns the matplotlib Figure.
+
+    One paradigm: one panel, a curve per attack.  Several: a panel per attack,
+    a curve per paradigm (same colour for a paradigm in every panel), so the
+    paradigms compare where it matters.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 5.0), dpi=120)
+    paradigms = list(curves)
+    attacks = list(dict.fromkeys(a for per_attack in curves.values() for a in per_attack))
+    if len(paradigms) == 1:
+        panels = {paradigms[0]: {a: curves[paradigms[0]][a] for a in attacks}}
+    else:
+        panels = {a: {p: curves[p][a] for p in paradigms if a in curves[p]} for a in attacks}
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.4 * rows), dpi=110, squeeze=False)
     floor = 1e-4
-    for label, (fpr, tpr) in curves.items():
-        ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=label, linewidth=1.4)
-    ax.plot([floor, 1], [floor, 1], "k--", linewidth=0.8, label="chance")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(floor, 1)
-    ax.set_ylim(floor, 1)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(True, which="major", linewidth=0.3)
+    colours = plt.get_cmap("tab10")
+    for ax, (panel, lines) in zip(axes.flat, panels.items()):
+        for i, (label, (fpr, tpr)) in enumerate(lines.items()):
+            auc = float(roc_auc(fpr, tpr))
+            ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), color=colours(i % 10), linewidth=1.4,
+                    label=f"{label} (AUC {auc:.3f})")
+        ax.plot([floor, 1], [floor, 1], "k--", linewidth=0.8, label="chance")
+        ax.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1), title=panel)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(True, which="major", linewidth=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

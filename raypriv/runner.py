@@ -539,7 +539,7 @@ class AuditResult:
 def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, models: pd.DataFrame) -> dict[str, Any]:
     """Run the attacks on the stored logits; write scores, metrics and the ROC plot."""
     metrics: dict[str, Any] = {}
-    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     score_tables = []
     n_models, n_audit = split.keep.shape
     is_in = split.keep
@@ -567,7 +567,7 @@ def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, mode
         delta = entry.get("info", {}).get("delta", 0.0)  # DP paradigms report theirs
         for attack, score in scores.items():
             entry[attack] = attack_metrics(is_in, score, delta)
-            curves[f"{paradigm} / {attack} (AUC {entry[attack]['auc']:.3f})"] = roc(is_in, score)
+            curves.setdefault(paradigm, {})[attack] = roc(is_in, score)
         metrics[paradigm] = entry
         columns = {
             "paradigm": np.full(n_models * n_audit, paradigm, dtype=object),
