@@ -59,7 +59,7 @@ def test_losing_a_worker_node_mid_run_loses_and_duplicates_nothing(tmp_path, cap
         ray.shutdown()
         cluster.shutdown()
     assert removed.is_set()
-    assert "worker lost while training" in caplog.text  # the requeue path really ran
+    assert "worker lost on real" in caplog.text  # the requeue path really ran
     models = pd.read_parquet(tmp_path / "run" / "models.parquet")
     assert sorted(models.model_id) == list(range(16))  # every model exactly once
     assert len(list(rows.glob("model-*.parquet"))) == 16
@@ -123,7 +123,7 @@ def test_status_reports_complete_missing_and_mismatch(tmp_path):
     for model_id in (2, 3, 6):
         (tmp_path / "run" / "models" / "real" / f"model-{model_id:06d}.parquet").unlink()
     report = run_status(str(tmp_path / "run"))
-    assert "real               5/8 complete; missing: 2-3, 6" in report
+    assert "  real           5/8 complete; missing: 2-3, 6" in report
     assert "3 models missing: rerun `raypriv audit --config" in report
     other = config_from_dict(tiny_config_dict(tmp_path / "run", **{"train.epochs": 2}))
     assert "DOES NOT MATCH this run (differences: train.epochs: 1 -> 2)" in run_status(str(tmp_path / "run"), other)

@@ -29,7 +29,7 @@ def test_cifar10_reference_config_is_the_reference_protocol():
         ({"train": {"epochs": "ten"}}, "train.epochs must be an integer"),
         ({"train": {"amp": "yes"}}, "train.amp must be true or false"),
         ({"dataset": {"name": "imagenet"}}, "dataset.name='imagenet' is not a known dataset; choose one of"),
-        ({"paradigms": ["real", "magic"]}, "paradigm 'magic' is not known; choose from ['real']"),
+        ({"paradigms": ["real", "magic"]}, "paradigm 'magic' is not known; choose from ['coreset', 'dfkd', 'diffusion', 'distill', 'dpsgd', 'real']"),
         ({"attacks": ["lira"]}, "attack 'lira' is not known"),
         ({"queries": ["rotate"]}, "query 'rotate' is not known"),
         ({"n_models": 9}, "n_models=9: it must be even"),
