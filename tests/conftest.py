@@ -34,6 +34,11 @@ def tiny_config_dict(out_dir, **overrides):
     return raw
 
 
+def metric_values(metrics):
+    """Every number of a metrics.json, keyed (paradigm, attack, metric), for exact comparisons."""
+    return {(p, a, k): v for p, e in metrics.items() for a, m in e.items() if isinstance(m, dict) for k, v in m.items()}
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     return config_from_dict(tiny_config_dict(tmp_path / "run"))

@@ -17,13 +17,10 @@ from raypriv.config import config_from_dict, load_config
 from raypriv.errors import RayprivError
 from raypriv.runner import run_audit
 from raypriv.store import logits_path, model_row_path
-from tests.conftest import tiny_config_dict
+from tests.conftest import metric_values, tiny_config_dict
 
 ATTACKS = ["loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed"]
 
-
-def metric_values(metrics):
-    return {(p, a, k): v for p, e in metrics.items() for a, m in e.items() if isinstance(m, dict) for k, v in m.items()}
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,10 @@ import yaml
 
 from raypriv.config import config_from_dict
 from raypriv.runner import run_audit, run_status
-from tests.conftest import tiny_config_dict
+from tests.conftest import metric_values, tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def metric_values(metrics):
-    return {(p, a, k): v for p, e in metrics.items() for a, m in e.items() if isinstance(m, dict) for k, v in m.items()}
 
 
 @pytest.mark.slow
