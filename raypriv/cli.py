@@ -2,7 +2,9 @@
 
 ``raypriv audit [--config FILE] [--out DIR] [--models N] [--paradigms a,b] [--seed S]``
 runs (or resumes) an audit; flags override the config.
-``raypriv status RUN_DIR [--config FILE]`` says what a run holds and lacks.  Problems with the
+``raypriv status RUN_DIR [--config FILE]`` says what a run holds and lacks.
+``raypriv report RUN_DIR [RUN_DIR ...] [--out DIR]`` compares the paradigms of
+finished runs in one report.html (self-contained) and report.md.  Problems with the
 input print one ``error:`` line and exit with status 2; an interrupted run
 exits with 130 and resumes when rerun.
 """
@@ -31,6 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="what a run directory holds: complete and missing models")
     status.add_argument("run_dir", help="the run directory (an audit's --out)")
     status.add_argument("--config", help="check this config against the run (default: the run's own config.yaml)")
+    report = commands.add_parser("report", help="compare the paradigms of finished runs: report.html and report.md")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories (an audit's --out)")
+    report.add_argument("--out", help="output folder (default: the first run's report/)")
+    report.add_argument("--attack", help="attack the verdicts and plots use (default: lira_online, else the first attack)")
+    report.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                        help="only this paired comparison (paradigm names, or run:paradigm where runs share one)")
+    report.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the audit samples (default 1000)")
+    report.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
+    report.add_argument("--top", type=int, default=20, help="most vulnerable samples shown per paradigm (default 20)")
     return parser
 
 
@@ -61,13 +72,33 @@ def status_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_command(args: argparse.Namespace) -> int:
+    from raypriv.report import build_report, format_comparison, format_verdicts, write_report
+    from raypriv.store import RunStore
+
+    report = build_report(
+        args.run_dirs, attack=args.attack, n_boot=args.bootstrap, seed=args.seed,
+        compare=tuple(args.compare) if args.compare else None, top=args.top,
+    )
+    out = args.out or RunStore(args.run_dirs[0]).path("report")
+    paths = write_report(report, out)
+    print(format_verdicts(report), end="")
+    for comparison in report.comparisons if args.compare else []:
+        print(format_comparison(comparison), end="")
+    print(f"report: {paths['html']} and {paths['md']}")
+    return 0
+
+
+COMMANDS = {"audit": audit_command, "status": status_command, "report": report_command}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="raypriv: %(message)s")
     from raypriv.runner import AuditInterrupted
 
     try:
-        return status_command(args) if args.command == "status" else audit_command(args)
+        return COMMANDS[args.command](args)
     except AuditInterrupted as exc:
         print(f"raypriv: {exc}", file=sys.stderr)
         return 130

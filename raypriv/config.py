@@ -36,19 +36,20 @@ import yaml
 
 from raypriv.errors import RayprivError
 
-ATTACKS = ("loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed")
+ATTACKS = ("loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed", "rmia")
 QUERIES = ("identity", "hflip")
 
 
 @dataclass
 class DatasetConfig:
-    """Which data to audit.  ``root``/``download`` are for torchvision sets."""
+    """Which data to audit.  ``root``/``download`` are for torchvision sets (and adult from OpenML)."""
 
     name: str = "digits"
     root: str = "~/.cache/raypriv/data"
     download: bool = False
-    path: str | None = None  # the .npz file when name is "npz"
+    path: str | None = None  # the file when name is "npz", "csv" or "parquet" (optional for "adult": its CSV)
     test_fraction: float = 0.2  # held-out share for sets without a test split
+    label_column: str | None = None  # the class column of a "csv" or "parquet" table
 
 
 @dataclass
@@ -61,14 +62,17 @@ class AuditConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["mlp", "cnn_small", "resnet18", "wrn16_4"] = "cnn_small"
+    arch: Literal["mlp", "cnn_small", "resnet18", "wrn16_4", "logreg"] = "cnn_small"
     width: int | None = None  # None: the arch's default (see raypriv.models.DEFAULT_WIDTH)
     norm: Literal["batch", "group", "none"] = "batch"
 
 
 @dataclass
 class TrainConfig:
-    engine: Literal["loop"] = "loop"
+    # "loop": one model at a time (raypriv.training); "ensemble": a group at once with
+    # torch.func (raypriv.ensemble); "auto": ensemble for small archs on CUDA, loop otherwise
+    # (on CPU the loop is faster: see benchmarks/RESULTS.md).
+    engine: Literal["auto", "loop", "ensemble"] = "auto"
     epochs: int = 15
     batch_size: int = 128
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -90,6 +94,9 @@ class RayConfig:
     num_actors: int | None = None  # shadow-model pool; None: as many as the cluster's resources fit
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float = 0.0  # fractional values share a GPU
+    # Ensemble engine: the most models one actor trains at once.  On a GPU a group is cut
+    # further to what fits in free memory; a group that runs out of memory is halved.
+    models_per_group: int = 32
     # Synthesis pool: 0 means the shadow-model actors run whole pipelines.
     num_synthesis_workers: int = 0
     synthesis_cpus_per_worker: float = 1.0
@@ -246,7 +253,7 @@ def _check_unique(values: list[str], where: str) -> None:
 def validate(config: ExperimentConfig) -> ExperimentConfig:
     """Check the relations between fields that types alone cannot express."""
     from raypriv.data import DATASETS
-    from raypriv.synth import PARADIGMS, build_options
+    from raypriv.synth import PARADIGMS, build_options, is_known_paradigm
 
     _require(
         config.dataset.name in DATASETS,
@@ -254,13 +261,30 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     )
     if config.dataset.name == "npz":
         _require(config.dataset.path is not None, "dataset.name is 'npz' but dataset.path is not set; give the .npz file")
+    if config.dataset.name in ("csv", "parquet"):
+        kind = config.dataset.name
+        _require(config.dataset.path is not None, f"dataset.name is '{kind}' but dataset.path is not set; give the .{kind} file")
+        _require(
+            bool(config.dataset.label_column),
+            f"dataset.name is '{kind}' but dataset.label_column is not set; name the column holding the class",
+        )
+    else:
+        _require(
+            config.dataset.label_column is None,
+            f"dataset.label_column is set but dataset {config.dataset.name!r} has its own labels; it is for csv and "
+            "parquet tables only",
+        )
     _require(0.0 < config.dataset.test_fraction < 1.0, "dataset.test_fraction must be between 0 and 1")
     _require(config.seed >= 0, "seed must be a non-negative integer")
     _require(config.audit.n_audit >= 1, "audit.n_audit must be at least 1")
 
     _check_unique(config.paradigms, "paradigms")
     for paradigm in config.paradigms:
-        _require(paradigm in PARADIGMS, f"paradigm {paradigm!r} is not known; choose from {sorted(PARADIGMS)}")
+        _require(
+            is_known_paradigm(paradigm),
+            f"paradigm {paradigm!r} is not known; choose from {sorted(PARADIGMS)} (or a variant "
+            "'<paradigm>@<tag>' with its own options, e.g. 'dpgen-marginals@eps1')",
+        )
     for paradigm, options in config.paradigm_options.items():
         _require(
             paradigm in config.paradigms,
@@ -280,10 +304,10 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         f"n_models={config.n_models}: it must be even and at least 2, so that every audit sample is IN "
         "for exactly half the models",
     )
-    if any(a.startswith("lira") for a in config.attacks):
+    if any(a.startswith("lira") or a == "rmia" for a in config.attacks):
         _require(
             config.n_models >= 8,
-            f"n_models={config.n_models} is too few for LiRA: leave-one-out needs at least 8 models "
+            f"n_models={config.n_models} is too few for LiRA and RMIA: leave-one-out needs at least 8 models "
             "(3 IN and 3 OUT shadows per sample); use --models 8 or more (64+ for a real audit), "
             "or keep only the 'loss' attack",
         )
@@ -300,6 +324,7 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     _require(r.num_cpus_per_actor > 0, "ray.num_cpus_per_actor must be positive")
     _require(r.num_gpus_per_actor >= 0, "ray.num_gpus_per_actor must be zero (CPU) or positive (may be fractional)")
     _require(r.num_actors is None or r.num_actors >= 1, "ray.num_actors must be at least 1, or null for automatic")
+    _require(r.models_per_group >= 1, "ray.models_per_group must be at least 1")
     _require(r.num_synthesis_workers >= 0, "ray.num_synthesis_workers must be 0 (no separate pool) or more")
     _require(r.synthesis_cpus_per_worker > 0, "ray.synthesis_cpus_per_worker must be positive")
     _require(r.synthesis_gpus_per_worker >= 0, "ray.synthesis_gpus_per_worker must be zero or positive")

@@ -1,12 +1,14 @@
 """Model architectures, built by name from :class:`raypriv.config.ModelConfig`.
 
 * ``mlp``        flatten + two hidden layers (digits, MNIST, tabular)
+* ``logreg``     flatten + one linear layer: multinomial logistic regression (tabular)
 * ``cnn_small``  three conv layers + global pooling (digits, MNIST)
 * ``resnet18``   the CIFAR ResNet-18 (3x3 stem, no max-pool; He et al. 2016)
 * ``wrn16_4``    Wide-ResNet 16-4, pre-activation (Zagoruyko & Komodakis 2016)
 
 ``norm`` picks BatchNorm, GroupNorm (the DP-SGD-compatible choice) or none.
-``width`` scales each arch; ``None`` takes :data:`DEFAULT_WIDTH`.
+``width`` scales each arch; ``None`` takes :data:`DEFAULT_WIDTH`.  ``logreg``
+has no hidden layer, so neither ``width`` nor ``norm`` applies to it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from raypriv.config import ModelConfig
 from raypriv.errors import RayprivError
 
-DEFAULT_WIDTH = {"mlp": 256, "cnn_small": 16, "resnet18": 64, "wrn16_4": 16}
+DEFAULT_WIDTH = {"mlp": 256, "cnn_small": 16, "resnet18": 64, "wrn16_4": 16, "logreg": 0}  # logreg: no hidden layer
 
 
 def _norm2d(kind: str, channels: int) -> nn.Module:
@@ -56,6 +58,21 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class LogisticRegression(nn.Module):
+    """Multinomial logistic regression: one linear map from the (flattened) inputs to the logits.
+
+    Trained with the recipe's cross-entropy and weight decay, this is
+    L2-regularised logistic regression, the usual tabular baseline.
+    """
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.flatten(x, 1))
 
 
 class SmallCNN(nn.Module):
@@ -155,13 +172,15 @@ class WideResNet(nn.Module):
 
 def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build ``config.arch`` for inputs of ``input_shape`` (without the batch dimension)."""
+    if config.arch == "logreg":
+        return LogisticRegression(math.prod(input_shape), num_classes)
     width = config.width or DEFAULT_WIDTH[config.arch]
     if config.arch == "mlp":
         return MLP(math.prod(input_shape), num_classes, width, config.norm)
     if len(input_shape) != 3:
         raise RayprivError(
             f"model.arch={config.arch!r} needs image inputs (C, H, W) but the dataset has shape {input_shape}; "
-            "use model.arch: mlp for tabular data"
+            "use model.arch: mlp or logreg for tabular data"
         )
     channels = input_shape[0]
     if config.arch == "cnn_small":

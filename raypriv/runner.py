@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -33,7 +34,7 @@ import pyarrow as pa
 import torch
 
 from raypriv import __version__
-from raypriv.attacks import run_attacks
+from raypriv.attacks import score_attacks
 from raypriv.config import (
     ExperimentConfig,
     config_from_dict,
@@ -43,19 +44,22 @@ from raypriv.config import (
     protocol_hash,
     recipe_hash,
 )
+from raypriv.ensemble import models_fitting_in_memory, resolve_engine, train_ensemble, train_group_splitting_on_oom
 from raypriv.data import AuditSplit, Dataset, load_dataset, make_audit_split
 from raypriv.errors import RayprivError
-from raypriv.metrics import attack_metrics, plot_roc, roc
+from raypriv.metrics import plot_roc
 from raypriv.report import format_summary
+from raypriv.scoring import load_attack_inputs, roc_metrics, scoring_workers, write_scores
 from raypriv.seeding import torch_seed
 from raypriv.store import (
     MODEL_SCHEMA,
+    READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
     RunStore,
     audit_table,
-    read_logits,
     scan_completed,
     scores_schema,
+    scores_write_options,
     synthetic_path,
     synthetic_record_path,
     write_model_result,
@@ -172,18 +176,67 @@ class ShadowTrainer:
         return (stored or self._synthesize(paradigm, context))[1]
 
     def run(self, paradigm_name: str, model_id: int) -> dict[str, Any]:
-        """Train, query and store model ``model_id`` (synthesizing first unless a stored set exists); returns its row."""
-        config = self.config
-        paradigm = make_paradigm(config, paradigm_name)
-        context = self._context(paradigm_name, model_id)
-        training_set, record = self._stored_synthesis(paradigm, context) or self._synthesize(paradigm, context)
+        """Train, query and store one model; returns its row (see :meth:`run_group`)."""
+        return self.run_group(paradigm_name, [model_id])[0]
+
+    def run_group(self, paradigm_name: str, model_ids: list[int]) -> list[dict[str, Any]]:
+        """Train, query and store the models ``model_ids`` of one paradigm; returns their rows.
+
+        Each model synthesizes first unless a stored set exists.  The engine
+        (:func:`raypriv.ensemble.resolve_engine`) trains them one by one, each
+        stored as soon as it is done, or all at once with the ensemble engine.
+        """
+        paradigm = make_paradigm(self.config, paradigm_name)
+        recipe = paradigm.training_recipe(self.config)
+        engine = resolve_engine(self.config.train.engine, self.config.model.arch, self.device, recipe is not None)
+        rows, prepared = [], []
+        for model_id in model_ids:
+            context = self._context(paradigm_name, model_id)
+            training_set, record = self._stored_synthesis(paradigm, context) or self._synthesize(paradigm, context)
+            if engine == "ensemble":
+                prepared.append((context, training_set, record))
+                continue
+            start = time.perf_counter()
+            with self._seeded_global_rng(f"{paradigm_name}/train", model_id):
+                model = paradigm.train(training_set, context)
+            self._sync()
+            rows.append(self._finish(context, model, training_set, record, time.perf_counter() - start))
+        if engine == "loop":
+            return rows
 
         start = time.perf_counter()
-        with self._seeded_global_rng(f"{paradigm_name}/train", model_id):
-            model = paradigm.train(training_set, context)
+        models = self._train_ensemble(prepared, recipe)
         self._sync()
-        train_seconds = time.perf_counter() - start
+        seconds = (time.perf_counter() - start) / len(prepared)  # the group's wall time, shared evenly
+        return [self._finish(c, m, t, r, seconds) for (c, t, r), m in zip(prepared, models)]
 
+    def _train_ensemble(self, prepared: list, recipe) -> list:
+        """Train the prepared models together, in groups that fit the device's memory."""
+        by_id = {context.model_id: (context, training_set) for context, training_set, _ in prepared}
+
+        def train_group(ids):
+            return train_ensemble(
+                [by_id[m][0].build_model() for m in ids],
+                [(by_id[m][1].x, by_id[m][1].y) for m in ids],
+                recipe, self.normalizer, self.config.seed, list(ids),
+            )
+
+        def on_split(size: int, half: int) -> None:
+            log.warning("a group of %d models ran out of memory on %s; training it as groups of %d", size, self.device, half)
+
+        ids = [context.model_id for context, _, _ in prepared]
+        first_context, first_set = by_id[ids[0]]
+        fits = models_fitting_in_memory(
+            first_context.build_model, (first_set.x, first_set.y), recipe, self.normalizer, len(ids)
+        )
+        models = []
+        for start in range(0, len(ids), fits):
+            models += train_group_splitting_on_oom(ids[start : start + fits], train_group, on_split)
+        return models
+
+    def _finish(self, context: ShadowContext, model, training_set: LabeledSet, record: dict[str, Any], train_seconds: float) -> dict[str, Any]:
+        """Query a trained model on the audit samples and store its logits and row."""
+        config, paradigm_name, model_id = self.config, context.paradigm, context.model_id
         batch = config.train.eval_batch_size
         logits = predict_logits(model, self.x_audit, self.normalizer, config.queries, batch)
         row = {
@@ -224,7 +277,7 @@ def prepare_run(config: ExperimentConfig) -> tuple[RunStore, Dataset, AuditSplit
     digest = protocol_hash(config)
     if store.exists("run.json"):
         manifest = store.read_json("run.json")
-        if manifest.get("schema_version") != SCHEMA_VERSION:
+        if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
             raise RayprivError(
                 f"{store.uri} was written with store schema {manifest.get('schema_version')}, this raypriv "
                 f"writes schema {SCHEMA_VERSION}; use a new --out"
@@ -243,6 +296,10 @@ def prepare_run(config: ExperimentConfig) -> tuple[RunStore, Dataset, AuditSplit
         raise RayprivError(f"{store.uri} is not empty and holds no raypriv run (no run.json); choose a new or empty --out")
 
     dataset = load_dataset(config.dataset)
+    if "hflip" in config.queries and not dataset.is_image:
+        raise RayprivError(
+            f"queries lists 'hflip', but {config.dataset.name} is tabular (no image to flip); use queries: [identity]"
+        )
     split = make_audit_split(dataset, config.audit.n_audit, config.audit.canary, config.n_models, config.seed)
 
     created = store.read_json("run.json")["created_at"] if store.exists("run.json") else None
@@ -354,6 +411,32 @@ def _actor_count(config: ExperimentConfig, pending: int, synthesis_workers: int 
     return max(1, min(count, pending))
 
 
+def _group_size(config: ExperimentConfig, paradigm: str, pending: int, workers: int, on_gpu: bool) -> int:
+    """Models per call for ``paradigm``: 1 for the loop engine, else up to ``ray.models_per_group``.
+
+    Groups are also cut so that every worker gets one; a GPU worker may split
+    its group further to fit its memory.
+    """
+    recipe = make_paradigm(config, paradigm).training_recipe(config)
+    device = torch.device("cuda" if on_gpu else "cpu")
+    if resolve_engine(config.train.engine, config.model.arch, device, recipe is not None) == "loop":
+        return 1
+    return max(1, min(config.ray.models_per_group, math.ceil(pending / max(1, workers))))
+
+
+def _make_groups(config: ExperimentConfig, keys: list[tuple[str, int]], workers: int, on_gpu: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """Cut pending (paradigm, model id) pairs into (paradigm, model ids) calls, paradigms interleaved."""
+    by_paradigm: dict[str, list[int]] = {}
+    for paradigm, model_id in keys:
+        by_paradigm.setdefault(paradigm, []).append(model_id)
+    chunks = []
+    for paradigm, ids in by_paradigm.items():
+        size = _group_size(config, paradigm, len(ids), workers, on_gpu)
+        chunks.append([(paradigm, tuple(ids[i : i + size])) for i in range(0, len(ids), size)])
+    # Round-robin over paradigms, so early results cover them all (see run_audit).
+    return [chunk[i] for i in range(max(map(len, chunks), default=0)) for chunk in chunks if i < len(chunk)]
+
+
 _MAX_ATTEMPTS = 3  # lost workers per model before the run gives up (pipeline errors are not retried)
 
 
@@ -372,11 +455,11 @@ class _ActorPool:
         self.name, self.make_actor, self.method = name, make_actor, method
         self.actors = [make_actor() for _ in range(count)]
         self.idle = list(self.actors)
-        self.queue: list[tuple[str, int]] = []
-        self.in_flight: dict[Any, tuple[Any, tuple[str, int]]] = {}
-        self.lost_workers: dict[tuple[str, int], int] = {}
+        self.queue: list[tuple[str, Any]] = []  # (paradigm, model id) or (paradigm, model ids)
+        self.in_flight: dict[Any, tuple[Any, tuple[str, Any]]] = {}
+        self.lost_workers: dict[tuple[str, Any], int] = {}
 
-    def add(self, key: tuple[str, int]) -> None:
+    def add(self, key: tuple[str, Any]) -> None:
         self.queue.append(key)
         self._dispatch()
 
@@ -385,7 +468,7 @@ class _ActorPool:
             actor, key = self.idle.pop(0), self.queue.pop(0)
             self.in_flight[getattr(actor, self.method).remote(*key)] = (actor, key)
 
-    def collect(self, ref) -> tuple[tuple[str, int], Any] | None:
+    def collect(self, ref) -> tuple[tuple[str, Any], Any] | None:
         """The (key, result) of a finished call, or None if its worker was lost (the key is requeued)."""
         import ray
 
@@ -400,10 +483,10 @@ class _ActorPool:
             self.lost_workers[key] = self.lost_workers.get(key, 0) + 1
             if self.lost_workers[key] >= _MAX_ATTEMPTS:
                 raise RayprivError(
-                    f"model {key[1]} of {key[0]} lost its {self.name} worker {self.lost_workers[key]} times "
+                    f"model(s) {key[1]} of {key[0]} lost their {self.name} worker {self.lost_workers[key]} times "
                     f"(last: {exc}); check the cluster's health and rerun to resume"
                 ) from None
-            log.warning("%s worker lost on %s #%d; requeued on a new worker", self.name, key[0], key[1])
+            log.warning("%s worker lost on %s %s; requeued on a new worker", self.name, key[0], key[1])
             ray.kill(actor)
             replacement = self.make_actor()
             self.actors.append(replacement)
@@ -466,32 +549,50 @@ def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
         "shadow-model",
         actor_factory("train", r.num_cpus_per_actor, r.num_gpus_per_actor),
         _actor_count(config, len(pending), len(synthesis.actors)),
-        "run",
+        "run_group",
     )
     log.info(
         "training %d shadow models on %d Ray actors%s",
         len(pending), len(trainers.actors),
         f", {len(to_synthesize)} synthetic sets made by {len(synthesis.actors)} synthesis workers" if to_synthesize else "",
     )
-    waiting_for_synthesis = set(to_synthesize)
+    on_gpu = r.num_gpus_per_actor > 0
+    waiting = set(to_synthesize)
+    group_sizes = {
+        p: _group_size(config, p, sum(key[0] == p for key in pending), len(trainers.actors), on_gpu)
+        for p in config.paradigms
+    }
+    ready: dict[str, list[int]] = {}  # synthesized models waiting to fill a group
+
+    def dispatch_ready(paradigm: str) -> None:
+        """Send the paradigm's synthesized models on as groups; the rest too once its synthesis is done."""
+        ids = ready.get(paradigm, [])
+        size = group_sizes.get(paradigm, 1)
+        outstanding = any(key[0] == paradigm for key in waiting)
+        while ids and (len(ids) >= size or not outstanding):
+            trainers.add((paradigm, tuple(ids[:size])))
+            del ids[:size]
+
     for key in to_synthesize:
         synthesis.add(key)
-    for key in pending:
-        if key not in waiting_for_synthesis:
-            trainers.add(key)
+    for group in _make_groups(config, [k for k in pending if k not in waiting], len(trainers.actors), on_gpu):
+        trainers.add(group)
     try:
         while synthesis.in_flight or trainers.in_flight:
             (ref,), _ = ray.wait([*synthesis.in_flight, *trainers.in_flight], num_returns=1)
             if ref in synthesis.in_flight:
                 done = synthesis.collect(ref)
                 if done is not None:
-                    trainers.add(done[0])
+                    waiting.discard(done[0])
+                    ready.setdefault(done[0][0], []).append(done[0][1])
+                    dispatch_ready(done[0][0])
                 if not synthesis.queue:
                     synthesis.release_idle()
             else:
                 done = trainers.collect(ref)
                 if done is not None:
-                    progress.update(done[1])
+                    for row in done[1]:
+                        progress.update(row)
             if not (synthesis.queue or synthesis.in_flight or trainers.queue):
                 trainers.release_idle()
     finally:
@@ -509,8 +610,9 @@ def train_pending(config: ExperimentConfig, store: RunStore, dataset: Dataset, s
             threads = torch.get_num_threads()  # the trainer pins its own; give the caller's back after
             try:
                 trainer = ShadowTrainer(config.to_dict(), store.uri, dataset, split)
-                for paradigm, model_id in pending:
-                    progress.update(trainer.run(paradigm, model_id))
+                for paradigm, model_ids in _make_groups(config, pending, 1, trainer.device.type == "cuda"):
+                    for row in trainer.run_group(paradigm, list(model_ids)):
+                        progress.update(row)
             finally:
                 torch.set_num_threads(threads)
     except KeyboardInterrupt:
@@ -537,48 +639,60 @@ class AuditResult:
 
 
 def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, models: pd.DataFrame) -> dict[str, Any]:
-    """Run the attacks on the stored logits; write scores, metrics and the ROC plot."""
+    """Run the attacks on the stored logits; write scores, metrics and the ROC plot.
+
+    Streams in bounded memory (see :mod:`raypriv.scoring`): each paradigm's
+    logits are reduced model by model as they are read, attacked in blocks of
+    audit samples, appended to ``scores.parquet`` in row groups, and
+    summarised without materialising full ROC curves.
+    """
     metrics: dict[str, Any] = {}
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    score_tables = []
     n_models, n_audit = split.keep.shape
     is_in = split.keep
-    for paradigm in config.paradigms:
-        rows = models[models.paradigm == paradigm]
-        hashes = set(rows.recipe_hash)
-        if hashes != {recipe_hash(config, paradigm)}:
-            raise RayprivError(
-                f"models of {paradigm} come from recipes {sorted(hashes)}, not {recipe_hash(config, paradigm)}; "
-                "the attack will not mix recipes. Use a new --out"
+    attacks = list(config.attacks)
+    needs_scores = any(a != "loss" for a in attacks)
+    workers = scoring_workers()
+    with store.table_writer("scores.parquet", scores_schema(attacks), **scores_write_options(attacks)) as writer:
+        for paradigm in config.paradigms:
+            rows = models[models.paradigm == paradigm]
+            hashes = set(rows.recipe_hash)
+            if hashes != {recipe_hash(config, paradigm)}:
+                raise RayprivError(
+                    f"models of {paradigm} come from recipes {sorted(hashes)}, not {recipe_hash(config, paradigm)}; "
+                    "the attack will not mix recipes. Use a new --out"
+                )
+            start = time.perf_counter()
+            lira_scores, label_log_p = load_attack_inputs(
+                store, paradigm, n_models, n_audit, len(config.queries), split.audit_labels,
+                need_scores=needs_scores, need_loss="loss" in attacks, workers=workers,
             )
-        logits = read_logits(store, paradigm, n_models, n_audit, len(config.queries))
-        scores = run_attacks(logits, split.audit_labels, split.keep, config.attacks)
-        entry: dict[str, Any] = {
-            "test_acc": float(rows.test_acc.mean()),
-            "test_acc_std": float(rows.test_acc.std(ddof=1)) if len(rows) > 1 else 0.0,
-            "n_models": int(len(rows)),
-            "synth_seconds_mean": float(rows.synth_seconds.mean()),
-            "train_seconds_mean": float(rows.train_seconds.mean()),
-        }
-        reported = pd.DataFrame([json.loads(info) for info in rows["info"]])
-        numeric = reported.select_dtypes("number")
-        if not numeric.empty:
-            entry["info"] = {key: float(value) for key, value in numeric.mean().items()}
-        delta = entry.get("info", {}).get("delta", 0.0)  # DP paradigms report theirs
-        for attack, score in scores.items():
-            entry[attack] = attack_metrics(is_in, score, delta)
-            curves.setdefault(paradigm, {})[attack] = roc(is_in, score)
-        metrics[paradigm] = entry
-        columns = {
-            "paradigm": np.full(n_models * n_audit, paradigm, dtype=object),
-            "model_id": np.repeat(np.arange(n_models, dtype=np.int32), n_audit),
-            "sample_id": np.tile(np.arange(n_audit, dtype=np.int64), n_models),
-            "is_in": is_in.ravel(),
-        }
-        columns.update({attack: score.ravel() for attack, score in scores.items()})
-        score_tables.append(pa.table(columns, schema=scores_schema(list(scores))))
+            read = time.perf_counter()
+            scores = score_attacks(lira_scores, label_log_p, split.keep, attacks, workers=workers)
+            del lira_scores, label_log_p
+            attacked = time.perf_counter()
+            entry: dict[str, Any] = {
+                "test_acc": float(rows.test_acc.mean()),
+                "test_acc_std": float(rows.test_acc.std(ddof=1)) if len(rows) > 1 else 0.0,
+                "n_models": int(len(rows)),
+                "synth_seconds_mean": float(rows.synth_seconds.mean()),
+                "train_seconds_mean": float(rows.train_seconds.mean()),
+            }
+            reported = pd.DataFrame([json.loads(info) for info in rows["info"]])
+            numeric = reported.select_dtypes("number")
+            if not numeric.empty:
+                entry["info"] = {key: float(value) for key, value in numeric.mean().items()}
+            delta = entry.get("info", {}).get("delta", 0.0)  # DP paradigms report theirs
+            for attack, score in scores.items():
+                entry[attack], curves.setdefault(paradigm, {})[attack] = roc_metrics(is_in, score, delta)
+            metrics[paradigm] = entry
+            write_scores(writer, paradigm, is_in, scores)
+            del scores
+            log.info(
+                "scored %s: %d models x %d samples; read %.1fs, attacks %.1fs, metrics and scores.parquet %.1fs",
+                paradigm, n_models, n_audit, read - start, attacked - read, time.perf_counter() - attacked,
+            )
 
-    store.write_table("scores.parquet", pa.concat_tables(score_tables))
     store.write_json("metrics.json", metrics)
     flat = [
         {"paradigm": p, "attack": a, **{k: v for k, v in m.items()}, "test_acc": e["test_acc"]}
@@ -590,6 +704,9 @@ def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, mode
     figure = plot_roc(curves, f"{config.name}: {n_models} models x {n_audit} audit samples (leave-one-out)")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
     store.write_bytes("roc.png", buffer.getvalue())
     return metrics
 

@@ -1,4 +1,4 @@
-"""The run directory and its Parquet schemas (schema version 1).
+"""The run directory and its Parquet schemas (schema version 2).
 
 This module is the one place the on-disk format is defined.  A run directory
 holds:
@@ -23,7 +23,9 @@ holds:
     ``sample_id``, ``query_id`` (index into ``run.json["queries"]``),
     ``label`` and ``logits`` (``float32[num_classes]``, eval mode).  The
     ``paradigm=`` folder is a Hive partition: ``pandas.read_parquet(RUN/"logits")``
-    returns it as a ``paradigm`` column.
+    returns it as a ``paradigm`` column.  zstd-compressed, the logits
+    byte-stream-split (:data:`LOGITS_WRITE_OPTIONS`); read in row batches by
+    :func:`iter_logits`.
 ``models/<name>/model-<id>.parquet``  (:data:`MODEL_SCHEMA`)
     One row per trained model, written *after* its logits file: a model is
     complete exactly when this row exists.  ``models.parquet`` gathers all
@@ -40,10 +42,20 @@ holds:
     "synth_seconds", "private_size", "info"}``; a shadow-model actor trains
     from the pair when a separate synthesis pool made it.
 ``scores.parquet``  (:func:`scores_schema`)
-    One row per (paradigm, target model, audit sample): ``is_in`` and one
-    float64 column per attack, higher meaning "more likely IN".
+    One row per (paradigm, target model, audit sample), in that order:
+    ``paradigm``, ``model_id`` (the target), ``sample_id``, ``is_in`` and one
+    float32 column per attack of the config (e.g. ``loss``, ``lira_online``,
+    ``rmia``), higher meaning "more likely IN".  Written in row groups of whole
+    target models (about a million rows each), so it can be read back a group
+    or a column at a time (``pyarrow.parquet.ParquetFile(...).iter_batches``).
 ``metrics.json``, ``metrics.csv``, ``roc.png``, ``summary.txt``
     The attack metrics (see the README for the ``metrics.json`` keys).
+
+Schema history: version 1 stored the attack columns of ``scores.parquet`` as
+float64 in one row group; version 2 stores them as float32 (what the streaming
+scorer computes; see :mod:`raypriv.attacks`) in row groups.  Nothing else
+changed, and readers that select ``scores.parquet`` columns by name read both.
+``raypriv audit`` refuses to resume a run directory of another version.
 
 Every file is written to a temporary name and then renamed, so a killed
 worker never leaves a half-written file under a final name.  All I/O goes
@@ -53,12 +65,13 @@ that pyarrow understands.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -67,7 +80,10 @@ import pyarrow.parquet as pq
 
 from raypriv.errors import RayprivError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 differs only in scores.parquet (float64, one row group), which every scoring
+# rewrites, so a version-1 run resumes and is upgraded in place.
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 AUDIT_SCHEMA = pa.schema(
     [
@@ -118,7 +134,37 @@ def scores_schema(attacks: list[str]) -> pa.Schema:
         ("sample_id", pa.int64()),
         ("is_in", pa.bool_()),
     ]
-    return pa.schema(fields + [(attack, pa.float64()) for attack in attacks])
+    return pa.schema(fields + [(attack, pa.float32()) for attack in attacks])
+
+
+# Encodings (readers need nothing special): float32 logits and scores look random to a byte compressor, so
+# they are byte-stream-split (the bytes of equal significance side by side) before zstd, which stores them in
+# about 3.4 bytes instead of pyarrow's default dictionary-then-snappy at 4 to 6.7 (benchmarks/bench_parquet.py).
+LOGITS_WRITE_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": ["model_id", "query_id", "label"],
+    "use_byte_stream_split": ["logits.list.element"],
+}
+
+
+def scores_write_options(attacks: list[str]) -> dict[str, Any]:
+    return {"compression": "zstd", "use_dictionary": ["paradigm", "model_id"], "use_byte_stream_split": list(attacks)}
+
+
+def scores_table(paradigm: str, first_model: int, is_in: np.ndarray, scores: dict[str, np.ndarray]) -> pa.Table:
+    """Rows of ``scores.parquet`` for targets ``first_model, first_model + 1, ...``.
+
+    ``is_in`` and each ``scores[attack]`` are ``(n_targets, n_audit)``.
+    """
+    n_targets, n_audit = is_in.shape
+    columns = [
+        pa.array(np.full(n_targets * n_audit, paradigm, dtype=object), pa.string()),
+        pa.array(np.repeat(np.arange(first_model, first_model + n_targets, dtype=np.int32), n_audit)),
+        pa.array(np.tile(np.arange(n_audit, dtype=np.int64), n_targets)),
+        pa.array(np.ascontiguousarray(is_in).ravel()),
+    ]
+    columns += [pa.array(np.ascontiguousarray(score, dtype=np.float32).ravel()) for score in scores.values()]
+    return pa.table(columns, schema=scores_schema(list(scores)))
 
 
 def logits_path(paradigm: str, model_id: int) -> str:
@@ -136,6 +182,12 @@ def synthetic_path(paradigm: str, model_id: int) -> str:
 def synthetic_record_path(paradigm: str, model_id: int) -> str:
     """JSON written after the synthetic set: marks it complete and keeps its timing and info."""
     return f"synthetic/{paradigm}/model-{model_id:06d}.json"
+
+
+def _versioned(schema: pa.Schema) -> dict:
+    metadata = dict(schema.metadata or {})
+    metadata[b"raypriv_schema_version"] = str(SCHEMA_VERSION).encode()
+    return metadata
 
 
 _REWRITE_HINT = "delete it and rerun `raypriv audit` with the same config and --out to recompute it"
@@ -197,12 +249,45 @@ class RunStore:
         except FileNotFoundError:
             raise RayprivError(f"{self.path(relative)} is missing from the run directory; {_REWRITE_HINT}") from None
 
-    def write_table(self, relative: str, table: pa.Table) -> None:
-        metadata = dict(table.schema.metadata or {})
-        metadata[b"raypriv_schema_version"] = str(SCHEMA_VERSION).encode()
+    def write_table(self, relative: str, table: pa.Table, **parquet_options: Any) -> None:
+        """Write a Parquet file atomically; ``parquet_options`` go to ``pyarrow.parquet.write_table``."""
         buffer = io.BytesIO()
-        pq.write_table(table.replace_schema_metadata(metadata), buffer)
+        pq.write_table(table.replace_schema_metadata(_versioned(table.schema)), buffer, **parquet_options)
         self.write_bytes(relative, buffer.getvalue())
+
+    @contextlib.contextmanager
+    def table_writer(self, relative: str, schema: pa.Schema, **parquet_options: Any) -> Iterator[pq.ParquetWriter]:
+        """A ParquetWriter for a large table written in row groups (``writer.write_table`` per group).
+
+        It streams to a temporary file that is renamed to ``relative`` when
+        the block ends, so the table never has to fit in memory and a failure
+        leaves no file under the final name.
+        """
+        final = self.path(relative)
+        parent = final.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
+        schema = schema.with_metadata(_versioned(schema))
+        try:
+            with self.fs.open_output_stream(temporary) as stream, pq.ParquetWriter(stream, schema, **parquet_options) as writer:
+                yield writer
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(temporary)
+            raise
+        self.fs.move(temporary, final)
+
+    def open_parquet(self, relative: str) -> pq.ParquetFile:
+        """A Parquet file opened for reading in row groups or batches (random access, nothing read yet)."""
+        try:
+            source = self.fs.open_input_file(self.path(relative))
+        except FileNotFoundError:
+            raise RayprivError(f"{self.path(relative)} is missing from the run directory; {_REWRITE_HINT}") from None
+        try:
+            return pq.ParquetFile(source)
+        except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+            source.close()
+            raise RayprivError(f"{self.path(relative)} is corrupt or truncated ({exc}); {_REWRITE_HINT}") from None
 
     def read_table(self, relative: str) -> pa.Table:
         """Read a Parquet file, or raise a RayprivError saying which file is bad and what to do."""
@@ -279,7 +364,7 @@ def logits_table(model_id: int, logits: np.ndarray, labels: np.ndarray) -> pa.Ta
 def write_model_result(store: RunStore, row: dict[str, Any], logits: np.ndarray, labels: np.ndarray) -> None:
     """Write a model's logits, then its row: the row marks the model complete."""
     paradigm, model_id = row["paradigm"], row["model_id"]
-    store.write_table(logits_path(paradigm, model_id), logits_table(model_id, logits, labels))
+    store.write_table(logits_path(paradigm, model_id), logits_table(model_id, logits, labels), **LOGITS_WRITE_OPTIONS)
     store.write_table(model_row_path(paradigm, model_id), pa.Table.from_pylist([row], schema=MODEL_SCHEMA))
 
 
@@ -327,27 +412,69 @@ def scan_completed(store: RunStore, paradigm: str, recipe_hash: str, expected_ro
     return ResumeScan(complete, discarded)
 
 
+def _missing_logits(store: RunStore, paradigm: str, model_id: int) -> RayprivError:
+    return RayprivError(
+        f"{store.path(logits_path(paradigm, model_id))} is missing: model {model_id} of {paradigm} has no logits; "
+        "rerun `raypriv audit` with the same config and --out to train it"
+    )
+
+
+def iter_logits(
+    store: RunStore, paradigm: str, model_id: int, n_audit: int, n_queries: int, batch_elements: int = 1 << 22
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One model's logits in row batches: ``(sample_id, query_id, float32[rows, C])`` per batch.
+
+    Reads only the three columns it needs, about ``batch_elements`` logits at
+    a time, so memory stays bounded whatever the model's size.  Checks the
+    row count, the id ranges and that every (sample, query) pair appears
+    exactly once; a missing, corrupt or incomplete file is a RayprivError
+    naming the file and the fix.
+    """
+    relative = logits_path(paradigm, model_id)
+    if not store.exists(relative):
+        raise _missing_logits(store, paradigm, model_id)
+    expected = n_audit * n_queries
+
+    def bad(reason: str) -> RayprivError:
+        return RayprivError(f"{store.path(relative)} {reason}; {_REWRITE_HINT}")
+
+    parquet = store.open_parquet(relative)
+    with contextlib.closing(parquet):
+        if parquet.metadata.num_rows != expected or "logits" not in parquet.schema_arrow.names:
+            raise bad(f"has {parquet.metadata.num_rows} rows, expected {expected}")
+        field = parquet.schema_arrow.field("logits").type
+        width = getattr(field, "list_size", 0) or 1
+        seen = np.zeros(expected, dtype=np.int64)
+        try:
+            batches = parquet.iter_batches(
+                batch_size=max(1, batch_elements // width), columns=["sample_id", "query_id", "logits"]
+            )
+            for batch in batches:
+                sample = batch.column(0).to_numpy().astype(np.int64, copy=False)
+                query = batch.column(1).to_numpy().astype(np.int64, copy=False)
+                column = batch.column(2)
+                logits = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
+                if len(sample) and (sample.min() < 0 or sample.max() >= n_audit or query.min() < 0 or query.max() >= n_queries):
+                    raise bad(f"holds sample or query ids outside 0..{n_audit - 1} and 0..{n_queries - 1}")
+                seen += np.bincount(sample * n_queries + query, minlength=expected)
+                yield sample, query, logits
+        except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+            raise bad(f"is corrupt or truncated ({exc})") from None
+        if not (seen == 1).all():
+            raise bad("does not hold every (sample, query) pair exactly once")
+
+
 def read_logits(store: RunStore, paradigm: str, n_models: int, n_audit: int, n_queries: int) -> np.ndarray:
-    """All logits of one paradigm as ``float32[n_models, n_audit, n_queries, C]``."""
+    """All logits of one paradigm as ``float32[n_models, n_audit, n_queries, C]``.
+
+    The whole array: fine for small runs and tests; the audit streams with
+    :func:`iter_logits` instead (:func:`raypriv.scoring.load_attack_inputs`).
+    """
     stacked = None
     for model_id in range(n_models):
-        relative = logits_path(paradigm, model_id)
-        if not store.exists(relative):
-            raise RayprivError(
-                f"{store.path(relative)} is missing: model {model_id} of {paradigm} has no logits; "
-                "rerun `raypriv audit` with the same config and --out to train it"
-            )
-        table = store.read_table(relative)
-        if table.num_rows != n_audit * n_queries or "logits" not in table.column_names:
-            raise RayprivError(
-                f"{store.path(relative)} has {table.num_rows} rows, expected {n_audit * n_queries}; {_REWRITE_HINT}"
-            )
-        sample = table.column("sample_id").to_numpy()
-        query = table.column("query_id").to_numpy()
-        column = table.column("logits").combine_chunks()
-        logits = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
-        if stacked is None:
-            stacked = np.empty((n_models, n_audit, n_queries, logits.shape[1]), dtype=np.float32)
-        stacked[model_id, sample, query] = logits
+        for sample, query, logits in iter_logits(store, paradigm, model_id, n_audit, n_queries):
+            if stacked is None:
+                stacked = np.empty((n_models, n_audit, n_queries, logits.shape[1]), dtype=np.float32)
+            stacked[model_id, sample, query] = logits
     assert stacked is not None, "n_models must be positive"
     return stacked

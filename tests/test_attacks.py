@@ -2,11 +2,31 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from raypriv.attacks import _leave_one_out_stats, lira_attack, lira_scores_from_logits, loss_attack, run_attacks
+from raypriv.attacks import (
+    KNOWN_ATTACKS,
+    _group_ids,
+    _leave_one_out_stats,
+    _loo_moments,
+    label_probabilities,
+    lira_attack,
+    lira_scores_from_logits,
+    loss_attack,
+    rmia_attack,
+    run_attacks,
+    score_attacks,
+)
+from raypriv.config import ATTACKS
 from raypriv.data import balanced_keep
+from raypriv.errors import RayprivError
 from raypriv.metrics import attack_metrics, tpr_at_fpr
+from raypriv.scoring import roc_metrics
 
-ALL = ["loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed"]
+ALL = list(ATTACKS)
+
+
+def metrics_of(keep, score):
+    """attack_metrics' numbers (tests/test_scoring.py checks roc_metrics equals it), fast at 10^5+ pairs."""
+    return roc_metrics(keep, score)[0]
 
 
 def logits_with_scores(scores):
@@ -14,13 +34,19 @@ def logits_with_scores(scores):
     return np.stack([scores, np.zeros_like(scores)], axis=-1).astype(np.float64)
 
 
-def gaussian_audit(n_models, n_samples, separation, seed=0, n_queries=1):
-    """Per-sample OUT means spread widely; IN = OUT + separation; unit noise."""
+def gaussian_audit(n_models, n_samples, separation, seed=0, n_queries=1, spread=3.0):
+    """Per-sample OUT means spread widely (``spread``); IN = OUT + separation; unit noise."""
     rng = np.random.default_rng(seed)
     keep = balanced_keep(n_models, n_samples, seed)
-    centre = rng.normal(0, 3, size=(1, n_samples, 1))
+    centre = rng.normal(0, spread, size=(1, n_samples, 1))
     scores = centre + separation * keep[:, :, None] + rng.normal(size=(n_models, n_samples, n_queries))
     return logits_with_scores(scores), np.zeros(n_samples, dtype=np.int64), keep
+
+
+def test_every_configurable_attack_is_implemented():
+    assert set(ATTACKS) == set(KNOWN_ATTACKS)
+    with pytest.raises(RayprivError, match="unknown attack"):
+        run_attacks(np.zeros((2, 3, 1, 2)), np.zeros(3, int), balanced_keep(2, 3, 0), ["lira"])
 
 
 def test_score_is_log_odds_of_the_label():
@@ -47,6 +73,83 @@ def test_leave_one_out_statistics_match_a_brute_force_loop():
                 np.testing.assert_allclose(variance[m, n], np.var(scores[shadows, n], axis=0), atol=1e-12)
 
 
+@pytest.mark.parametrize("n_models", [8, 10, 12])
+def test_block_statistics_match_a_brute_force_loop_with_ties(n_models):
+    # Scores rounded to a coarse grid, so many shadows tie with the removed value.
+    rng = np.random.default_rng(n_models)
+    scores = np.round(rng.normal(size=(n_models, 9, 2)) * 2) / 2
+    keep = balanced_keep(n_models, 9, 4)
+    block32 = np.ascontiguousarray(scores.astype(np.float32).transpose(1, 2, 0))  # (B, Q, M)
+    for member in (keep, ~keep):
+        member_bm = np.ascontiguousarray(member.T)
+        median, variance = _loo_moments(block32, block32.astype(np.float64), member_bm, _group_ids(member_bm), True)
+        for m in range(n_models):
+            for n in range(9):
+                group = [j for j in range(n_models) if member[j, n]]
+                shadows = [j for j in group if j != m] if m in group else group[:-1]
+                np.testing.assert_array_equal(median[n, :, m], np.median(scores[shadows, n], axis=0))
+                np.testing.assert_allclose(variance[n, :, m], np.var(scores[shadows, n], axis=0), atol=1e-12)
+
+
+def test_engine_matches_the_reference_implementation():
+    """Blocks, threads and float32 storage change nothing beyond float32 rounding of the outputs."""
+    rng = np.random.default_rng(5)
+    n_models, n_samples, n_queries, n_classes = 12, 150, 2, 5
+    keep = balanced_keep(n_models, n_samples, 5)
+    logits = rng.normal(size=(n_models, n_samples, n_queries, n_classes)) * 3
+    labels = rng.integers(0, n_classes, n_samples)
+    logits[..., 0] += 2.0 * keep[:, :, None] * (labels[None, :, None] == 0)
+    logits = logits.astype(np.float32)
+    engine = run_attacks(logits, labels, keep, ALL)
+    assert all(score.dtype == np.float32 and score.shape == keep.shape for score in engine.values())
+    for block, workers in ((1, 1), (7 * n_models * n_queries, 2)):
+        scores = lira_scores_from_logits(logits, labels).astype(np.float32)
+        again = score_attacks(scores, loss_attack(logits, labels), keep, ALL, block_elements=block, workers=workers)
+        for attack in ALL:
+            np.testing.assert_array_equal(again[attack], engine[attack])
+
+    rounded = lira_scores_from_logits(logits, labels).astype(np.float32).astype(np.float64)
+    for attack in [a for a in ALL if a.startswith("lira")]:
+        reference = lira_attack(rounded, keep, online="online" in attack, fixed_variance=attack.endswith("_fixed"))
+        np.testing.assert_allclose(engine[attack], reference, rtol=2e-6, atol=2e-6 * np.abs(reference).max())
+        exact = lira_attack(lira_scores_from_logits(logits, labels), keep, "online" in attack, attack.endswith("_fixed"))
+        np.testing.assert_allclose(engine[attack], exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
+    np.testing.assert_allclose(engine["loss"], loss_attack(logits, labels), rtol=1e-6)
+    reference = rmia_attack(label_probabilities(logits, labels), keep)
+    np.testing.assert_allclose(engine["rmia"], reference, atol=1e-6)
+
+
+def _rmia_brute_force(probs, keep, gamma):
+    """RMIA by its definition: explicit shadow sets and every (x, z) pair."""
+    n_models, n_samples = probs.shape
+    scores = np.zeros((n_models, n_samples))
+    for m in range(n_models):
+        ratio = np.empty(n_samples)
+        for n in range(n_samples):
+            shadows = []
+            for member in (keep[:, n], ~keep[:, n]):
+                group = [j for j in range(n_models) if member[j]]
+                shadows += [j for j in group if j != m] if m in group else group[:-1]
+            ratio[n] = probs[m, n] / np.mean(probs[shadows, n])
+        for n in range(n_samples):
+            others = [z for z in range(n_samples) if z != n]
+            scores[m, n] = np.mean([ratio[n] / ratio[z] > gamma for z in others])
+    return scores
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.8, 1.5])
+def test_rmia_matches_its_definition(gamma):
+    rng = np.random.default_rng(6)
+    n_models, n_samples = 10, 13
+    keep = balanced_keep(n_models, n_samples, 6)
+    logits = rng.normal(size=(n_models, n_samples, 2, 3)) + 1.5 * keep[:, :, None, None] * np.eye(3)[0]
+    labels = np.zeros(n_samples, dtype=np.int64)
+    probs = label_probabilities(logits, labels)
+    expected = _rmia_brute_force(probs, keep, gamma)
+    np.testing.assert_allclose(rmia_attack(probs, keep, gamma), expected, atol=1e-12)
+    np.testing.assert_allclose(run_attacks(logits.astype(np.float32), labels, keep, ["rmia"], gamma=gamma)["rmia"], expected, atol=1e-6)
+
+
 def test_lira_online_reaches_the_neyman_pearson_tpr():
     # Equal-variance Gaussians separated by d: the best test has TPR = Phi(Phi^-1(FPR) + d).
     # With 256 models the shadow estimates are close enough for LiRA to reach it.
@@ -55,15 +158,34 @@ def test_lira_online_reaches_the_neyman_pearson_tpr():
     result = run_attacks(logits, labels, keep, ["lira_online", "lira_online_fixed", "lira_offline", "loss"])
     expected = norm.cdf(norm.ppf(0.01) + separation)  # 0.372
     for attack in ("lira_online", "lira_online_fixed"):
-        metrics = attack_metrics(keep, result[attack])
+        metrics = metrics_of(keep, result[attack])
         assert metrics["tpr@1%fpr"] == pytest.approx(expected, abs=0.04), attack
         assert metrics["auc"] == pytest.approx(norm.cdf(separation / np.sqrt(2)), abs=0.01)
     # Offline is two-sided (|z| against the OUT Gaussian): TPR = Phi(d - t) + Phi(-d - t), t = Phi^-1(1 - FPR/2).
     threshold = norm.ppf(1 - 0.01 / 2)
     expected_offline = norm.cdf(separation - threshold) + norm.cdf(-separation - threshold)
-    assert attack_metrics(keep, result["lira_offline"])["tpr@1%fpr"] == pytest.approx(expected_offline, abs=0.04)
+    assert metrics_of(keep, result["lira_offline"])["tpr@1%fpr"] == pytest.approx(expected_offline, abs=0.04)
     # The loss attack cannot undo the per-sample spread of means, so it is far weaker at low FPR.
-    assert attack_metrics(keep, result["loss"])["tpr@1%fpr"] < 0.5 * expected
+    assert metrics_of(keep, result["loss"])["tpr@1%fpr"] < 0.5 * expected
+
+
+def test_rmia_reaches_the_neyman_pearson_tpr_on_exchangeable_samples():
+    # Every sample alike (no spread of means): Pr(x) is the same for all, so each target's
+    # RMIA score is a monotone function of its own score and reaches the best test's TPR.
+    separation = 2.0
+    logits, labels, keep = gaussian_audit(256, 2000, separation, spread=0.0)
+    metrics = metrics_of(keep, run_attacks(logits, labels, keep, ["rmia"])["rmia"])
+    assert metrics["tpr@1%fpr"] == pytest.approx(norm.cdf(norm.ppf(0.01) + separation), abs=0.04)
+    assert metrics["auc"] == pytest.approx(norm.cdf(separation / np.sqrt(2)), abs=0.01)
+
+
+def test_rmia_calibrates_per_sample_difficulty():
+    # Widely spread per-sample means: dividing by Pr(x) removes them, the loss attack cannot.
+    logits, labels, keep = gaussian_audit(256, 2000, 2.0)
+    result = run_attacks(logits, labels, keep, ["rmia", "loss"])
+    rmia, loss = metrics_of(keep, result["rmia"]), metrics_of(keep, result["loss"])
+    assert rmia["auc"] > 0.8 and rmia["tpr@1%fpr"] > 0.15  # chance: 0.5 and 0.01
+    assert rmia["tpr@1%fpr"] > 3 * loss["tpr@1%fpr"]
 
 
 def test_queries_are_averaged():
@@ -71,15 +193,31 @@ def test_queries_are_averaged():
     one = attack_metrics(keep, lira_attack(lira_scores_from_logits(logits[:, :, :1], labels), keep, True, False))
     four = attack_metrics(keep, lira_attack(lira_scores_from_logits(logits, labels), keep, True, False))
     assert four["auc"] > one["auc"] + 0.05  # four independent looks beat one
+    for attack in ("lira_online", "rmia"):
+        one = metrics_of(keep, run_attacks(logits[:, :, :1], labels, keep, [attack])[attack])
+        four = metrics_of(keep, run_attacks(logits, labels, keep, [attack])[attack])
+        assert four["auc"] > one["auc"] + 0.05, attack
 
 
 @pytest.mark.parametrize("n_models", [8, 32])
 @pytest.mark.parametrize("attack", ALL)
 def test_identical_in_and_out_give_chance(attack, n_models):
     logits, labels, keep = gaussian_audit(n_models, 96_000 // n_models, separation=0.0, seed=7)
-    metrics = attack_metrics(keep, run_attacks(logits, labels, keep, [attack])[attack])
+    metrics = metrics_of(keep, run_attacks(logits, labels, keep, [attack])[attack])
     assert metrics["auc"] == pytest.approx(0.5, abs=0.015)
     assert metrics["tpr@1%fpr"] == pytest.approx(0.01, abs=0.006)
+
+
+def test_unbalanced_or_too_small_membership_is_refused():
+    logits, labels, keep = gaussian_audit(8, 20, 1.0)
+    keep = keep.copy()
+    keep[0, 0] = ~keep[0, 0]
+    with pytest.raises(RayprivError, match="same number of models"):
+        run_attacks(logits, labels, keep, ["rmia"])
+    assert run_attacks(logits, labels, keep, ["loss"])["loss"].shape == (8, 20)  # the loss attack needs no balance
+    two = balanced_keep(2, 20, 0)
+    with pytest.raises(RayprivError, match="at least 2 of each"):
+        run_attacks(logits[:2], labels, two, ["lira_online"])
 
 
 def test_loss_attack_is_minus_cross_entropy():
@@ -87,6 +225,7 @@ def test_loss_attack_is_minus_cross_entropy():
     labels = np.array([0, 2])
     expected = -np.array([-np.log(np.exp(2) / (np.exp(2) + 1 + np.exp(-1))), np.log(3)])
     np.testing.assert_allclose(loss_attack(logits, labels)[0], expected)
+    np.testing.assert_allclose(run_attacks(logits, labels, np.array([[True, False]]), ["loss"])["loss"][0], expected, rtol=1e-6)
 
 
 def test_tpr_at_fpr_interpolates_between_operating_points():

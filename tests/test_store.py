@@ -65,3 +65,24 @@ def test_store_works_through_a_pyarrow_uri(tmp_path):
     assert (tmp_path / "run" / "logits" / "paradigm=real" / "model-000000.parquet").is_file()
     with pytest.raises(RayprivError, match="cannot open run directory"):
         RunStore("nosuchscheme://bucket/run")
+
+
+def test_a_version_1_run_resumes_and_is_upgraded(tmp_path):
+    """Version 1 differs only in scores.parquet, which scoring rewrites: old runs keep their models."""
+    import json
+
+    from raypriv.config import config_from_dict
+    from raypriv.runner import run_audit
+    from tests.conftest import tiny_config_dict
+
+    config = config_from_dict(tiny_config_dict(tmp_path / "run", attacks=["loss"]))
+    first = run_audit(config, use_ray=False, show_progress=False)
+    manifest_path = tmp_path / "run" / "run.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "schema_version": 1}))
+    again = run_audit(config, use_ray=False, show_progress=False)
+    assert again.trained_now == 0 and again.metrics["real"]["loss"] == first.metrics["real"]["loss"]
+    assert json.loads(manifest_path.read_text())["schema_version"] == 2
+    manifest_path.write_text(json.dumps({**manifest, "schema_version": 99}))
+    with pytest.raises(RayprivError, match="store schema 99"):
+        run_audit(config, use_ray=False, show_progress=False)

@@ -9,7 +9,9 @@ samples.  ``real`` (train on the private set itself) is the baseline.
 Each paradigm is one module in this package, a subclass of :class:`Paradigm`
 registered with :func:`register`, with its options as a dataclass
 (``Paradigm.Options``) that the config loader validates.  A synthesizer sees
-only the private set it is given: never another model's.
+only the private set it is given: never another model's.  To audit one
+paradigm at several settings in one run, list variants ``base@tag`` with
+their own options (see :func:`paradigm_class`).
 
 Conventions a paradigm follows:
 
@@ -31,6 +33,7 @@ Conventions a paradigm follows:
 from __future__ import annotations
 
 import dataclasses
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -129,9 +132,22 @@ class Paradigm(ABC):
     def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
         """Make the training set of the audited model from ``private``."""
 
+    def training_recipe(self, config: ExperimentConfig) -> TrainConfig | None:
+        """The recipe the audited model trains with, or None if the paradigm trains it its own way.
+
+        With a recipe, training is ``train_classifier(context.build_model(),
+        training_set, recipe)``, and the ensemble engine may train many such
+        models at once instead.  A paradigm returning None overrides
+        :meth:`train` (DP-SGD; a student kept from synthesis).
+        """
+        return config.train
+
     def train(self, training_set: LabeledSet, context: ShadowContext) -> nn.Module:
-        """Train the audited model on ``training_set`` with the config's recipe."""
-        return context.train_classifier(context.build_model(), training_set)
+        """Train the audited model on ``training_set`` with :meth:`training_recipe`."""
+        recipe = self.training_recipe(context.config)
+        if recipe is None:
+            raise NotImplementedError(f"{type(self).__name__} has no training recipe, so it must override train()")
+        return context.train_classifier(context.build_model(), training_set, recipe)
 
 
 PARADIGMS: dict[str, type[Paradigm]] = {}
@@ -143,16 +159,61 @@ def register(cls: type[Paradigm]) -> type[Paradigm]:
     return cls
 
 
+# A variant of a paradigm: ``base@tag`` (e.g. ``dpgen-marginals@eps1``).
+VARIANT_SEPARATOR = "@"
+_VARIANT_TAG = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def paradigm_class(name: str) -> type[Paradigm]:
+    """The paradigm behind ``name``: a registered name, or a variant ``base@tag`` of one.
+
+    A variant runs its base paradigm with its own options,
+    ``paradigm_options["base@tag"]``, so one run can audit a paradigm at
+    several settings over the same keep matrix (``dpgen-marginals@eps1`` and
+    ``dpgen-marginals@eps8`` side by side in one table).  Everywhere else a
+    variant is a paradigm of its own: its own recipe hash, results, random
+    streams and row in the metrics.  The tag may hold letters, digits and
+    ``_.-`` (it becomes part of file paths).
+    """
+    base, separator, tag = name.partition(VARIANT_SEPARATOR)
+    if base not in PARADIGMS:
+        raise RayprivError(
+            f"paradigm {name!r} is not known; choose from {sorted(PARADIGMS)} (or a variant "
+            f"'<paradigm>{VARIANT_SEPARATOR}<tag>', e.g. 'dpgen-marginals{VARIANT_SEPARATOR}eps1')"
+        )
+    if separator and not _VARIANT_TAG.fullmatch(tag):
+        raise RayprivError(
+            f"paradigm {name!r}: the variant tag {tag!r} must be letters, digits, '_', '.' or '-' "
+            f"(e.g. '{base}{VARIANT_SEPARATOR}eps1')"
+        )
+    return PARADIGMS[base]
+
+
+def is_known_paradigm(name: str) -> bool:
+    """Whether ``name`` is a registered paradigm or a well-formed variant of one."""
+    try:
+        paradigm_class(name)
+    except RayprivError:
+        return False
+    return True
+
+
 def build_options(name: str, raw: dict | None) -> Any:
-    """Validate the options of paradigm ``name`` (from ``paradigm_options.<name>``)."""
-    if name not in PARADIGMS:
-        raise RayprivError(f"paradigm {name!r} is not known; choose from {sorted(PARADIGMS)}")
-    return _build(PARADIGMS[name].Options, raw or {}, f"paradigm_options.{name}")
+    """Validate the options of paradigm (or variant) ``name`` (from ``paradigm_options.<name>``)."""
+    cls = paradigm_class(name)
+    try:
+        return _build(cls.Options, raw or {}, f"paradigm_options.{name}")
+    except RayprivError as exc:
+        # An Options class names its fields after its paradigm; a variant's error names the variant.
+        base_prefix, own_prefix = f"paradigm_options.{cls.name}.", f"paradigm_options.{name}."
+        if name == cls.name or base_prefix not in str(exc):
+            raise
+        raise RayprivError(str(exc).replace(base_prefix, own_prefix)) from None
 
 
 def make_paradigm(config: ExperimentConfig, name: str) -> Paradigm:
-    """The paradigm ``name`` with the options the config gives it."""
-    return PARADIGMS[name](build_options(name, config.paradigm_options.get(name)))
+    """The paradigm (or variant) ``name`` with the options the config gives it."""
+    return paradigm_class(name)(build_options(name, config.paradigm_options.get(name)))
 
 
 def resolved_options(config: ExperimentConfig, name: str) -> dict[str, Any]:

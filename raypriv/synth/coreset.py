@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raypriv.config import TrainConfig
+from raypriv.config import ExperimentConfig, TrainConfig
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
 from raypriv.training import Normalizer, augment, autocast, make_optimizer, make_scheduler
@@ -118,12 +118,11 @@ class Coreset(Paradigm):
         selected = torch.cat(picks)
         return LabeledSet(private.x[selected], private.y[selected])
 
-    def train(self, training_set: LabeledSet, context: ShadowContext) -> nn.Module:
-        """The audited model and recipe, for ``train_epochs`` epochs on the coreset."""
-        recipe = context.config.train
-        if self.options.train_epochs is not None:
-            recipe = dataclasses.replace(recipe, epochs=self.options.train_epochs)
-        return context.train_classifier(context.build_model(), training_set, recipe)
+    def training_recipe(self, config: ExperimentConfig) -> TrainConfig:
+        """The experiment's recipe, for ``train_epochs`` epochs on the coreset."""
+        if self.options.train_epochs is None:
+            return config.train
+        return dataclasses.replace(config.train, epochs=self.options.train_epochs)
 
 
 # ------------------------------------------------------------------- selection

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raypriv.errors import RayprivError
+from raypriv.config import ExperimentConfig, TrainConfig
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
 from raypriv.training import Normalizer, accuracy, make_scheduler
 
@@ -403,6 +404,10 @@ class DataFreeKD(Paradigm):
             z = torch.randn(options.n_synthetic, options.latent_dim, generator=context.generator("dfad-record"))
             x = torch.cat([generator(chunk.to(context.device)) for chunk in z.split(1024)]).float()
         return LabeledSet(x, soft_labels(teacher, x, context, options.temperature))
+
+    def training_recipe(self, config: ExperimentConfig) -> TrainConfig | None:
+        """DeepInversion distils by the standard recipe; DFAD's student is trained during synthesis."""
+        return config.train if self.options.method == "deepinversion" else None
 
     def train(self, training_set: LabeledSet, context: ShadowContext) -> nn.Module:
         if self.options.method == "deepinversion":

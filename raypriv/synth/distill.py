@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raypriv.errors import RayprivError
+from raypriv.config import ExperimentConfig, TrainConfig
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
 
 # Per-method defaults for fields left at None.  The papers run 1,000 (DC/DSA)
@@ -553,7 +554,7 @@ class Distill(Paradigm):
 
         return new_network
 
-    def train(self, training_set: LabeledSet, context: ShadowContext) -> nn.Module:
+    def training_recipe(self, config: ExperimentConfig) -> TrainConfig:
         """The standard recipe; ``train_epochs`` only changes its epoch count.
 
         The papers evaluate a distilled set by training on it for hundreds of
@@ -561,9 +562,8 @@ class Distill(Paradigm):
         for the full data, amount to few steps on ``ipc x classes`` images.
         """
         if self.options.train_epochs is None:
-            return super().train(training_set, context)
-        recipe = dataclasses.replace(context.config.train, epochs=self.options.train_epochs)
-        return context.train_classifier(context.build_model(), training_set, recipe)
+            return config.train
+        return dataclasses.replace(config.train, epochs=self.options.train_epochs)
 
     def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
         options = self.options

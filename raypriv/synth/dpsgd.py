@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from raypriv.config import TrainConfig
+from raypriv.config import ExperimentConfig, TrainConfig
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
 from raypriv.training import augment, make_optimizer, make_scheduler
@@ -89,6 +89,10 @@ class DPSGD(Paradigm):
 
     def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
         return private
+
+    def training_recipe(self, config: ExperimentConfig) -> None:
+        """None: DP-SGD trains with opacus in :meth:`train`, never by the standard recipe."""
+        return None
 
     def train(self, training_set: LabeledSet, context: ShadowContext) -> nn.Module:
         # opacus is imported here so that the other paradigms never pay for it.
