@@ -798,6 +798,7 @@ def run_status(run_dir: str, config: ExperimentConfig | None = None) -> str:
     else:
         lines.append("config: matches this run's protocol")
     total_missing = 0
+    name_width = max(10, *map(len, config.paradigms))
     for paradigm in config.paradigms:
         recipe = recipe_hash(config, paradigm)
         rows = []
@@ -812,7 +813,7 @@ def run_status(run_dir: str, config: ExperimentConfig | None = None) -> str:
         total_missing += len(missing)
         note = f"; {other} models of another recipe (options changed)" if other else ""
         lines.append(
-            f"  {paradigm:<10} {len(done):>5}/{config.n_models} complete"
+            f"  {paradigm:<{name_width}} {len(done):>5}/{config.n_models} complete"
             + (f"; missing: {_ranges(missing)}" if missing else "")
             + note
         )
