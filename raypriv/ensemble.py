@@ -32,6 +32,7 @@ does not fit in memory.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -42,25 +43,13 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from raypriv.config import TrainConfig
 from raypriv.seeding import torch_generator
-from raypriv.training import Normalizer, augment, autocast
+from raypriv.training import Normalizer, augment, autocast, epoch_batches, lr_factor
 
 
-def _batches(n: int, config: TrainConfig, order_rng: torch.Generator) -> Iterator[torch.Tensor]:
+def _batches(n: int, config: TrainConfig, order_rng: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
     """The batch indices of one model, epoch after epoch, as ``train_classifier`` draws them."""
     for _ in range(config.epochs):
-        permutation = torch.randperm(n, generator=order_rng)
-        for start in range(0, n, config.batch_size):
-            index = permutation[start : start + config.batch_size]
-            if len(index) < 2 and n >= 2:
-                continue  # BatchNorm cannot normalise a batch of one
-            yield index
-
-
-def _lr_factor(schedule: str, step: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """Per-model schedule factor at each model's own step (see ``training.make_scheduler``)."""
-    if schedule == "cosine":
-        return 0.5 * (1.0 + torch.cos(math.pi * torch.minimum(step, total) / total.clamp(min=1)))
-    return torch.ones_like(step)
+        yield from epoch_batches(n, config.batch_size, order_rng, device)
 
 
 class _StackedOptimizer:
@@ -150,14 +139,11 @@ def train_ensemble(
     batched_step = vmap(grad_and_value(loss_of_one), in_dims=(0, 0, 0, 0), randomness="error")
 
     batch_iterators = [
-        _batches(len(y), config, torch_generator(seed, "order", model_id))
+        _batches(len(y), config, torch_generator(seed, "order", model_id), device)
         for (_, y), model_id in zip(training_sets, model_ids)
     ]
     augment_rngs = [torch_generator(seed, "augment", model_id) for model_id in model_ids]
-    total_steps = torch.tensor(
-        [config.epochs * max(1, math.ceil(len(y) / config.batch_size)) for _, y in training_sets],
-        dtype=torch.float64,
-    )
+    total_steps = [config.epochs * max(1, math.ceil(len(y) / config.batch_size)) for _, y in training_sets]
     steps_done = torch.zeros(group, dtype=torch.int64)
     optimizer = _StackedOptimizer(params, config)
 
@@ -171,9 +157,9 @@ def train_ensemble(
             by_size.setdefault(len(batches[g]), []).append(g)
         for members in by_size.values():
             inputs = torch.stack(
-                [normalizer(augment(training_sets[g][0][batches[g].to(device)], config, augment_rngs[g])) for g in members]
+                [normalizer(augment(training_sets[g][0][batches[g]], config, augment_rngs[g])) for g in members]
             )
-            targets = torch.stack([training_sets[g][1][batches[g].to(device)] for g in members])
+            targets = torch.stack([training_sets[g][1][batches[g]] for g in members])
             rows = None if len(members) == group else torch.tensor(members, device=device)
             p = params if rows is None else {name: v[rows] for name, v in params.items()}
             b = buffers if rows is None else {name: v[rows] for name, v in buffers.items()}
@@ -193,8 +179,12 @@ def train_ensemble(
                 for name, value in b.items():
                     buffers[name][rows] = value
             member_index = torch.tensor(members)
-            lr = config.lr * _lr_factor(config.lr_schedule, steps_done[member_index].double(), total_steps[member_index])
-            optimizer.step(params, grads, lr.to(device), steps_done[member_index].to(device), rows)
+            lr = torch.tensor(
+                [config.lr * lr_factor(config.lr_schedule, int(steps_done[g]), total_steps[g]) for g in members],
+                dtype=torch.float64,
+                device=device,
+            )
+            optimizer.step(params, grads, lr, steps_done[member_index].to(device), rows)
             steps_done[member_index] += 1
 
     with torch.no_grad():
@@ -258,7 +248,7 @@ def models_fitting_in_memory(
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    probe_config = TrainConfig(**{**config.__dict__, "epochs": 1})
+    probe_config = dataclasses.replace(config, epochs=1)
     train_ensemble([build_model(), build_model()], [(x[:probe], y[:probe])] * 2, probe_config, normalizer, 0, [0, 1])
     per_model = max(1, (torch.cuda.max_memory_allocated(device) - before) / 2)
     free, _ = torch.cuda.mem_get_info(device)

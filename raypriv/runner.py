@@ -105,6 +105,7 @@ class ShadowTrainer:
         self.x_audit = self.x_pool[torch.tensor(split.audit_index, device=self.device)]
         self.x_test = torch.tensor(dataset.x_test, device=self.device)
         self.y_test = torch.tensor(dataset.y_test, device=self.device)
+        self.models_that_fit: dict[str, int] = {}  # ensemble group size per paradigm (GPU memory probe)
 
     @contextlib.contextmanager
     def _seeded_global_rng(self, stream: str, model_id: int):
@@ -226,9 +227,13 @@ class ShadowTrainer:
 
         ids = [context.model_id for context, _, _ in prepared]
         first_context, first_set = by_id[ids[0]]
-        fits = models_fitting_in_memory(
-            first_context.build_model, (first_set.x, first_set.y), recipe, self.normalizer, len(ids)
-        )
+        paradigm = first_context.paradigm
+        if paradigm not in self.models_that_fit:  # one memory probe per paradigm and worker
+            self.models_that_fit[paradigm] = models_fitting_in_memory(
+                first_context.build_model, (first_set.x, first_set.y), recipe, self.normalizer,
+                self.config.ray.models_per_group,
+            )
+        fits = self.models_that_fit[paradigm]
         models = []
         for start in range(0, len(ids), fits):
             models += train_group_splitting_on_oom(ids[start : start + fits], train_group, on_split)

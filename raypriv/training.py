@@ -13,6 +13,7 @@ the dataset in device memory at a quarter of the float size.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,13 +101,30 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     )
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step learning-rate schedule: ``cosine`` decay to zero over ``total_steps``, or ``constant``."""
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The learning-rate multiplier at ``step``: ``cosine`` decay to zero over ``total_steps``, or ``constant``."""
     if schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+    return 1.0
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning-rate schedule (see :func:`lr_factor`)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, total_steps))
+
+
+def epoch_batches(n: int, batch_size: int, order_rng: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
+    """One epoch's batch indices, in the order training presents them.
+
+    A fresh permutation from ``order_rng``, cut into batches of ``batch_size``;
+    a trailing batch of one is dropped (BatchNorm cannot normalise it).
+    """
+    permutation = torch.randperm(n, generator=order_rng).to(device)
+    for start in range(0, n, batch_size):
+        index = permutation[start : start + batch_size]
+        if len(index) < 2 and n >= 2:
+            continue
+        yield index
 
 
 def autocast(device: torch.device, config: TrainConfig):
@@ -140,11 +158,7 @@ def train_classifier(
 
     model.train()
     for _ in range(config.epochs):
-        permutation = torch.randperm(n, generator=order_rng).to(device)
-        for start in range(0, n, config.batch_size):
-            index = permutation[start : start + config.batch_size]
-            if len(index) < 2 and n >= 2:
-                continue  # BatchNorm cannot normalise a batch of one
+        for index in epoch_batches(n, config.batch_size, order_rng, device):
             inputs = normalizer(augment(x[index], config, augment_rng))
             with autocast(device, config):
                 loss = F.cross_entropy(model(inputs), y[index])

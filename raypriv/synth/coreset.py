@@ -49,7 +49,7 @@ from torch import nn
 from raypriv.config import ExperimentConfig, TrainConfig
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
-from raypriv.training import Normalizer, augment, autocast, make_optimizer, make_scheduler
+from raypriv.training import Normalizer, augment, autocast, epoch_batches, make_optimizer, make_scheduler
 
 _WHERE = "paradigm_options.coreset"
 
@@ -270,11 +270,7 @@ def _train_recording_correctness(private: LabeledSet, context: ShadowContext, op
     correct = torch.full((recipe.epochs, n), -1, dtype=torch.int8, device=x.device)
     model.train()
     for epoch in range(recipe.epochs):
-        permutation = torch.randperm(n, generator=order_rng).to(x.device)
-        for start in range(0, n, recipe.batch_size):
-            index = permutation[start : start + recipe.batch_size]
-            if len(index) < 2 and n >= 2:
-                continue  # BatchNorm cannot normalise a batch of one (as in train_classifier)
+        for index in epoch_batches(n, recipe.batch_size, order_rng, x.device):
             inputs = context.normalizer(augment(x[index], recipe, augment_rng))
             with autocast(x.device, recipe):
                 logits = model(inputs)
