@@ -49,6 +49,8 @@ audit = pd.read_parquet(RUN / "audit.parquet")
 models = pd.read_parquet(RUN / "models.parquet")
 scores = pd.read_parquet(RUN / "scores.parquet")
 logits = pd.read_parquet(RUN / "logits")
+if "population" in logits.columns:  # runs with a population set (audit.n_population): audit rows only here
+    logits = logits[~logits.population.fillna(False).astype(bool)].drop(columns="population")
 metrics = json.loads((RUN / "metrics.json").read_text())
 
 KEYS = ["paradigm", "model_id", "sample_id", "is_in"]

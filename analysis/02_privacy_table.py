@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from raypriv.metrics import (
-    attack_metrics,
+    audit_epsilon_lower_bound,
     bootstrap_roc_metrics,
     bootstrap_weights,
     percentile_interval,
+    roc_metrics,
     tpr_interval,
 )
 
@@ -54,7 +55,7 @@ def matrices(frame: pd.DataFrame, attack: str) -> tuple[np.ndarray, np.ndarray]:
 # %% [markdown]
 # ## The summary
 #
-# Point estimates from `attack_metrics` (the same function the audit uses),
+# Point estimates from `roc_metrics` (the same function the audit uses),
 # Clopper–Pearson intervals on the TPR counts, and a bootstrap over audit
 # samples: resample samples with replacement, keep all of a sample's models,
 # choose the threshold again.  The bootstrap respects that one canary's pairs
@@ -67,7 +68,7 @@ for paradigm, frame in scores.groupby("paradigm", sort=False):
     info = metrics[paradigm].get("info", {})
     for attack in attacks:
         is_in, score = matrices(frame, attack)
-        point = attack_metrics(is_in, score, info.get("delta", 0.0))
+        point, _ = roc_metrics(is_in, score)
         boot = bootstrap_roc_metrics(is_in, score, bootstrap_weights(is_in.shape[1], N_BOOT, rng))
         row = {"paradigm": paradigm, "attack": attack, "AUC": point["auc"]}
         row["AUC low"], row["AUC high"] = percentile_interval(boot["auc"])
@@ -75,7 +76,7 @@ for paradigm, frame in scores.groupby("paradigm", sort=False):
             row[name] = point[key]
             row[f"{name} low"], row[f"{name} high"] = percentile_interval(boot[key])
             row[f"{name} CP low"], row[f"{name} CP high"] = tpr_interval(point[key], point["n_in"])
-        row["eps lower bound"] = point["eps_lower_bound"]
+        row["eps lower bound"] = audit_epsilon_lower_bound(is_in, score, info.get("delta", 0.0))  # as metrics.json
         row["accounted eps"] = info.get("epsilon", np.nan)
         row["test acc"] = metrics[paradigm]["test_acc"]
         rows.append(row)
@@ -105,7 +106,7 @@ labelled = scores.merge(audit[["sample_id", "true_label", "canary"]], on="sample
 by_class = []
 for (paradigm, true_label), frame in labelled.groupby(["paradigm", "true_label"], sort=False):
     is_in, score = matrices(frame, attack)
-    point = attack_metrics(is_in, score)
+    point, _ = roc_metrics(is_in, score)
     by_class.append({"paradigm": paradigm, "class": true_label, "samples": is_in.shape[1],
                      "AUC": point["auc"], "TPR@1%FPR": point["tpr@1%fpr"]})
 by_class = pd.DataFrame(by_class).sort_values(["paradigm", "class"])
@@ -114,7 +115,7 @@ by_class.to_csv(OUT / "privacy_by_class.csv", index=False)
 canary_rows = []
 for paradigm, frame in labelled[labelled.canary].groupby("paradigm", sort=False):
     is_in, score = matrices(frame, attack)
-    point = attack_metrics(is_in, score)
+    point, _ = roc_metrics(is_in, score)
     canary_rows.append({"paradigm": paradigm, "canaries": is_in.shape[1], "AUC": point["auc"],
                         "TPR@1%FPR": point["tpr@1%fpr"], "TPR@0.1%FPR": point["tpr@0.1%fpr"]})
 canaries = pd.DataFrame(canary_rows, columns=["paradigm", "canaries", "AUC", "TPR@1%FPR", "TPR@0.1%FPR"])

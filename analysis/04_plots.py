@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from raypriv.metrics import bootstrap_roc_metrics, bootstrap_weights, percentile_interval, roc
+from raypriv.metrics import bootstrap_roc_metrics, bootstrap_weights, percentile_interval, roc_metrics
 
 args = [] if "ipykernel" in sys.modules else sys.argv[1:]
 RUN = Path(args[0]) if args else Path("runs/digits-quick")
@@ -48,7 +48,7 @@ def plot_roc(frame: pd.DataFrame, title: str, path: Path) -> None:
     """One log-log ROC curve per paradigm of ``frame``."""
     fig, ax = plt.subplots(figsize=(6, 5))
     for paradigm, part in frame.groupby("paradigm", sort=False):
-        fpr, tpr = roc(*matrices(part, ATTACK))
+        _, (fpr, tpr) = roc_metrics(*matrices(part, ATTACK))
         auc = np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2
         ax.plot(np.maximum(fpr, FLOOR), np.maximum(tpr, FLOOR), label=f"{paradigm} (AUC {auc:.3f})")
     ax.plot([FLOOR, 1], [FLOOR, 1], "k--", linewidth=0.8, label="chance")

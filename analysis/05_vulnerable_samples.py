@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from raypriv.config import config_from_dict
+from raypriv.experiment import config_from_dict
 from raypriv.data import load_dataset
 
 args = [] if "ipykernel" in sys.modules else sys.argv[1:]

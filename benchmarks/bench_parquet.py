@@ -86,7 +86,8 @@ def file_sizes(n_samples: int, n_classes: int, folder: Path, writer: str) -> dic
 def worker(job: dict) -> dict:
     """Read the run's logits one way, twice; return the faster time and the peak RSS."""
     from raypriv.scoring import load_attack_inputs
-    from raypriv.store import RunStore, iter_logits, read_logits
+    from raypriv.reference import read_logits
+    from raypriv.store import RunStore, iter_logits
 
     store = RunStore(job["store"])
     n_models, n_samples = job["models"], job["samples"]

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ray.py [--quick] [--out DIR] [--models N]
 
-Runs :func:`raypriv.runner.run_audit` on the digits default (64 models) four
+Runs :func:`raypriv.driver.run_audit` on the digits default (64 models) four
 ways, each into a fresh run directory, timing the whole call (data, training,
 Parquet writes, attacks, report):
 
@@ -40,8 +40,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from raypriv.config import load_config  # noqa: E402
-from raypriv.runner import run_audit  # noqa: E402
+from raypriv.experiment import load_config  # noqa: E402
+from raypriv.driver import run_audit  # noqa: E402
 
 TARGET = 0.15
 
@@ -50,7 +50,7 @@ def timed_audit(out: Path, overrides: dict, use_ray: bool) -> tuple[float, dict]
     config = load_config(None, {**overrides, "out_dir": str(out)})
     start = time.perf_counter()
     result = run_audit(config, use_ray=use_ray, show_progress=False)
-    return time.perf_counter() - start, result.metrics
+    return time.perf_counter() - start, result.metrics_json
 
 
 def main(argv: list[str] | None = None) -> int:

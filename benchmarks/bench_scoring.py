@@ -142,7 +142,8 @@ def loop_lira_online(scores: np.ndarray, keep: np.ndarray) -> np.ndarray:
 def worker(job: dict) -> dict:
     """Run one measurement in this (fresh) process and return its numbers."""
     from raypriv.attacks import score_attacks
-    from raypriv.scoring import load_attack_inputs, roc_metrics, write_scores
+    from raypriv.metrics import roc_metrics
+    from raypriv.scoring import load_attack_inputs, write_scores
     from raypriv.store import RunStore, scores_schema, scores_write_options
 
     baseline = peak_rss_gb()

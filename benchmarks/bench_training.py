@@ -44,8 +44,10 @@ from torch.utils.flop_counter import FlopCounterMode
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from raypriv.config import ExperimentConfig, TrainConfig, load_config  # noqa: E402
-from raypriv.data import Dataset, load_dataset, make_audit_split  # noqa: E402
+from raypriv.config import ExperimentConfig, TrainConfig
+from raypriv.experiment import load_config  # noqa: E402
+from raypriv.data import Dataset, load_dataset
+from raypriv.split import make_audit_split  # noqa: E402
 from raypriv.ensemble import train_ensemble  # noqa: E402
 from raypriv.synth import ShadowContext  # noqa: E402
 from raypriv.training import Normalizer, augment, autocast, make_optimizer, train_classifier  # noqa: E402

@@ -11,7 +11,8 @@ First Principles", S&P 2022):
 * **Score.** ``s = log p_y - log sum_{y' != y} p_y'`` (the "logit-scaled
   confidence"), in float64 after subtracting the max logit.  Clamped at
   1e-45 inside the logs, as in the reference, so it stays finite.
-* **Means** of the IN and OUT Gaussians are the *median* over shadows.
+* **Means** of the IN and OUT Gaussians are the *median* over shadows
+  (``lira.center: mean`` takes the mean, as Aerni et al. 2024 do).
 * **Standard deviations** are ``np.std`` (ddof 0) over shadows, plus 1e-30.
 * **One Gaussian per augmentation query**; the per-query log-likelihoods
   (or ratios) are averaged over queries.
@@ -41,28 +42,29 @@ First Principles", S&P 2022):
   ``n_models/2 - 1`` IN and ``n_models/2 - 1`` OUT shadows, which is the
   paper's online estimate).  The score of ``x`` is the share of population
   samples ``z`` with ``[Pr(x|theta)/Pr(x)] / [Pr(z|theta)/Pr(z)] > gamma``
-  (:data:`RMIA_GAMMA`, 1 by default).  The paper draws ``z`` from a separate
-  population set that no model trained on; raypriv has no such set, so ``z``
-  runs over *all the other audit samples*, with ``Pr(z)`` from the same
-  target's leave-one-out shadows.  That uses nothing the attacker could not
-  know (not the target's membership of ``z``), but about half of those ``z``
-  are members of the target, which makes the comparison set harder to beat
-  than a pure non-member population; for one target the score is a monotone
-  function of its likelihood ratio, and across targets it calibrates each
-  target against its own ratios.  The offline variant (the paper's linear
-  approximation ``a`` from OUT shadows only) is not implemented.
+  (``rmia.gamma``, :data:`RMIA_GAMMA` = 1 by default).  The paper draws ``z``
+  from a population set no model trained on; here ``z`` runs over *all the
+  other audit samples*, ``Pr(z)`` from the same target's leave-one-out
+  shadows: nothing the attacker could not know, but about half of those
+  ``z`` are members, a harder comparison set than pure non-members.
+* **RMIA offline** (``rmia_offline``): the paper's linear approximation
+  ``Pr(x) = ((1 + a) Pr_OUT(x) + 1 - a) / 2`` from the leave-one-out OUT mean.
+  ``a`` is fitted as in the paper: reference models attacked with OUT
+  references, the ``a`` in 0, 0.1, ..., 1 of highest AUC, cross-fitted over
+  two folds of model ids, so a target's own scores and membership never enter.
   ``Pr(x|theta)`` is computed as ``sigmoid(s)``, which equals ``p_y`` (up to
   the 1e-45 floors) and keeps ``1 - p_y`` for confident samples that a
   float32 probability would round to 1.
 
-Two implementations share these definitions:
+**The table.**  :data:`ATTACKS` lists every attack once: its name, family,
+inputs, its place in the report's fixed headline order, and a function of
+one :class:`SampleBlock` (all models' scores for a block of audit samples,
+with the leave-one-out statistics computed once and shared).  A new attack
+is one entry there plus its function.
 
-* The **reference** functions (:func:`lira_scores_from_logits`,
-  :func:`loss_attack`, :func:`lira_attack`, :func:`rmia_attack`) work on
-  whole float64 arrays and read like the definitions; the tests compare the
-  engine against them and against brute-force loops.
-* The **engine** (:func:`reduce_logits`, :func:`score_attacks`) is what
-  audits run.  Pass 1 reduces each model's logits, one row batch at a time,
+**The engine** (:func:`reduce_logits`, :func:`score_attacks`) is what
+audits run; whole-array float64 versions that read like the definitions are
+in :mod:`raypriv.reference`, for the tests.  Pass 1 reduces each model's logits, one row batch at a time,
   to the per-query LiRA score ``s`` and the loss (float32, ``C`` times
   smaller than the logits; see :mod:`raypriv.scoring` for reading them from
   the store).  Pass 2 walks blocks of audit samples: each block holds every
@@ -79,182 +81,33 @@ Two implementations share these definitions:
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Iterable
 
 import numpy as np
 from scipy.special import expit
 
 from raypriv.errors import RayprivError
+from raypriv.rmia import _LOG_FLOOR, RMIA_GAMMA, fit_offline_a, offline_prior, population_log_ratio, rmia_ranks
 
-_LOG_FLOOR = 1e-45
 _STD_FLOOR = 1e-30
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-RMIA_GAMMA = 1.0  # RMIA's threshold on the ratio of likelihood ratios (the paper's gamma)
-LIRA_ATTACKS = ("lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed")
-KNOWN_ATTACKS = ("loss", *LIRA_ATTACKS, "rmia")
-
-
-# ------------------------------------------------------------ reference implementations
-
-
-def lira_scores_from_logits(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``log p_y - log sum_{y' != y} p_y'`` per model, sample and query.
-
-    ``logits``: ``(n_models, n_audit, n_queries, C)``; ``labels``: ``(n_audit,)``.
-    Returns float64 ``(n_models, n_audit, n_queries)``.
-    """
-    z = logits.astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=-1, keepdims=True)
-    sample = np.arange(len(labels))
-    p_true = p[:, sample, :, labels].copy()  # advanced indexing moves the sample axis first
-    p[:, sample, :, labels] = 0.0
-    p_wrong = p.sum(axis=-1)
-    p_true = np.moveaxis(p_true, 0, 1)  # back to (n_models, n_audit, n_queries)
-    return np.log(p_true + _LOG_FLOOR) - np.log(p_wrong + _LOG_FLOOR)
-
-
-def loss_attack(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Minus the cross-entropy on query 0: ``(n_models, n_audit)``."""
-    z = logits[:, :, 0, :].astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    log_softmax = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    return log_softmax[:, np.arange(len(labels)), labels]
-
-
-def label_probabilities(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """RMIA's ``Pr(x|theta)``: softmax probability of the label, mean over queries, ``(n_models, n_audit)``."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=-1, keepdims=True)
-    sample = np.arange(len(labels))
-    return np.moveaxis(p[:, sample, :, labels], 0, 1).mean(axis=2)
-
-
-def _leave_one_out_stats(scores: np.ndarray, member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and variance of the shadows in group ``member``, leaving each target out.
-
-    ``scores``: ``(M, N, Q)``; ``member``: ``(M, N)`` bool, and every column
-    holds the same number ``K`` of Trues.  For target ``m`` and sample ``n``
-    the shadows are the group ``{j : member[j, n]}`` less one model: ``m``
-    itself if it is in the group, else the group's highest model id.  So every
-    group has ``K - 1`` shadows, as the reference code's truncation to the
-    smallest group gives; unequal sizes would bias the ddof-0 standard
-    deviations against the target's own group.  Returns ``(M, N, Q)`` arrays.
-    """
-    n_models, n_samples, n_queries = scores.shape
-    k = int(member[:, 0].sum())
-    # Model ids of the group per sample, shape (K, N); stable, so ordered by model id.
-    group = np.argsort(~member, axis=0, kind="stable")[:k]
-    columns = np.arange(n_samples)
-    values = scores[group, columns[None, :], :]  # (K, N, Q)
-    order = np.argsort(values, axis=0, kind="stable")
-    sorted_values = np.take_along_axis(values, order, axis=0)
-
-    # rank_in_group[j, n, q]: position of group member j in the sorted values.
-    rank_in_group = np.empty_like(order)
-    np.put_along_axis(rank_in_group, order, np.arange(k)[:, None, None], axis=0)
-    removed = np.broadcast_to(rank_in_group[k - 1], (n_models, n_samples, n_queries)).copy()
-    removed[group, columns[None, :], :] = rank_in_group  # targets in the group remove themselves
-
-    size = k - 1
-    low, high = (size - 1) // 2, size // 2
-    # Position p of the shortened list is index p, or p + 1 at and past the removed rank.
-    low_index = low + (low >= removed)
-    high_index = high + (high >= removed)
-    sample, query = columns[None, :, None], np.arange(n_queries)[None, None, :]
-    median = 0.5 * (sorted_values[low_index, sample, query] + sorted_values[high_index, sample, query])
-    removed_value = sorted_values[removed, sample, query]
-    mean = (values.sum(axis=0)[None] - removed_value) / size
-    mean_sq = ((values**2).sum(axis=0)[None] - removed_value**2) / size
-    return median, np.maximum(mean_sq - mean**2, 0.0)
-
-
-def _log_normal_pdf(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def log_normal_pdf(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``log N(x; mean, std)``, elementwise."""
     return -0.5 * ((x - mean) / std) ** 2 - np.log(std) - _HALF_LOG_2PI
 
 
-def lira_attack(scores: np.ndarray, keep: np.ndarray, online: bool, fixed_variance: bool) -> np.ndarray:
-    """LiRA membership scores ``(n_models, n_audit)`` from per-query scores (reference, float64).
-
-    ``scores``: ``(M, N, Q)`` from :func:`lira_scores_from_logits`;
-    ``keep``: ``(M, N)`` balanced membership matrix.
-    """
-    keep = np.asarray(keep, dtype=bool)
-    median_out, variance_out = _leave_one_out_stats(scores, ~keep)
-    if fixed_variance:
-        variance_out = variance_out.mean(axis=1, keepdims=True)  # pooled over samples, per target and query
-    std_out = np.sqrt(variance_out) + _STD_FLOOR
-    log_out = _log_normal_pdf(scores, median_out, std_out)
-    if not online:
-        return -log_out.mean(axis=2)
-    median_in, variance_in = _leave_one_out_stats(scores, keep)
-    if fixed_variance:
-        variance_in = variance_in.mean(axis=1, keepdims=True)
-    std_in = np.sqrt(variance_in) + _STD_FLOOR
-    log_in = _log_normal_pdf(scores, median_in, std_in)
-    return (log_in - log_out).mean(axis=2)
-
-
-def _removed_value(values: np.ndarray, member: np.ndarray) -> np.ndarray:
-    """Per (target, sample): the value leave-one-out drops from group ``member`` (see :func:`_leave_one_out_stats`)."""
-    last = member.shape[0] - 1 - np.argmax(member[::-1], axis=0)  # highest model id in the group, per sample
-    return np.where(member, values, values[last, np.arange(values.shape[1])][None, :])
-
-
-def rmia_ranks(log_ratio: np.ndarray, gamma: float = RMIA_GAMMA) -> np.ndarray:
-    """Per target row: share of the other samples ``z`` with ``ratio_x / ratio_z > gamma``.
-
-    ``log_ratio``: ``(n_targets, n_audit)`` log likelihood ratios.  The
-    condition is ``log_ratio_z < log_ratio_x - log(gamma)``: with the row
-    sorted, the count for every ``x`` is one binary search of its threshold,
-    ``O(N log N)`` per target; no ``N x N`` comparison matrix is formed.
-    Returns float64 scores in [0, 1].
-    """
-    log_ratio = np.asarray(log_ratio, dtype=np.float64)
-    n = log_ratio.shape[1]
-    shift = float(np.log(gamma))
-    order = np.argsort(log_ratio, axis=1)
-    ordered = np.take_along_axis(log_ratio, order, axis=1)
-    thresholds = ordered - shift  # ascending too, so each search starts where the last one ended
-    count = np.empty(ordered.shape, dtype=np.int64)
-    for row in range(len(ordered)):
-        count[row] = np.searchsorted(ordered[row], thresholds[row], side="left")  # z with log ratio < threshold
-    count -= ordered < thresholds  # x itself is no population sample (it counts only when gamma < 1)
-    out = np.empty(log_ratio.shape, dtype=np.float64)
-    np.put_along_axis(out, order, count / max(n - 1, 1), axis=1)
-    return out
-
-
-def rmia_attack(probs: np.ndarray, keep: np.ndarray, gamma: float = RMIA_GAMMA) -> np.ndarray:
-    """RMIA (online) scores ``(n_models, n_audit)`` from ``Pr(x|theta)`` (reference, float64).
-
-    ``probs``: ``(M, N)`` label probabilities (:func:`label_probabilities`);
-    ``keep``: ``(M, N)`` membership.  ``Pr(x)`` for target ``m`` is the mean
-    over its leave-one-out IN and OUT shadows; the population ``z`` is every
-    other audit sample (module docstring).
-    """
-    keep = np.asarray(keep, dtype=bool)
-    probs = np.asarray(probs, dtype=np.float64)
-    k_in, k_out = int(keep[:, 0].sum()), int((~keep[:, 0]).sum())
-    shadow_sum = probs.sum(axis=0)[None, :] - _removed_value(probs, keep) - _removed_value(probs, ~keep)
-    prior = shadow_sum / (k_in - 1 + k_out - 1)
-    log_ratio = np.log(probs + _LOG_FLOOR) - np.log(prior + _LOG_FLOOR)
-    return rmia_ranks(log_ratio, gamma)
-
-
-# ------------------------------------------------------------------- the engine: pass 1
+# ------------------------------------------------------------------- pass 1: reduce each model's logits
 
 
 def reduce_logits(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``(R, C)`` logits: the LiRA score ``s`` and ``log p_label``, both float64 ``(R,)``.
 
-    The float64 formulas of :func:`lira_scores_from_logits` and
-    :func:`loss_attack`, one row at a time, so a model's logits can be reduced
+    The float64 formulas of :func:`raypriv.reference.lira_scores_from_logits` and
+    :func:`raypriv.reference.loss_attack`, one row at a time, so a model's logits can be reduced
     batch by batch as they are read.  The class axis is reduced in a
     transposed ``(C, R)`` copy (reductions over a short last axis are slow in
     NumPy), so sums may differ from the reference's in the last bit.
@@ -284,7 +137,7 @@ def to_float32(values: np.ndarray) -> np.ndarray:
     return np.clip(values, -_FLOAT32_MAX, _FLOAT32_MAX).astype(np.float32)
 
 
-# ------------------------------------------------------------------- the engine: pass 2
+# ------------------------------------------------------------------- pass 2: blocks of audit samples
 
 
 def _group_ids(member: np.ndarray) -> np.ndarray:
@@ -295,13 +148,13 @@ def _group_ids(member: np.ndarray) -> np.ndarray:
 
 
 def _loo_moments(
-    scores32: np.ndarray, scores64: np.ndarray, member: np.ndarray, ids: np.ndarray, need_median: bool
+    scores32: np.ndarray, scores64: np.ndarray, member: np.ndarray, ids: np.ndarray, need_median: bool, center: str = "median"
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """Leave-one-out median and variance of one group, for one block; arrays are ``(B, Q, M)``.
+    """Leave-one-out centre (median, or mean with ``center="mean"``) and variance of one group, for one block; arrays are ``(B, Q, M)``.
 
     ``scores32``/``scores64``: the block's scores (float32 as stored, and as
     float64); ``member``: ``(B, M)`` group membership; ``ids``: its
-    :func:`_group_ids`.  Same definitions as :func:`_leave_one_out_stats`:
+    :func:`_group_ids`.  Same definitions as :func:`raypriv.reference.lira_attack`'s leave-one-out statistics:
     the removed value is the target's own score if it is in the group, else
     the group's highest model id; the median of the shortened sorted list
     reads position ``p`` at ``p`` before the removed value's rank and at
@@ -319,6 +172,8 @@ def _loo_moments(
     variance = np.maximum(mean_sq - mean * mean, 0.0)
     if not need_median:
         return None, variance
+    if center == "mean":
+        return mean, variance
     values32.sort(axis=2)
     low, high = (size - 1) // 2, size // 2
     picks = [values32[:, :, i : i + 1].astype(np.float64) for i in (low, low + 1, high, high + 1)]
@@ -335,18 +190,127 @@ def _loo_prior(probs: np.ndarray, member: np.ndarray, ids_in: np.ndarray, ids_ou
     suffix sums in model-id order (no subtraction, so a dominant target's own
     probability cannot cancel the small ones of its shadows).
     """
-    total = np.empty_like(probs)
-    rest = []
-    for ids in (ids_in, ids_out):
-        values = np.take_along_axis(probs, ids, axis=1)  # (B, K)
-        prefix = np.zeros_like(values)
-        np.cumsum(values[:, :-1], axis=1, out=prefix[:, 1:])
-        suffix = np.zeros_like(values)
-        np.cumsum(values[:, :0:-1], axis=1, out=suffix[:, -2::-1])
-        np.put_along_axis(total, ids, prefix + suffix, axis=1)  # targets in this group drop themselves
-        rest.append(prefix[:, -1])  # targets outside it: the group less its highest model id
-    total += np.where(member, rest[1][:, None], rest[0][:, None])
+    total = _loo_sum(probs, member, ids_in) + _loo_sum(probs, ~member, ids_out)
     return total / (ids_in.shape[1] - 1 + ids_out.shape[1] - 1)
+
+
+def _loo_sum(probs: np.ndarray, member: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per (sample, target): the sum of ``probs`` over the group ``ids`` less one (the target, else the highest id)."""
+    values = np.take_along_axis(probs, ids, axis=1)  # (B, K)
+    prefix = np.zeros_like(values)
+    np.cumsum(values[:, :-1], axis=1, out=prefix[:, 1:])
+    suffix = np.zeros_like(values)
+    np.cumsum(values[:, :0:-1], axis=1, out=suffix[:, -2::-1])
+    total = np.empty_like(probs)
+    np.put_along_axis(total, ids, prefix + suffix, axis=1)  # targets in this group drop themselves
+    return np.where(member, total, prefix[:, -1:])  # targets outside it: the group less its highest model id
+
+
+class SampleBlock:
+    """Every model's scores for one block of audit samples, and the statistics attacks share.
+
+    Arrays are ``(B, Q, M)`` (samples, queries, models) or ``(B, M)``.  Each
+    statistic is computed the first time an attack asks for it and then kept,
+    so LiRA's online and offline variants share one OUT fit.
+    """
+
+    def __init__(self, scores: np.ndarray, keep: np.ndarray, start: int, stop: int, pooled: dict | None = None,
+                 center: str = "median", offline_a: np.ndarray | None = None):
+        self.scores32 = np.ascontiguousarray(scores[:, start:stop, :].transpose(1, 2, 0))  # (B, Q, M)
+        self.scores64 = self.scores32.astype(np.float64)
+        self.member = np.ascontiguousarray(keep[:, start:stop].T)  # (B, M)
+        self.ids_in, self.ids_out = _group_ids(self.member), _group_ids(~self.member)
+        self.pooled = pooled or {}  # {is_in_side: (Q, M) pooled variance} for the fixed-variance attacks
+        self.center, self.offline_a = center, offline_a  # LiRA's Gaussian centre; RMIA offline's a per target
+
+    def variance(self, in_side: bool) -> np.ndarray:
+        """Leave-one-out variance of the IN (or OUT) shadows, without the median (the pooling pre-pass)."""
+        member, ids = (self.member, self.ids_in) if in_side else (~self.member, self.ids_out)
+        return _loo_moments(self.scores32, self.scores64, member, ids, need_median=False)[1]
+
+    @cached_property
+    def moments_out(self) -> tuple[np.ndarray, np.ndarray]:
+        return _loo_moments(self.scores32, self.scores64, ~self.member, self.ids_out, True, self.center)
+
+    @cached_property
+    def moments_in(self) -> tuple[np.ndarray, np.ndarray]:
+        return _loo_moments(self.scores32, self.scores64, self.member, self.ids_in, True, self.center)
+
+    def log_pdf(self, in_side: bool, fixed_variance: bool) -> np.ndarray:
+        """``log N(s; centre, std)`` of each score under its leave-one-out IN or OUT Gaussian."""
+        key = (in_side, fixed_variance)
+        cache = self.__dict__.setdefault("_log_pdf", {})
+        if key not in cache:
+            median, variance = self.moments_in if in_side else self.moments_out
+            std = np.sqrt(self.pooled[in_side] if fixed_variance else variance) + _STD_FLOOR
+            cache[key] = log_normal_pdf(self.scores64, median, std)
+        return cache[key]
+
+    @cached_property
+    def label_probability(self) -> np.ndarray:
+        """RMIA's ``Pr(x|theta)``: ``sigmoid(s) = p_y``, mean over queries, ``(B, M)``."""
+        return expit(self.scores64).mean(axis=1)
+
+
+def lira_online(block: SampleBlock, fixed_variance: bool = False) -> np.ndarray:
+    return (block.log_pdf(True, fixed_variance) - block.log_pdf(False, fixed_variance)).mean(axis=1)
+
+
+def lira_offline(block: SampleBlock, fixed_variance: bool = False) -> np.ndarray:
+    return -block.log_pdf(False, fixed_variance).mean(axis=1)
+
+
+def rmia_log_ratio(block: SampleBlock) -> np.ndarray:
+    """``log Pr(x|theta) - log Pr(x)``; :func:`rmia_ranks` turns it into the RMIA score per target."""
+    probs = block.label_probability
+    prior = _loo_prior(probs, block.member, block.ids_in, block.ids_out)
+    return np.log(probs + _LOG_FLOOR) - np.log(prior + _LOG_FLOOR)
+
+
+def rmia_offline_log_ratio(block: SampleBlock) -> np.ndarray:
+    """``log Pr(x|theta) - log Pr(x)`` with the offline ``Pr(x) = ((1 + a) Pr_OUT(x) + 1 - a) / 2``."""
+    probs = block.label_probability
+    out = _loo_sum(probs, ~block.member, block.ids_out) / (block.ids_out.shape[1] - 1)
+    prior = offline_prior(out, block.offline_a[None, :])
+    return np.log(probs + _LOG_FLOOR) - np.log(prior + _LOG_FLOOR)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One entry of the attack table."""
+
+    family: str  # "loss", "lira" or "rmia"
+    inputs: str  # "loss": the label log-probability on query 0; "scores": the per-query LiRA scores
+    headline_rank: int  # the report's fixed preference for its headline attack (0 first)
+    block: Callable[[SampleBlock], np.ndarray] | None = None  # block -> float64 (B, M); None: the input itself
+    # whole rows of block output, gamma, the rows' population log ratios (or None) -> scores
+    finish: Callable[[np.ndarray, float, np.ndarray | None], np.ndarray] | None = None
+    pooled_variance: tuple[bool, ...] = ()  # sides (True: IN) whose variance is pooled over all samples first
+
+
+ATTACKS: dict[str, Attack] = {
+    "loss": Attack("loss", "loss", 5),
+    "lira_online": Attack("lira", "scores", 0, lira_online),
+    "lira_offline": Attack("lira", "scores", 3, lira_offline),
+    "lira_online_fixed": Attack("lira", "scores", 2, lambda b: lira_online(b, True), pooled_variance=(True, False)),
+    "lira_offline_fixed": Attack("lira", "scores", 4, lambda b: lira_offline(b, True), pooled_variance=(False,)),
+    "rmia": Attack("rmia", "scores", 1, rmia_log_ratio, finish=rmia_ranks),
+    "rmia_offline": Attack("rmia", "scores", 6, rmia_offline_log_ratio, finish=rmia_ranks),
+}
+
+
+def headline_order() -> list[str]:
+    """Attack names in the report's fixed order of preference for its headline attack."""
+    return sorted(ATTACKS, key=lambda name: ATTACKS[name].headline_rank)
+
+
+def check_attacks(attacks: Iterable[str]) -> list[str]:
+    """The attack names as a list; an unknown one is a RayprivError listing the known ones."""
+    attacks = list(attacks)
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise RayprivError(f"unknown attack(s) {unknown}; choose from {list(ATTACKS)}")
+    return attacks
 
 
 def _map(function: Callable, items: Iterable, workers: int) -> list:
@@ -358,20 +322,11 @@ def _map(function: Callable, items: Iterable, workers: int) -> list:
         return list(pool.map(function, items))
 
 
-def check_attacks(attacks: Iterable[str]) -> list[str]:
-    """The attack names as a list; an unknown one is a RayprivError listing the known ones."""
-    attacks = list(attacks)
-    unknown = [a for a in attacks if a not in KNOWN_ATTACKS]
-    if unknown:
-        raise RayprivError(f"unknown attack(s) {unknown}; choose from {list(KNOWN_ATTACKS)}")
-    return attacks
-
-
 def _group_size(keep: np.ndarray, attacks: list[str]) -> tuple[int, int]:
     """IN and OUT models per sample; the leave-one-out attacks need the same counts for every sample."""
     counts = keep.sum(axis=0)
     k_in, k_out = int(counts[0]), keep.shape[0] - int(counts[0])
-    if any(a != "loss" for a in attacks):
+    if any(ATTACKS[a].inputs == "scores" for a in attacks):
         if not (counts == k_in).all():
             raise RayprivError(
                 "the membership matrix must make every audit sample IN for the same number of models "
@@ -393,6 +348,8 @@ def score_attacks(
     gamma: float = RMIA_GAMMA,
     block_elements: int = 1 << 20,
     workers: int = 1,
+    center: str = "median",
+    population: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Every named attack from the reduced logits: ``{attack: float32 (n_models, n_audit)}``.
 
@@ -400,98 +357,78 @@ def score_attacks(
     ``loss``: ``(M, N)`` log-probability of the label on query 0 (the loss
     attack, returned as it is); ``keep``: ``(M, N)`` membership.  Sample
     blocks of about ``block_elements`` scores are processed on ``workers``
-    threads; results do not depend on either.
+    threads; results do not depend on either.  ``center``: LiRA's Gaussian
+    centre, ``"median"`` or ``"mean"``; ``gamma``: RMIA's; ``population``:
+    float32 ``(M, P, Q)`` LiRA scores on the population set, RMIA's ``z``.
     """
     attacks = check_attacks(attacks)
     keep = np.asarray(keep, dtype=bool)
     n_models, n_samples = keep.shape
     _group_size(keep, attacks)
     results: dict[str, np.ndarray] = {}
-    if "loss" in attacks:
-        if loss is None or loss.shape != keep.shape:
-            raise ValueError(f"the loss attack needs the (n_models, n_audit) = {keep.shape} label log-probabilities")
-        results["loss"] = to_float32(loss)
-    lira = [a for a in attacks if a in LIRA_ATTACKS]
-    rmia = "rmia" in attacks
-    if not (lira or rmia):
+    for name in attacks:
+        if ATTACKS[name].inputs == "loss":
+            if loss is None or loss.shape != keep.shape:
+                raise ValueError(f"the loss attack needs the (n_models, n_audit) = {keep.shape} label log-probabilities")
+            results[name] = to_float32(loss)
+    blocked = [name for name in attacks if ATTACKS[name].block is not None]
+    if not blocked:
         return {a: results[a] for a in attacks}
     if scores is None or scores.shape[:2] != keep.shape:
         raise ValueError(f"LiRA and RMIA need (n_models, n_audit, n_queries) scores matching keep {keep.shape}")
     if scores.dtype != np.float32:
         scores = to_float32(scores)
-    n_queries = scores.shape[2]
-    block = max(1, block_elements // (n_models * n_queries))
-    blocks = [(start, min(n_samples, start + block)) for start in range(0, n_samples, block)]
-    need_in = any("online" in a for a in lira)
-    fixed = [a for a in lira if a.endswith("_fixed")]
+    block = max(1, block_elements // (n_models * scores.shape[2]))
+    bounds = [(start, min(n_samples, start + block)) for start in range(0, n_samples, block)]
 
-    def load(bounds):
-        start, stop = bounds
-        scores32 = np.ascontiguousarray(scores[:, start:stop, :].transpose(1, 2, 0))  # (B, Q, M)
-        member = np.ascontiguousarray(keep[:, start:stop].T)  # (B, M)
-        return scores32, scores32.astype(np.float64), member, _group_ids(member), _group_ids(~member)
+    # The fixed-variance attacks pool each side's per-sample variances over all samples first: a cheap pass.
+    pooled_sides = sorted({side for name in blocked for side in ATTACKS[name].pooled_variance})
+    pooled: dict[bool, np.ndarray] = {}
+    if pooled_sides:
+        partial = _map(lambda b: [SampleBlock(scores, keep, *b).variance(side).sum(axis=0) for side in pooled_sides], bounds, workers)
+        for i, side in enumerate(pooled_sides):
+            pooled[side] = sum(p[i] for p in partial) / n_samples  # (Q, M): one variance per query and target
 
-    pooled_in = pooled_out = None
-    if fixed:
-        def variance_sums(bounds):
-            scores32, scores64, member, ids_in, ids_out = load(bounds)
-            _, variance_out = _loo_moments(scores32, scores64, ~member, ids_out, need_median=False)
-            sums = [variance_out.sum(axis=0)]
-            if need_in:
-                _, variance_in = _loo_moments(scores32, scores64, member, ids_in, need_median=False)
-                sums.append(variance_in.sum(axis=0))
-            return sums
+    offline_a = None
+    if "rmia_offline" in blocked:  # Pr(x|theta) of every pair, as SampleBlock.label_probability computes it
+        rows = max(1, block_elements // (n_samples * scores.shape[2]))
+        probs = np.concatenate([expit(scores[i : i + rows].astype(np.float64)).mean(axis=2) for i in range(0, n_models, rows)])
+        offline_a = fit_offline_a(probs, keep, gamma)
+        del probs
 
-        partial = _map(variance_sums, blocks, workers)
-        pooled_out = sum(p[0] for p in partial) / n_samples  # (Q, M): one variance per query and target
-        if need_in:
-            pooled_in = sum(p[1] for p in partial) / n_samples
+    staged = {}  # attacks with a whole-row finish keep their block outputs in float64 until then
+    for name in blocked:
+        if ATTACKS[name].finish is None:
+            results[name] = np.empty((n_models, n_samples), dtype=np.float32)
+        else:
+            staged[name] = np.empty((n_models, n_samples), dtype=np.float64)
 
-    for attack in lira:
-        results[attack] = np.empty((n_models, n_samples), dtype=np.float32)
-    log_ratio = np.empty((n_models, n_samples), dtype=np.float64) if rmia else None
+    def main_pass(b: tuple[int, int]) -> None:
+        sample_block = SampleBlock(scores, keep, *b, pooled=pooled, center=center, offline_a=offline_a)
+        for name in blocked:
+            value = ATTACKS[name].block(sample_block)
+            if name in staged:
+                staged[name][:, b[0] : b[1]] = value.T
+            else:
+                results[name][:, b[0] : b[1]] = to_float32(value).T
 
-    def main_pass(bounds):
-        start, stop = bounds
-        scores32, scores64, member, ids_in, ids_out = load(bounds)
-        if lira:
-            median_out, variance_out = _loo_moments(scores32, scores64, ~member, ids_out, need_median=True)
-            if need_in:
-                median_in, variance_in = _loo_moments(scores32, scores64, member, ids_in, need_median=True)
-            log_outs: dict[bool, np.ndarray] = {}  # the OUT log-pdf, shared by online and offline
-            for attack in lira:
-                online, is_fixed = "online" in attack, attack.endswith("_fixed")
-                if is_fixed not in log_outs:
-                    std_out = np.sqrt(pooled_out if is_fixed else variance_out) + _STD_FLOOR
-                    log_outs[is_fixed] = _log_normal_pdf(scores64, median_out, std_out)
-                log_out = log_outs[is_fixed]
-                if online:
-                    std_in = np.sqrt(pooled_in if is_fixed else variance_in) + _STD_FLOOR
-                    value = (_log_normal_pdf(scores64, median_in, std_in) - log_out).mean(axis=1)
-                else:
-                    value = -log_out.mean(axis=1)
-                results[attack][:, start:stop] = to_float32(value).T
-        if rmia:
-            probs = expit(scores64).mean(axis=1)  # (B, M): Pr(x | theta), mean over queries
-            prior = _loo_prior(probs, member, ids_in, ids_out)
-            log_ratio[:, start:stop] = (np.log(probs + _LOG_FLOOR) - np.log(prior + _LOG_FLOOR)).T
-
-    _map(main_pass, blocks, workers)
-    if rmia:
+    _map(main_pass, bounds, workers)
+    for name, values in staged.items():
         rows = max(1, (1 << 22) // max(n_samples, 1))
-        chunks = [(start, min(n_models, start + rows)) for start in range(0, n_models, rows)]
-        results["rmia"] = np.empty((n_models, n_samples), dtype=np.float32)
+        results[name] = np.empty((n_models, n_samples), dtype=np.float32)
+        versus = None if population is None else population_log_ratio(population, offline_a if name == "rmia_offline" else None)
 
-        def rank(bounds):
-            start, stop = bounds
-            results["rmia"][start:stop] = rmia_ranks(log_ratio[start:stop], gamma)
+        def finish(start: int, name: str = name, values: np.ndarray = values, versus: np.ndarray | None = versus) -> None:
+            z = None if versus is None else versus[start : start + rows]
+            results[name][start : start + rows] = ATTACKS[name].finish(values[start : start + rows], gamma, z)
 
-        _map(rank, chunks, workers)
+        _map(finish, range(0, n_models, rows), workers)
     return {a: results[a] for a in attacks}
 
 
 def run_attacks(
-    logits: np.ndarray, labels: np.ndarray, keep: np.ndarray, attacks: list[str], gamma: float = RMIA_GAMMA, workers: int = 1
+    logits: np.ndarray, labels: np.ndarray, keep: np.ndarray, attacks: list[str], gamma: float = RMIA_GAMMA, workers: int = 1,
+    center: str = "median",
 ) -> dict[str, np.ndarray]:
     """Every named attack on in-memory logits ``(n_models, n_audit, n_queries, C)``; float32 ``(n_models, n_audit)`` each.
 
@@ -504,4 +441,4 @@ def run_attacks(
     score, log_p = reduce_logits(logits.reshape(-1, n_classes), row_labels)
     score = to_float32(score.reshape(n_models, n_samples, n_queries))
     log_p = log_p.reshape(n_models, n_samples, n_queries)[:, :, 0]
-    return score_attacks(score, log_p, keep, attacks, gamma=gamma, workers=workers)
+    return score_attacks(score, log_p, keep, attacks, gamma=gamma, workers=workers, center=center)

@@ -1,43 +1,37 @@
-"""Experiment configuration: one YAML file, validated when it is loaded.
+"""Experiment configuration: the schema, as dataclasses, and YAML coercion.
 
-A config is a tree of dataclasses.  :func:`load_config` reads YAML, applies the
-command-line overrides, and checks every field: an unknown name, a wrong type
-or a value outside the allowed set raises :class:`RayprivError` naming the
-field (``train.epochs``) and what is allowed.  The dataclass defaults *are* the
-default experiment (``jobs/configs/digits-quick.yaml`` spells the same values
-out; a test keeps the two equal).
+A config is a tree of dataclasses.  :func:`parse_config` turns a plain
+mapping (read from YAML) into that tree and checks every field on its own: an
+unknown name, a wrong type, a value outside the allowed set or range raises
+:class:`RayprivError` naming the field (``train.epochs``) and what is
+allowed.  The dataclass defaults *are* the default experiment
+(``jobs/configs/digits-quick.yaml`` spells the same values out; a test keeps
+the two equal).
 
-Three fingerprints, each over fields that decide results only (execution
-settings ``name``, ``out_dir``, ``ray`` and the attack list never enter: the
-same models can be trained on a laptop or a cluster, and attacks are
-recomputed from stored logits):
-
-* :func:`protocol_hash`: what every paradigm of a run shares (seed, data,
-  audit split, model count, architecture, training recipe, queries).  A run
-  directory belongs to one protocol.
-* :func:`recipe_hash`: the protocol plus one paradigm and its resolved
-  options.  Stored per model; resume and the attacks key on it, so adding a
-  paradigm to a run keeps the others' models.
-* :func:`config_hash`: the protocol plus every paradigm, for display.
+This module imports nothing else from raypriv but the error type, so every
+other module may import it.  Checking names against the registries (datasets,
+paradigms, attacks, architectures, queries) and the fingerprints of a config
+live one level up, in :mod:`raypriv.experiment`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 
 from raypriv.errors import RayprivError
 
-ATTACKS = ("loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed", "rmia")
-QUERIES = ("identity", "hflip")
+MAX_INT = 2**31 - 1  # bound of every integer field
+MAX_MODELS = 100_000
+MAX_KEEP_ENTRIES = 10**9  # n_models * n_audit: the keep matrix stays under 1 GB
 
 
 @dataclass
@@ -58,12 +52,27 @@ class AuditConfig:
 
     n_audit: int = 200
     canary: Literal["none", "mislabel"] = "mislabel"
+    # Held-out samples (from the test split) no model trains on; every model logs its logits on them too and
+    # RMIA draws its population z from them.  0: no population set (z: the other audit samples).
+    n_population: int = 0
+
+
+@dataclass
+class LiraConfig:
+    """LiRA's settings.  Attack settings never change a model (they stay out of the fingerprints)."""
+
+    center: Literal["median", "mean"] = "median"  # the Gaussians' centre: reference LiRA code, or Aerni et al. 2024
+
+
+@dataclass
+class RmiaConfig:
+    gamma: float = 1.0  # the threshold on the ratio of likelihood ratios; the paper's code uses 2
 
 
 @dataclass
 class ModelConfig:
-    arch: Literal["mlp", "cnn_small", "resnet18", "wrn16_4", "logreg"] = "cnn_small"
-    width: int | None = None  # None: the arch's default (see raypriv.models.DEFAULT_WIDTH)
+    arch: str = "cnn_small"  # a name in raypriv.models.ARCHITECTURES
+    width: int | None = None  # None: the arch's default (raypriv.models.ARCHITECTURES)
     norm: Literal["batch", "group", "none"] = "batch"
 
 
@@ -104,6 +113,16 @@ class RayConfig:
 
 
 @dataclass
+class ScoringConfig:
+    """Where the attacks run (raypriv.scoring_ray).  Never changes the results, so it stays out of the fingerprints."""
+
+    backend: Literal["local", "ray", "auto"] = "local"  # auto: ray above driver_memory_gb or for a cloud run dir
+    driver_memory_gb: float = 4.0  # auto's threshold on the (models x samples x queries) float32 score array
+    num_cpus: float = 1.0  # CPUs per Ray Data scoring task (never GPUs)
+    block_samples: int | None = None  # audit samples per attack task; None: about 2^22 scores per task
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "digits-quick"
     seed: int = 0
@@ -111,59 +130,20 @@ class ExperimentConfig:
     n_models: int = 64
     paradigms: list[str] = field(default_factory=lambda: ["real"])
     paradigm_options: dict[str, dict] = field(default_factory=dict)
-    queries: list[str] = field(default_factory=lambda: ["identity"])
-    attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
+    queries: list[str] = field(default_factory=lambda: ["identity"])  # names in raypriv.queries.QUERIES
+    # Names in raypriv.attacks.ATTACKS; None: all of them, in table order (filled in by raypriv.experiment).
+    attacks: list[str] | None = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    lira: LiraConfig = field(default_factory=LiraConfig)
+    rmia: RmiaConfig = field(default_factory=RmiaConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# Fields that do not change any model or score.
-_EXECUTION_FIELDS = ("name", "out_dir", "ray", "attacks")
-_PARADIGM_FIELDS = ("paradigms", "paradigm_options")
-
-
-def result_defining(config: ExperimentConfig) -> dict[str, Any]:
-    """The part of the config that decides every trained model."""
-    resolved = config.to_dict()
-    for key in _EXECUTION_FIELDS:
-        resolved.pop(key)
-    return resolved
-
-
-def protocol_definition(config: ExperimentConfig) -> dict[str, Any]:
-    """The result-defining fields every paradigm of a run shares."""
-    resolved = result_defining(config)
-    for key in _PARADIGM_FIELDS:
-        resolved.pop(key)
-    return resolved
-
-
-def _digest(obj: Any) -> str:
-    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
-
-
-def config_hash(config: ExperimentConfig) -> str:
-    """Fingerprint of :func:`result_defining` (the protocol and every paradigm)."""
-    return _digest(result_defining(config))
-
-
-def protocol_hash(config: ExperimentConfig) -> str:
-    """Fingerprint of :func:`protocol_definition`: what a run directory is bound to."""
-    return _digest(protocol_definition(config))
-
-
-def recipe_hash(config: ExperimentConfig, paradigm: str) -> str:
-    """Fingerprint of the protocol plus ``paradigm`` with its resolved options."""
-    from raypriv.synth import resolved_options
-
-    return _digest({**protocol_definition(config), "paradigm": paradigm, "options": resolved_options(config, paradigm)})
 
 
 # ---------------------------------------------------------------- validation
@@ -197,7 +177,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise RayprivError(f"config: {where} must be a mapping, got {value!r}")
         return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
+        return build_dataclass(tp, value, where)
     if tp is bool:
         if not isinstance(value, bool):
             raise RayprivError(f"config: {where} must be true or false, got {value!r}")
@@ -205,10 +185,15 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise RayprivError(f"config: {where} must be an integer, got {value!r}")
+        # One bound for every integer field (paradigm options too): larger values overflow int64 seeds and sizes.
+        if abs(value) > MAX_INT:
+            raise RayprivError(f"config: {where}={value} is out of range; integers must lie within ±{MAX_INT} (2**31 - 1)")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RayprivError(f"config: {where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise RayprivError(f"config: {where}={value!r} is not a finite number; give a finite value")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -221,7 +206,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     raise TypeError(f"unsupported config annotation {_type_name(tp)} at {where}")  # a bug, not user input
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+def build_dataclass(cls: type, raw: Any, where: str) -> Any:
+    """The dataclass ``cls`` from the mapping ``raw``, every field coerced and checked; ``where`` prefixes error names."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -250,15 +236,12 @@ def _check_unique(values: list[str], where: str) -> None:
     _require(not duplicates, f"{where} lists {duplicates} more than once")
 
 
-def validate(config: ExperimentConfig) -> ExperimentConfig:
-    """Check the relations between fields that types alone cannot express."""
-    from raypriv.data import DATASETS
-    from raypriv.synth import PARADIGMS, build_options, is_known_paradigm
+def check_fields(config: ExperimentConfig) -> ExperimentConfig:
+    """Check the ranges of fields and the relations between them that types alone cannot express.
 
-    _require(
-        config.dataset.name in DATASETS,
-        f"dataset.name={config.dataset.name!r} is not a known dataset; choose one of {sorted(DATASETS)}",
-    )
+    Names that refer to a registry (datasets, paradigms, attacks, ...) are
+    checked by :func:`raypriv.experiment.check_names`.
+    """
     if config.dataset.name == "npz":
         _require(config.dataset.path is not None, "dataset.name is 'npz' but dataset.path is not set; give the .npz file")
     if config.dataset.name in ("csv", "parquet"):
@@ -277,34 +260,34 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     _require(0.0 < config.dataset.test_fraction < 1.0, "dataset.test_fraction must be between 0 and 1")
     _require(config.seed >= 0, "seed must be a non-negative integer")
     _require(config.audit.n_audit >= 1, "audit.n_audit must be at least 1")
+    _require(config.audit.n_population >= 0, "audit.n_population must be 0 (no population set) or more")
 
+    _require(
+        np.isfinite(config.rmia.gamma) and config.rmia.gamma > 0,
+        f"rmia.gamma={config.rmia.gamma} must be a positive number (1: the likelihood ratios themselves; the paper uses 2)",
+    )
     _check_unique(config.paradigms, "paradigms")
-    for paradigm in config.paradigms:
-        _require(
-            is_known_paradigm(paradigm),
-            f"paradigm {paradigm!r} is not known; choose from {sorted(PARADIGMS)} (or a variant "
-            "'<paradigm>@<tag>' with its own options, e.g. 'dpgen-marginals@eps1')",
-        )
-    for paradigm, options in config.paradigm_options.items():
-        _require(
-            paradigm in config.paradigms,
-            f"paradigm_options has options for {paradigm!r}, which is not in paradigms {config.paradigms}",
-        )
-        build_options(paradigm, options)
-
     _check_unique(config.queries, "queries")
-    for query in config.queries:
-        _require(query in QUERIES, f"query {query!r} is not known; choose from {list(QUERIES)}")
-    _check_unique(config.attacks, "attacks")
-    for attack in config.attacks:
-        _require(attack in ATTACKS, f"attack {attack!r} is not known; choose from {list(ATTACKS)}")
-
+    if config.attacks is not None:
+        _check_unique(config.attacks, "attacks")
     _require(
         config.n_models >= 2 and config.n_models % 2 == 0,
         f"n_models={config.n_models}: it must be even and at least 2, so that every audit sample is IN "
         "for exactly half the models",
     )
-    if any(a.startswith("lira") or a == "rmia" for a in config.attacks):
+    _require(config.n_models <= MAX_MODELS, f"n_models={config.n_models} is above the limit of {MAX_MODELS}")
+    _require(
+        config.n_models * config.audit.n_audit <= MAX_KEEP_ENTRIES,
+        f"n_models × audit.n_audit = {config.n_models * config.audit.n_audit} is above the limit of "
+        f"{MAX_KEEP_ENTRIES} (the membership matrix would not fit in memory); lower one of them",
+    )
+    if config.attacks is not None and all(a in ("loss", "rmia", "rmia_offline") for a in config.attacks):
+        _require(
+            config.n_models >= 4 or config.attacks == ["loss"],
+            f"n_models={config.n_models} is too few for RMIA: leave-one-out needs at least 4 models (1 IN and 1 OUT "
+            "shadow per sample); use --models 4 or more, or keep only the 'loss' attack",
+        )
+    elif config.attacks is None or any(a != "loss" for a in config.attacks):
         _require(
             config.n_models >= 8,
             f"n_models={config.n_models} is too few for LiRA and RMIA: leave-one-out needs at least 8 models "
@@ -328,12 +311,48 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     _require(r.num_synthesis_workers >= 0, "ray.num_synthesis_workers must be 0 (no separate pool) or more")
     _require(r.synthesis_cpus_per_worker > 0, "ray.synthesis_cpus_per_worker must be positive")
     _require(r.synthesis_gpus_per_worker >= 0, "ray.synthesis_gpus_per_worker must be zero or positive")
+    s = config.scoring
+    _require(np.isfinite(s.driver_memory_gb) and s.driver_memory_gb > 0, "scoring.driver_memory_gb must be a positive number")
+    _require(np.isfinite(s.num_cpus) and s.num_cpus > 0, "scoring.num_cpus must be positive (scoring tasks use CPUs only)")
+    _require(s.block_samples is None or s.block_samples >= 1, "scoring.block_samples must be at least 1, or null for automatic")
     return config
 
 
-def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
-    """Build and validate a config from a plain mapping."""
-    return validate(_build(ExperimentConfig, raw, ""))
+def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
+    """Build a config from a plain mapping and check its fields (not yet its names: see raypriv.experiment)."""
+    return check_fields(build_dataclass(ExperimentConfig, raw, ""))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}: each field may appear once", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(data: bytes, what: str) -> dict[str, Any]:
+    """The mapping YAML ``data`` holds ({} if empty); ``what`` names the source in errors (``config file x.yaml``)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise RayprivError(f"{what} is UTF-16 encoded; save it as UTF-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RayprivError(f"{what} is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as exc:
+        raise RayprivError(f"{what} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise RayprivError(f"{what} must hold a mapping of fields at the top level")
+    return raw
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -346,8 +365,8 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read a YAML config (or the defaults), apply dotted overrides, validate.
+def read_config_file(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The mapping a YAML config file holds (``{}`` for None), with dotted overrides applied.
 
     ``overrides`` maps dotted field names to values, e.g. ``{"n_models": 16,
     "out_dir": "runs/x"}``; ``None`` values are ignored.
@@ -357,16 +376,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         path = Path(path)
         if not path.is_file():
             raise RayprivError(f"config file {path} does not exist; pass an existing YAML file to --config")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise RayprivError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise RayprivError(f"config file {path} must hold a mapping of fields at the top level")
+        raw = load_yaml(path.read_bytes(), f"config file {path}")
+    return apply_overrides(raw, overrides)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Set dotted fields (``{"train.epochs": 2}``) in the mapping ``raw``, in place; ``None`` values are ignored."""
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, dotted, value)
-    return config_from_dict(raw)
+    return raw
 
 
 def dump_config(config: ExperimentConfig) -> str:

@@ -1,4 +1,4 @@
-"""Datasets, the audit split and the membership matrix.
+"""Datasets: the registry and its loaders.
 
 Every dataset is loaded into a :class:`Dataset` of NumPy arrays: images as
 ``uint8`` of shape ``(N, C, H, W)``, tabular features as ``float32`` of shape
@@ -8,15 +8,7 @@ scikit-learn), ``adult`` (OpenML or a CSV), and a user's ``csv`` or
 ``parquet`` table with a named label column (categorical columns one-hot
 encoded, see :func:`encode_table`).
 
-The audit protocol (Carlini et al. 2022; "Does Training with Synthetic Data
-Truly Protect Privacy?", ICLR 2025):
-
-* ``n_audit`` samples are drawn from the training pool; with
-  ``canary: mislabel`` each gets a fixed wrong label (the worst case);
-* every other training sample is IN for every model;
-* ``keep[m, i]`` says whether audit sample ``i`` is IN for model ``m``; each
-  column holds exactly ``n_models / 2`` Trues, built as in the reference LiRA
-  code (argsort of uniform draws down each column).
+The audit split drawn from a dataset is in :mod:`raypriv.split`.
 
 Everything here is deterministic from the experiment seed (see
 :mod:`raypriv.seeding`).
@@ -33,7 +25,6 @@ import numpy as np
 
 from raypriv.config import DatasetConfig
 from raypriv.errors import RayprivError
-from raypriv.seeding import numpy_rng
 
 # The train/test split of datasets without an official one is a property of
 # the dataset, not of the experiment, so runs with different seeds share it.
@@ -101,9 +92,15 @@ def _standard_layout(array: np.ndarray) -> np.ndarray:
 def _split_off_test(name: str, x: np.ndarray, y: np.ndarray, test_fraction: float, num_classes: int) -> Dataset:
     from sklearn.model_selection import train_test_split
 
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_fraction, random_state=_DATASET_SPLIT_SEED, stratify=y
-    )
+    try:
+        x_train, x_test, y_train, y_test = train_test_split(
+            x, y, test_size=test_fraction, random_state=_DATASET_SPLIT_SEED, stratify=y
+        )
+    except ValueError as exc:  # too few rows, or a class with one row, for a stratified split
+        raise RayprivError(
+            f"dataset {name}: cannot hold out a stratified test share of {test_fraction} from {len(x)} rows ({exc}); "
+            "give more rows (at least 2 per class), or x_test and y_test"
+        ) from None
     return Dataset(name, x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), num_classes)
 
 
@@ -188,6 +185,9 @@ def load_npz_dataset(config: DatasetConfig) -> Dataset:
             raise RayprivError(f"dataset npz: {key} must hold integer class labels 0..K-1, found dtype {y.dtype}")
         return y.astype(np.int64)
 
+    for key in [k for k in ("x_train", "x_test") if k in arrays and arrays[k].dtype.kind == "f"]:
+        if not np.isfinite(arrays[key]).all():  # checked here: images() would turn NaN into a pixel value
+            raise RayprivError(f"dataset npz: {key} in {path} holds NaN or infinite values; drop or impute them")
     x_train, y_train = images(arrays["x_train"]), labels(arrays["y_train"], "y_train")
     num_classes = int(y_train.max() + 1)
     if not has_test:
@@ -475,71 +475,25 @@ def load_dataset(config: DatasetConfig) -> Dataset:
     """Load the dataset a config names."""
     if config.name not in DATASETS:
         raise RayprivError(f"dataset {config.name!r} is not known; choose one of {sorted(DATASETS)}")
-    return DATASETS[config.name](config)
+    return check_dataset(DATASETS[config.name](config))
 
 
-# ------------------------------------------------------------------ audit split
+MIN_TRAIN_ROWS = 10  # below this no shadow model can hold out anything
 
 
-@dataclass
-class AuditSplit:
-    """Which pool samples are audited, their audit labels, and who holds them.
-
-    ``audit_index[i]`` is the training-pool index of audit sample ``i`` (its
-    ``sample_id``).  ``labels`` is the training-pool label vector with the
-    canary labels written in; models train on these labels and the attacks
-    score against them.
-    """
-
-    audit_index: np.ndarray  # (n_audit,) int64
-    true_labels: np.ndarray  # (n_audit,) int64, the dataset's own labels
-    labels: np.ndarray  # (n_pool,) int64, with canary labels at audit_index
-    keep: np.ndarray  # (n_models, n_audit) bool
-
-    @property
-    def audit_labels(self) -> np.ndarray:
-        return self.labels[self.audit_index]
-
-    @property
-    def n_models(self) -> int:
-        return int(self.keep.shape[0])
-
-    def private_indices(self, model_id: int) -> np.ndarray:
-        """Pool indices of model ``model_id``'s private training set."""
-        member = np.ones(len(self.labels), dtype=bool)
-        member[self.audit_index[~self.keep[model_id]]] = False
-        return np.flatnonzero(member)
-
-
-def balanced_keep(n_models: int, n_audit: int, seed: int) -> np.ndarray:
-    """``keep[m, i]``: each audit sample is IN for exactly half the models.
-
-    As in the reference LiRA code: draw uniforms, argsort down each column,
-    and mark the rows whose rank is below ``n_models / 2``.
-    """
-    if n_models % 2:
-        raise RayprivError(f"n_models={n_models} must be even for a balanced membership matrix")
-    uniform = numpy_rng(seed, "keep").uniform(size=(n_models, n_audit))
-    order = uniform.argsort(axis=0)
-    return order < n_models // 2
-
-
-def make_audit_split(dataset: Dataset, n_audit: int, canary: str, n_models: int, seed: int) -> AuditSplit:
-    """Draw the audit samples, their canary labels and the keep matrix."""
-    n_pool = len(dataset.y_train)
-    if n_audit > n_pool:
+def check_dataset(dataset: Dataset) -> Dataset:
+    """Refuse data no audit can use: non-finite features, too few rows, a single class."""
+    for split, x in (("x_train", dataset.x_train), ("x_test", dataset.x_test)):
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
+            raise RayprivError(f"dataset {dataset.name}: {split} has {bad} rows with NaN or infinite features; drop or impute them")
+    if len(dataset.x_train) < MIN_TRAIN_ROWS or len(dataset.x_test) < 1:
         raise RayprivError(
-            f"audit.n_audit={n_audit} is larger than the training pool of {dataset.name} ({n_pool} samples); "
-            f"choose n_audit <= {n_pool}"
+            f"dataset {dataset.name}: {len(dataset.x_train)} training and {len(dataset.x_test)} test rows; an audit "
+            f"needs at least {MIN_TRAIN_ROWS} training rows and 1 test row"
         )
-    audit_index = np.sort(numpy_rng(seed, "audit").choice(n_pool, size=n_audit, replace=False)).astype(np.int64)
-    true_labels = dataset.y_train[audit_index].astype(np.int64)
-    labels = dataset.y_train.astype(np.int64).copy()
-    if canary == "mislabel":
-        if dataset.num_classes < 2:
-            raise RayprivError("audit.canary=mislabel needs at least 2 classes")
-        shift = numpy_rng(seed, "canary").integers(1, dataset.num_classes, size=n_audit)
-        labels[audit_index] = (true_labels + shift) % dataset.num_classes
-    elif canary != "none":
-        raise RayprivError(f"audit.canary={canary!r} is not known; choose 'none' or 'mislabel'")
-    return AuditSplit(audit_index, true_labels, labels, balanced_keep(n_models, n_audit, seed))
+    classes = np.unique(dataset.y_train)
+    if len(classes) < 2:
+        raise RayprivError(f"dataset {dataset.name}: the training labels hold a single class ({classes[0]}); membership "
+                           "of a one-class classifier cannot be audited, give data with at least 2 classes")
+    return dataset

@@ -35,13 +35,15 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from raypriv.config import TrainConfig
+from raypriv.config import ExperimentConfig, TrainConfig
+from raypriv.models import ARCHITECTURES
 from raypriv.seeding import torch_generator
 from raypriv.training import Normalizer, augment, autocast, epoch_batches, lr_factor
 
@@ -255,10 +257,6 @@ def models_fitting_in_memory(
     return int(max(1, min(limit, headroom * free // per_model)))
 
 
-# Architectures small enough that one model leaves a GPU mostly idle.
-SMALL_ARCHS = ("logreg", "mlp", "cnn_small")
-
-
 def resolve_engine(engine: str, arch: str, device: torch.device, has_recipe: bool) -> str:
     """The engine that trains a paradigm's models: ``"loop"`` or ``"ensemble"``.
 
@@ -272,4 +270,34 @@ def resolve_engine(engine: str, arch: str, device: torch.device, has_recipe: boo
         return "loop"
     if engine == "ensemble":
         return "ensemble"
-    return "ensemble" if device.type == "cuda" and arch in SMALL_ARCHS else "loop"
+    return "ensemble" if device.type == "cuda" and ARCHITECTURES[arch].ensemble_by_default else "loop"
+
+
+def group_size(engine: str, models_per_group: int, pending: int, workers: int) -> int:
+    """Models per call to a worker: 1 for the loop engine, else up to ``models_per_group``.
+
+    Groups are also cut so that every worker gets one; a GPU worker may split
+    its group further to fit its memory (:func:`train_fitting_memory`).
+    """
+    if engine == "loop":
+        return 1
+    return max(1, min(models_per_group, math.ceil(pending / max(1, workers))))
+
+
+def train_fitting_memory(
+    model_ids: Sequence[int],
+    train_group: Callable[[Sequence[int]], list[nn.Module]],
+    fits: int,
+    on_split: Callable[[int, int], None] | None = None,
+) -> list[nn.Module]:
+    """Train ``model_ids`` in groups of at most ``fits`` (from :func:`models_fitting_in_memory`), each halved on OOM."""
+    models: list[nn.Module] = []
+    for start in range(0, len(model_ids), fits):
+        models += train_group_splitting_on_oom(model_ids[start : start + fits], train_group, on_split)
+    return models
+
+
+def engine_for(config: ExperimentConfig, paradigm: Any, device: torch.device) -> str:
+    """The engine that trains ``paradigm``'s models on ``device`` (see :func:`resolve_engine`)."""
+    has_recipe = paradigm.training_recipe(config) is not None
+    return resolve_engine(config.train.engine, config.model.arch, device, has_recipe)

@@ -1,4 +1,10 @@
-"""ROC metrics of an attack: AUC, balanced accuracy, TPR at low FPR, and the log-log plot.
+"""ROC metrics of an attack: AUC, balanced accuracy, TPR at low FPR, the epsilon lower bound, intervals.
+
+One implementation of each: :func:`roc_metrics` summarises an attack's ROC
+in one streaming pass (the audit and the report use it), :func:`clopper_pearson_lower`
+and :func:`clopper_pearson_upper` are the one exact binomial bound, and the
+bootstrap below gives the report's intervals.  A plain reference version on
+sklearn's full curve is in :mod:`raypriv.reference`, for the tests.
 
 The empirical epsilon lower bound turns the ROC counts into the smallest
 epsilon any (epsilon, delta)-DP training could have and still produce them
@@ -7,8 +13,8 @@ epsilon any (epsilon, delta)-DP training could have and still produce them
 ``1 - FPR <= e^eps (1 - TPR) + delta`` at every threshold.  The counts are
 samples, so we take a one-sided Clopper-Pearson upper bound on FPR and lower
 bound on TPR (confidence ``1 - alpha`` each) before solving for epsilon,
-and report the best threshold.  Choosing the best of many thresholds is
-slightly optimistic; the bound is a diagnostic, not a certificate.
+and report the best threshold: optimistic, so metrics.json reports the valid
+:func:`epsilon_lower_bound_from_scores` instead (end of this module).
 
 TPR at a target FPR reads the ROC curve the way it is achievable: the curve
 between two operating points is the straight line a randomised threshold
@@ -22,8 +28,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import beta
-from sklearn.metrics import auc as roc_auc
-from sklearn.metrics import roc_auc_score, roc_curve
 
 LOW_FPRS = {"tpr@0.1%fpr": 0.001, "tpr@1%fpr": 0.01}
 
@@ -40,83 +44,144 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     return float(tpr[i] + weight * (tpr[i + 1] - tpr[i]))
 
 
-def roc(is_in: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Full ROC curve (every threshold kept, so low-FPR points are not dropped)."""
-    fpr, tpr, _ = roc_curve(np.asarray(is_in, dtype=bool).ravel(), np.asarray(score, dtype=np.float64).ravel(), drop_intermediate=False)
-    return fpr, tpr
+def clopper_pearson_lower(successes, trials, alpha: float):
+    """One-sided Clopper-Pearson lower bound at confidence ``1 - alpha`` (vectorised; 0 for 0 successes)."""
+    successes = np.asarray(successes)
+    return np.where(successes <= 0, 0.0, beta.ppf(alpha, successes, trials - successes + 1))
 
 
-def epsilon_lower_bound(fpr: np.ndarray, tpr: np.ndarray, n_in: int, n_out: int, delta: float = 0.0, alpha: float = 0.05) -> float:
-    """Smallest epsilon consistent with the ROC counts at confidence 1 - alpha (see module docstring)."""
-    false_pos = np.rint(np.asarray(fpr) * n_out)
-    true_pos = np.rint(np.asarray(tpr) * n_in)
-    # One-sided Clopper-Pearson bounds; beta.ppf gives nan at the degenerate ends, fixed below.
-    fpr_high = np.where(false_pos >= n_out, 1.0, beta.ppf(1 - alpha, false_pos + 1, n_out - false_pos))
-    tpr_low = np.where(true_pos <= 0, 0.0, beta.ppf(alpha, true_pos, n_in - true_pos + 1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        upper_left = np.log((tpr_low - delta) / fpr_high)
-        lower_right = np.log((1.0 - fpr_high - delta) / (1.0 - tpr_low))
-    candidates = np.concatenate([upper_left, lower_right])
-    candidates = candidates[np.isfinite(candidates)]
-    return float(max(0.0, candidates.max())) if len(candidates) else 0.0
+def clopper_pearson_upper(successes, trials, alpha: float):
+    """One-sided Clopper-Pearson upper bound at confidence ``1 - alpha`` (vectorised; 1 for all successes)."""
+    successes = np.asarray(successes)
+    return np.where(successes >= trials, 1.0, beta.ppf(1 - alpha, successes + 1, trials - successes))
 
 
-def attack_metrics(is_in: np.ndarray, score: np.ndarray, delta: float = 0.0) -> dict[str, float]:
-    """AUC, balanced accuracy, TPR at 0.1% and 1% FPR, and the empirical epsilon lower bound."""
-    is_in = np.asarray(is_in, dtype=bool).ravel()
-    score = np.asarray(score, dtype=np.float64).ravel()
-    fpr, tpr = roc(is_in, score)
-    metrics = {
-        "auc": float(roc_auc_score(is_in, score)),
-        "balanced_acc": float(np.max(1.0 - (fpr + (1.0 - tpr)) / 2.0)),
-    }
-    for key, target in LOW_FPRS.items():
-        metrics[key] = tpr_at_fpr(fpr, tpr, target)
-    metrics["n_in"] = int(is_in.sum())
-    metrics["n_out"] = int((~is_in).sum())
-    metrics["eps_lower_bound"] = epsilon_lower_bound(fpr, tpr, metrics["n_in"], metrics["n_out"], delta)
-    return metrics
+def _sorted_keys(is_in: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending score order as ``(value keys, labels)``: equal keys are equal scores.
 
-
-def plot_roc(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], title: str):
-    """Log-log ROC curves, ``curves[paradigm][attack] = (fpr, tpr)``; returns the matplotlib Figure.
-
-    One paradigm: one panel, a curve per attack.  Several: a panel per attack,
-    a curve per paradigm (same colour for a paradigm in every panel), so the
-    paradigms compare where it matters.
+    float32 scores are packed with their label into one uint64 (the float's
+    bits made order-preserving, shifted, plus the label bit), so one sort of
+    8-byte keys does it; other dtypes fall back to an argsort.
     """
-    import matplotlib
+    if score.dtype == np.float32:
+        bits = (score + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into 0.0: one key per value
+        keys = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+        del bits
+        keys <<= np.uint64(1)
+        keys |= is_in.view(np.uint8)
+        keys.sort()
+        return keys, None
+    order = np.argsort(score, kind="stable")
+    return score[order], is_in[order]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    paradigms = list(curves)
-    attacks = list(dict.fromkeys(a for per_attack in curves.values() for a in per_attack))
-    if len(paradigms) == 1:
-        panels = {paradigms[0]: {a: curves[paradigms[0]][a] for a in attacks}}
-    else:
-        panels = {a: {p: curves[p][a] for p in paradigms if a in curves[p]} for a in attacks}
-    columns = min(3, len(panels))
-    rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.4 * rows), dpi=110, squeeze=False)
-    floor = 1e-4
-    colours = plt.get_cmap("tab10")
-    for ax, (panel, lines) in zip(axes.flat, panels.items()):
-        for i, (label, (fpr, tpr)) in enumerate(lines.items()):
-            auc = float(roc_auc(fpr, tpr))
-            ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), color=colours(i % 10), linewidth=1.4,
-                    label=f"{label} (AUC {auc:.3f})")
-        ax.plot([floor, 1], [floor, 1], "k--", linewidth=0.8, label="chance")
-        ax.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1), title=panel)
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.legend(fontsize=7, loc="lower right")
-        ax.grid(True, which="major", linewidth=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+def _count_grid(n: int) -> np.ndarray:
+    """Counts 0..n, dense at both ends: every count within 2048 of 0 or of n, else steps of 0.05% of the
+    distance to the nearer end (a Clopper-Pearson bound moves with the count's distance from 0 and from n)."""
+    if n <= 4096:
+        return np.arange(n + 1)
+    steps = int(np.ceil(np.log(n / 2048) / np.log(1.0005))) + 1
+    half = np.union1d(np.arange(2049), np.round(np.geomspace(2048, n, steps)).astype(np.int64))
+    return np.union1d(half, n - half)
+
+
+def roc_metrics(
+    is_in: np.ndarray, score: np.ndarray, *, chunk: int = 1 << 22, max_curve_points: int = 200_000
+) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
+    """AUC, balanced accuracy and TPR at low FPR in bounded memory, and the ROC curve to plot.
+
+    Walks the ROC operating points (one per distinct score, from the highest
+    threshold down) ``chunk`` pairs at a time, keeping running sums: AUC as
+    the exact trapezoid sum in integer counts, balanced accuracy as a running
+    maximum, TPR at each low FPR from the two operating points around it.
+    Values equal :func:`raypriv.reference.attack_metrics`' (sklearn's full
+    curve; AUC to rounding).  The epsilon lower bound is
+    :func:`epsilon_lower_bound_from_scores`: the best threshold of this curve
+    would be an optimistic, invalid bound.  The returned ``(fpr, tpr)``
+    is every operating point when there are at most ``max_curve_points``
+    pairs, else a subset on a log- and a linear-spaced FPR grid (exact
+    points, fine enough for the log-log plot).
+    """
+    is_in = np.asarray(is_in, dtype=bool).ravel()
+    score = np.asarray(score).ravel()
+    if score.dtype.kind != "f":
+        score = score.astype(np.float64)
+    if not np.isfinite(score).all():
+        raise ValueError("attack scores must be finite")
+    n = len(score)
+    n_in = int(is_in.sum())
+    n_out = n - n_in
+    if n_in == 0 or n_out == 0:
+        raise ValueError(f"ROC metrics need IN and OUT pairs; got {n_in} IN and {n_out} OUT")
+    keys, labels = _sorted_keys(is_in, score)
+    packed = labels is None
+
+    targets = dict(LOW_FPRS)
+    below = {key: (0.0, 0.0) for key in targets}  # last operating point with FPR <= target
+    above: dict[str, tuple[float, float] | None] = {key: None for key in targets}
+    keep_all = n <= max_curve_points
+    grid = np.unique(np.concatenate([np.geomspace(1.0 / n_out, 1.0, 2000), np.linspace(0.0, 1.0, 1001)]))
+    curve_fpr, curve_tpr = [np.zeros(1)], [np.zeros(1)]
+    balanced = 0.5  # at the (0, 0) point
+    twice_area = 0  # sum of (fp_i - fp_{i-1}) * (tp_i + tp_{i-1}): exact in int64
+    last_fp, last_tp = np.zeros(1, np.int64), np.zeros(1, np.int64)  # the previous operating point
+    tp_before, seen = 0, 0
+
+    for stop in range(n, 0, -chunk):
+        start = max(0, stop - chunk)
+        part = keys[start:stop][::-1]  # descending scores
+        if packed:
+            values, label = part >> np.uint64(1), (part & np.uint64(1)).astype(np.int64)
+            following = keys[start - 1] >> np.uint64(1) if start > 0 else None
+        else:
+            values, label = part, labels[start:stop][::-1].astype(np.int64)
+            following = keys[start - 1] if start > 0 else None
+        run_end = np.empty(len(values), dtype=bool)  # last pair of each run of equal scores
+        run_end[:-1] = values[:-1] != values[1:]
+        run_end[-1] = following is None or values[-1] != following
+        cumulative = tp_before + np.cumsum(label)
+        tp = cumulative[run_end]
+        fp = seen + 1 + np.flatnonzero(run_end) - tp
+        tp_before, seen = int(cumulative[-1]), seen + len(values)
+        if len(tp) == 0:
+            continue
+        fpr, tpr = fp / n_out, tp / n_in
+
+        previous_fp = np.concatenate([last_fp, fp[:-1]])
+        previous_tp = np.concatenate([last_tp, tp[:-1]])
+        twice_area += int(np.sum((fp - previous_fp) * (tp + previous_tp)))
+        balanced = max(balanced, float(np.max(1.0 - (fpr + (1.0 - tpr)) / 2.0)))
+        for key, target in targets.items():
+            at_or_below = np.flatnonzero(fpr <= target)
+            if len(at_or_below):
+                below[key] = (fpr[at_or_below[-1]], tpr[at_or_below[-1]])
+            if above[key] is None and (len(at_or_below) < len(fpr)):
+                first = at_or_below[-1] + 1 if len(at_or_below) else 0
+                above[key] = (fpr[first], tpr[first])
+
+        last_fp, last_tp = fp[-1:], tp[-1:]
+
+        if keep_all:
+            curve_fpr.append(fpr)
+            curve_tpr.append(tpr)
+        else:
+            index = np.searchsorted(fpr, grid, side="right") - 1
+            index = np.unique(np.concatenate([index, index + 1, [len(fpr) - 1]]))
+            index = index[(index >= 0) & (index < len(fpr))]
+            curve_fpr.append(fpr[index])
+            curve_tpr.append(tpr[index])
+    del keys, labels
+
+    metrics: dict[str, float] = {
+        "auc": twice_area / (2.0 * n_in * n_out),
+        "balanced_acc": balanced,
+    }
+    for key, target in targets.items():
+        points = [below[key]] + ([above[key]] if above[key] is not None else [])
+        metrics[key] = tpr_at_fpr(np.array([p[0] for p in points]), np.array([p[1] for p in points]), target)
+    metrics["n_in"] = n_in
+    metrics["n_out"] = n_out
+    return metrics, (np.concatenate(curve_fpr), np.concatenate(curve_tpr))
 
 
 # ------------------------------------------------------- uncertainty of the metrics
@@ -148,9 +213,7 @@ def clopper_pearson(successes: int, trials: int, confidence: float = 0.95) -> tu
         return 0.0, 1.0
     k = int(min(max(successes, 0), trials))
     tail = (1.0 - confidence) / 2.0
-    low = 0.0 if k == 0 else float(beta.ppf(tail, k, trials - k + 1))
-    high = 1.0 if k == trials else float(beta.ppf(1.0 - tail, k + 1, trials - k))
-    return low, high
+    return float(clopper_pearson_lower(k, trials, tail)), float(clopper_pearson_upper(k, trials, tail))
 
 
 def tpr_interval(tpr: float, n_in: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -179,7 +242,7 @@ def bootstrap_roc_metrics(
     sample); ``weights`` is ``(n_replicates, n_audit)`` (e.g. from
     :func:`bootstrap_weights`).  Returns ``{"auc": float64[n_replicates],
     key: float64[n_replicates] for key in fprs}``, computed exactly as
-    :func:`attack_metrics` does (ties kept together, TPR interpolated between
+    :func:`roc_metrics` does (ties kept together, TPR interpolated between
     operating points): with all weights 1 the values equal its output.  A
     replicate with no IN or no OUT weight gives NaN.
     """
@@ -260,3 +323,105 @@ def paired_bootstrap_difference(
     else:
         p = float(min(1.0, 2.0 * min(np.mean(difference <= 0.0), np.mean(difference >= 0.0))))
     return {"difference": float(observed_a - observed_b), "low": low, "high": high, "p": p, "n_boot": int(len(difference))}
+
+
+# ------------------------------------------------------- a valid epsilon lower bound
+#
+# roc_metrics' eps_lower_bound takes the best of all thresholds, each bounded at 95% on the same data: it exceeds
+# a known epsilon in about a third of simulated audits.  This one is valid: (1) the threshold and which DP
+# inequality to test are chosen on a random half of the units, the bound computed on the other half alone (one
+# test: a union bound over ~10^4 thresholds costs more than halving the data at low FPR); (2) the two one-sided
+# bounds share 1 - confidence; (3) with ``groups`` the unit is the sample: halves split samples and the held-out
+# half gives one pair per sample (random model), so one sample's correlated pairs are never separate trials.
+
+
+def _epsilon_candidates(tp, n_in, fp, n_out, delta: float, alpha: float) -> np.ndarray:
+    """``(2, K)``: epsilon from ``TPR <= e^eps FPR + delta`` (row 0) and from its complement (row 1), NaN if none."""
+    fpr_high = clopper_pearson_upper(fp, n_out, alpha)
+    tpr_low = clopper_pearson_lower(tp, n_in, alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        forms = np.stack([np.log((tpr_low - delta) / fpr_high), np.log((1.0 - fpr_high - delta) / (1.0 - tpr_low))])
+    return np.where(np.isfinite(forms), forms, np.nan)
+
+
+def _choose_threshold(
+    is_in: np.ndarray, scores: np.ndarray, delta: float, alpha: float, held_in: int, held_out: int
+) -> tuple[float, int]:
+    """The threshold (IN at ``score >= t``) and inequality of largest bound, rates scaled to the held-out counts.
+
+    Per FP count only its highest-TP point can win; beyond 4,096 OUT pairs only :func:`_count_grid`'s counts."""
+    n_in, n_out = int(is_in.sum()), int((~is_in).sum())
+    if n_in == 0 or n_out == 0:
+        return np.inf, 0
+    order = np.argsort(-scores)  # the order within ties is irrelevant: only each run's end is an operating point
+    ordered, labels = scores[order], is_in[order]
+    last = np.append(ordered[1:] != ordered[:-1], True)  # one operating point per distinct score
+    tp, fp = np.cumsum(labels)[last], np.cumsum(~labels)[last]
+    point = np.unique(np.searchsorted(fp, _count_grid(n_out), side="right") - 1)  # last point at or below each count
+    point = point[point >= 0]
+    tp_held, fp_held = tp[point] * (held_in / n_in), fp[point] * (held_out / n_out)
+    candidates = _epsilon_candidates(tp_held, held_in, fp_held, held_out, delta, alpha)
+    if np.isnan(candidates).all():
+        return np.inf, 0
+    form, best = np.unravel_index(np.nanargmax(candidates), candidates.shape)
+    return float(ordered[last][point[best]]), int(form)
+
+
+def epsilon_lower_bound_from_scores(
+    is_in: np.ndarray,
+    scores: np.ndarray,
+    *,
+    delta: float = 0.0,
+    confidence: float = 0.95,
+    groups: np.ndarray | None = None,
+    seed: int = 0,
+) -> float:
+    """A lower bound on the epsilon of any (epsilon, delta)-DP training that gave these attack scores, valid at ``confidence``.
+
+    ``is_in``: bool, ``scores``: float of the same shape (one entry per
+    (model, sample) pair); ``groups``: optional sample id per pair, making the
+    audit sample the unit (see the comment above).  ``seed`` fixes the random
+    halves, so the value is reproducible.  0 when nothing can be concluded.
+    """
+    is_in = np.asarray(is_in, dtype=bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if is_in.shape != scores.shape:
+        raise ValueError(f"is_in has {is_in.size} entries but scores {scores.size}; they must match")
+    if not np.isfinite(scores).all():
+        raise ValueError("attack scores must be finite")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence} must be between 0 and 1")
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        units = np.arange(len(scores))
+    else:
+        groups = np.asarray(groups).ravel()
+        if groups.shape != scores.shape:
+            raise ValueError(f"groups has {groups.size} entries but scores {scores.size}; they must match")
+        small_ids = groups.dtype.kind in "iu" and len(groups) and groups.min() >= 0 and groups.max() < len(groups)
+        units = groups.astype(np.int64) if small_ids else np.unique(groups, return_inverse=True)[1]  # ids as they are
+    n_units = int(units.max()) + 1 if len(units) else 0
+    select = (rng.permutation(n_units) < n_units // 2)[units]
+    alpha = (1.0 - confidence) / 2.0
+    held = np.flatnonzero(~select)
+    if groups is not None:  # one pair per held-out sample, its model drawn at random
+        shuffled, chosen = rng.permutation(held), np.full(n_units, -1, dtype=np.int64)
+        chosen[units[shuffled]] = shuffled  # one pair per unit (the one written last): fixed by the shuffle alone
+        held = chosen[chosen >= 0]
+    held_in = is_in[held]
+    n_in, n_out = int(held_in.sum()), int((~held_in).sum())
+    # The choice sees only the selected half and the held-out counts (not which held-out pair is IN).
+    threshold, form = _choose_threshold(is_in[select], scores[select], delta, alpha, max(n_in, 1), max(n_out, 1))
+    guess = scores[held] >= threshold
+    if n_in == 0 or n_out == 0 or not np.isfinite(threshold):
+        return 0.0
+    value = _epsilon_candidates(np.sum(guess & held_in), n_in, np.sum(guess & ~held_in), n_out, delta, alpha)[form]
+    return float(max(0.0, value)) if np.isfinite(value) else 0.0
+
+
+def audit_epsilon_lower_bound(is_in: np.ndarray, scores: np.ndarray, delta: float = 0.0) -> float:
+    """metrics.json's ``eps_lower_bound``: :func:`epsilon_lower_bound_from_scores` of ``(n_models, n_audit)``
+    arrays with the audit sample (column) as the unit, at 95%."""
+    is_in = np.asarray(is_in, dtype=bool)
+    groups = np.broadcast_to(np.arange(is_in.shape[-1]), is_in.shape)
+    return epsilon_lower_bound_from_scores(is_in, scores, delta=delta, groups=groups)

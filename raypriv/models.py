@@ -7,13 +7,19 @@
 * ``wrn16_4``    Wide-ResNet 16-4, pre-activation (Zagoruyko & Komodakis 2016)
 
 ``norm`` picks BatchNorm, GroupNorm (the DP-SGD-compatible choice) or none.
-``width`` scales each arch; ``None`` takes :data:`DEFAULT_WIDTH`.  ``logreg``
+``width`` scales each arch; ``None`` takes the arch's default width.  ``logreg``
 has no hidden layer, so neither ``width`` nor ``norm`` applies to it.
+
+A new architecture is one entry in :data:`ARCHITECTURES` (name, builder,
+default width, whether it needs images, whether the ensemble engine trains it
+by default on a GPU) plus its ``nn.Module`` class.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -22,7 +28,6 @@ import torch.nn.functional as F
 from raypriv.config import ModelConfig
 from raypriv.errors import RayprivError
 
-DEFAULT_WIDTH = {"mlp": 256, "cnn_small": 16, "resnet18": 64, "wrn16_4": 16, "logreg": 0}  # logreg: no hidden layer
 
 
 def _norm2d(kind: str, channels: int) -> nn.Module:
@@ -170,23 +175,36 @@ class WideResNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """One entry of the architecture table."""
+
+    build: Callable[[tuple[int, ...], int, int, str], nn.Module]  # (input shape, classes, width, norm) -> network
+    default_width: int
+    needs_images: bool
+    # Small enough that one model leaves a GPU mostly idle: train.engine auto uses the ensemble engine.
+    ensemble_by_default: bool
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "mlp": Architecture(lambda shape, k, width, norm: MLP(math.prod(shape), k, width, norm), 256, False, True),
+    "cnn_small": Architecture(lambda shape, k, width, norm: SmallCNN(shape[0], k, width, norm), 16, True, True),
+    "resnet18": Architecture(lambda shape, k, width, norm: ResNet18(shape[0], k, width, norm), 64, True, False),
+    "wrn16_4": Architecture(
+        lambda shape, k, width, norm: WideResNet(shape[0], k, depth=16, widen=4, base=width, norm=norm), 16, True, False
+    ),
+    "logreg": Architecture(lambda shape, k, width, norm: LogisticRegression(math.prod(shape), k), 0, False, True),
+}
+
+
 def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build ``config.arch`` for inputs of ``input_shape`` (without the batch dimension)."""
-    if config.arch == "logreg":
-        return LogisticRegression(math.prod(input_shape), num_classes)
-    width = config.width or DEFAULT_WIDTH[config.arch]
-    if config.arch == "mlp":
-        return MLP(math.prod(input_shape), num_classes, width, config.norm)
-    if len(input_shape) != 3:
+    if config.arch not in ARCHITECTURES:
+        raise RayprivError(f"model.arch={config.arch!r} is not known; choose one of {list(ARCHITECTURES)}")
+    arch = ARCHITECTURES[config.arch]
+    if arch.needs_images and len(input_shape) != 3:
         raise RayprivError(
             f"model.arch={config.arch!r} needs image inputs (C, H, W) but the dataset has shape {input_shape}; "
             "use model.arch: mlp or logreg for tabular data"
         )
-    channels = input_shape[0]
-    if config.arch == "cnn_small":
-        return SmallCNN(channels, num_classes, width, config.norm)
-    if config.arch == "resnet18":
-        return ResNet18(channels, num_classes, width, config.norm)
-    if config.arch == "wrn16_4":
-        return WideResNet(channels, num_classes, depth=16, widen=4, base=width, norm=config.norm)
-    raise RayprivError(f"model.arch={config.arch!r} is not known; choose one of {sorted(DEFAULT_WIDTH)}")
+    return arch.build(input_shape, num_classes, config.width or arch.default_width, config.norm)

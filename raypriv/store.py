@@ -5,8 +5,12 @@ holds:
 
 ``run.json``
     ``{"schema_version", "protocol_hash", "config_hash", "raypriv_version",
-    "created_at", "queries", "n_models", "n_audit", "num_classes"}`` (hashes:
-    see :mod:`raypriv.config`; the protocol hash binds the directory).
+    "created_at", "queries", "n_models", "n_audit", "num_classes",
+    "keep_sha256"}`` (hashes: see :mod:`raypriv.experiment`; the protocol hash
+    binds the directory; ``keep_sha256``, absent in older runs, checks keep.npy).
+``raypriv.lock``
+    While an audit runs: its lease, ``{"host", "pid", "token", "acquired_at",
+    "heartbeat"}`` (:class:`raypriv.rundir.RunLease`).
 ``config.yaml``
     The fully resolved config of the latest invocation (defaults and
     command-line flags applied).
@@ -21,14 +25,17 @@ holds:
 ``logits/paradigm=<name>/model-<id>.parquet``  (:func:`logits_schema`)
     One row per (audit sample, query) of one model: ``model_id``,
     ``sample_id``, ``query_id`` (index into ``run.json["queries"]``),
-    ``label`` and ``logits`` (``float32[num_classes]``, eval mode).  The
+    ``label`` and ``logits`` (``float32[num_classes]``, eval mode); with
+    ``audit.n_population > 0``, then the population set's rows, flagged by a
+    ``population`` column (absent otherwise: audit rows only).  The
     ``paradigm=`` folder is a Hive partition: ``pandas.read_parquet(RUN/"logits")``
     returns it as a ``paradigm`` column.  zstd-compressed, the logits
     byte-stream-split (:data:`LOGITS_WRITE_OPTIONS`); read in row batches by
     :func:`iter_logits`.
 ``models/<name>/model-<id>.parquet``  (:data:`MODEL_SCHEMA`)
-    One row per trained model, written *after* its logits file: a model is
-    complete exactly when this row exists.  ``models.parquet`` gathers all
+    One row per trained model, written *after* its logits file, whose sha256
+    it records (``logits_sha256``; null in rows of older runs): a model is
+    complete exactly when this row exists and names its logits file's bytes.  ``models.parquet`` gathers all
     rows once training ends (``pandas.read_parquet(RUN/"models")`` reads
     them while a run is still going).  ``recipe_hash`` fingerprints the
     protocol plus the paradigm's options; ``info`` is a JSON object of facts
@@ -66,15 +73,17 @@ that pyarrow understands.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import io
 import json
 import os
 import uuid
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -111,20 +120,18 @@ MODEL_SCHEMA = pa.schema(
         ("info", pa.string()),  # JSON
         ("status", pa.string()),
         ("finished_at", pa.timestamp("us", tz="UTC")),
+        # sha256 of the model's logits file, written in the same row that commits the model; null in rows
+        # written before it existed (those are checked by footer and a full read instead).
+        ("logits_sha256", pa.string()),
     ]
 )
 
 
-def logits_schema(num_classes: int) -> pa.Schema:
-    return pa.schema(
-        [
-            ("model_id", pa.int32()),
-            ("sample_id", pa.int64()),
-            ("query_id", pa.int8()),
-            ("label", pa.int64()),
-            ("logits", pa.list_(pa.float32(), num_classes)),
-        ]
-    )
+def logits_schema(num_classes: int, population: bool = False) -> pa.Schema:
+    """The logits files' schema; ``population`` adds the flag column of runs with a population set."""
+    fields = [("model_id", pa.int32()), ("sample_id", pa.int64()), ("query_id", pa.int8()), ("label", pa.int64()),
+              ("logits", pa.list_(pa.float32(), num_classes))]
+    return pa.schema(fields + [("population", pa.bool_())] if population else fields)
 
 
 def scores_schema(attacks: list[str]) -> pa.Schema:
@@ -193,6 +200,31 @@ def _versioned(schema: pa.Schema) -> dict:
 _REWRITE_HINT = "delete it and rerun `raypriv audit` with the same config and --out to recompute it"
 
 
+def write_error(path: str, exc: OSError) -> RayprivError:
+    """One line for an OS error while writing ``path``: what happened and the fix."""
+    full, denied, file = "free space (or choose another --out) and rerun to resume", "choose a writable --out", \
+        "a file stands where a folder is needed; choose an --out that is a folder (or a new path)"
+    reason = {errno.ENOSPC: f"the disk is full; {full}", errno.EDQUOT: f"the disk quota is exceeded; {full}",
+              errno.EACCES: f"permission denied; {denied}", errno.EPERM: f"permission denied; {denied}",
+              errno.EROFS: f"the file system is read-only; {denied}", errno.ENOTDIR: file, errno.EEXIST: file,
+              errno.EISDIR: "a folder stands where a file is needed; move it away or choose another --out"}.get(exc.errno or 0)
+    phrases = {"no space": errno.ENOSPC, "permission denied": errno.EACCES, "read-only": errno.EROFS,
+               "not a directory": errno.ENOTDIR, "file exists": errno.EEXIST, "is a directory": errno.EISDIR}
+    found = [code for phrase, code in phrases.items() if phrase in str(exc).lower()]
+    if reason is None and found:  # pyarrow raises OSError with the errno only in its message
+        return write_error(path, OSError(found[0], str(exc)))
+    reason = reason or "check that the location is writable and has free space"
+    detail = " ".join(str(exc).split())
+    return RayprivError(f"cannot write {path} ({detail}): {reason}")
+
+
+def parquet_bytes(table: pa.Table, **parquet_options: Any) -> bytes:
+    """``table`` as a Parquet file in memory, stamped with the schema version."""
+    buffer = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(_versioned(table.schema)), buffer, **parquet_options)
+    return buffer.getvalue()
+
+
 class RunStore:
     """Atomic reads and writes of one run directory, local or remote."""
 
@@ -212,10 +244,27 @@ class RunStore:
     def exists(self, relative: str = "") -> bool:
         return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
 
-    def is_empty(self) -> bool:
-        if not self.exists():
+    def is_empty(self, ignore: tuple[str, ...] = ()) -> bool:
+        """True if the directory is missing or holds only names in ``ignore``; a file (or a path under one) there is an error."""
+        info = self.fs.get_file_info(self.root)
+        if info.type == pafs.FileType.NotFound:
+            self._check_parents()
             return True
-        return not self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False))
+        if info.type != pafs.FileType.Directory:
+            raise RayprivError(f"{self.uri} is a file, not a folder; choose a folder (or a new path) for --out")
+        entries = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False))
+        return all(entry.base_name in ignore for entry in entries)
+
+    def _check_parents(self) -> None:
+        """Refuse a missing directory that lies under a file (it could never be created)."""
+        parent = self.root.rstrip("/")
+        while "/" in parent.strip("/"):
+            parent = parent.rsplit("/", 1)[0]
+            info = self.fs.get_file_info(parent or "/")
+            if info.type == pafs.FileType.File:
+                raise RayprivError(f"{self.uri} lies under {parent}, which is a file; choose another --out")
+            if info.type == pafs.FileType.Directory:
+                return
 
     def list_files(self, directory: str, suffix: str = "") -> list[str]:
         """Relative paths of finished files under ``directory`` (temporaries skipped)."""
@@ -229,18 +278,39 @@ class RunStore:
             if info.type == pafs.FileType.File and info.path.endswith(suffix) and ".tmp-" not in info.base_name
         )
 
+    def temporaries(self) -> list[str]:
+        """Relative paths of the temporary files a killed writer left (``.tmp-*``, never renamed)."""
+        if not self.exists():
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True))
+        return [info.path[len(self.root) + 1:] for info in infos
+                if info.type == pafs.FileType.File and info.base_name.startswith(".tmp-")]
+
     def delete(self, relative: str) -> None:
         if self.exists(relative):
             self.fs.delete_file(self.path(relative))
 
-    def write_bytes(self, relative: str, data: bytes) -> None:
+    @contextlib.contextmanager
+    def _writing(self, relative: str) -> Iterator[str]:
+        """A temporary path beside ``relative``, renamed to it at the end; on failure deleted, and an OS error
+        (full disk, read-only, a file where a folder should be) becomes one RayprivError naming path and fix."""
         final = self.path(relative)
         parent = final.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
         temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
-        with self.fs.open_output_stream(temporary) as stream:
+        try:
+            self.fs.create_dir(parent, recursive=True)
+            yield temporary
+            self.fs.move(temporary, final)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(temporary)
+            if isinstance(exc, OSError):
+                raise write_error(final, exc) from None
+            raise
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        with self._writing(relative) as temporary, self.fs.open_output_stream(temporary) as stream:
             stream.write(data)
-        self.fs.move(temporary, final)
 
     def read_bytes(self, relative: str) -> bytes:
         try:
@@ -251,9 +321,7 @@ class RunStore:
 
     def write_table(self, relative: str, table: pa.Table, **parquet_options: Any) -> None:
         """Write a Parquet file atomically; ``parquet_options`` go to ``pyarrow.parquet.write_table``."""
-        buffer = io.BytesIO()
-        pq.write_table(table.replace_schema_metadata(_versioned(table.schema)), buffer, **parquet_options)
-        self.write_bytes(relative, buffer.getvalue())
+        self.write_bytes(relative, parquet_bytes(table, **parquet_options))
 
     @contextlib.contextmanager
     def table_writer(self, relative: str, schema: pa.Schema, **parquet_options: Any) -> Iterator[pq.ParquetWriter]:
@@ -263,19 +331,10 @@ class RunStore:
         the block ends, so the table never has to fit in memory and a failure
         leaves no file under the final name.
         """
-        final = self.path(relative)
-        parent = final.rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
-        temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
         schema = schema.with_metadata(_versioned(schema))
-        try:
-            with self.fs.open_output_stream(temporary) as stream, pq.ParquetWriter(stream, schema, **parquet_options) as writer:
-                yield writer
-        except BaseException:
-            with contextlib.suppress(OSError):
-                self.fs.delete_file(temporary)
-            raise
-        self.fs.move(temporary, final)
+        with self._writing(relative) as temporary, self.fs.open_output_stream(temporary) as stream, \
+                pq.ParquetWriter(stream, schema, **parquet_options) as writer:
+            yield writer
 
     def open_parquet(self, relative: str) -> pq.ParquetFile:
         """A Parquet file opened for reading in row groups or batches (random access, nothing read yet)."""
@@ -345,71 +404,32 @@ def audit_table(audit_index: np.ndarray, true_labels: np.ndarray, labels: np.nda
     )
 
 
-def logits_table(model_id: int, logits: np.ndarray, labels: np.ndarray) -> pa.Table:
-    """Long-format table of one model's ``(n_audit, n_queries, C)`` logits."""
+def logits_table(model_id: int, logits: np.ndarray, labels: np.ndarray, population: tuple | None = None) -> pa.Table:
+    """Long-format table of one model's ``(n_audit, n_queries, C)`` logits, then ``population``'s (logits, labels)."""
     n_audit, n_queries, num_classes = logits.shape
-    flat = pa.FixedSizeListArray.from_arrays(pa.array(logits.astype(np.float32).reshape(-1)), num_classes)
-    return pa.table(
-        [
-            pa.array(np.full(n_audit * n_queries, model_id, dtype=np.int32)),
-            pa.array(np.repeat(np.arange(n_audit, dtype=np.int64), n_queries)),
-            pa.array(np.tile(np.arange(n_queries, dtype=np.int8), n_audit)),
-            pa.array(np.repeat(labels.astype(np.int64), n_queries)),
-            flat,
-        ],
-        schema=logits_schema(num_classes),
-    )
+    parts = [(logits, labels)] + ([population] if population is not None else [])
+    values = np.concatenate([part[0].astype(np.float32).reshape(-1) for part in parts])
+    sample_ids = np.concatenate([np.repeat(np.arange(len(part[1]), dtype=np.int64), n_queries) for part in parts])
+    columns = [pa.array(np.full(len(sample_ids), model_id, dtype=np.int32)), pa.array(sample_ids),
+               pa.array(np.tile(np.arange(n_queries, dtype=np.int8), len(sample_ids) // n_queries)),
+               pa.array(np.concatenate([np.repeat(part[1].astype(np.int64), n_queries) for part in parts])),
+               pa.FixedSizeListArray.from_arrays(pa.array(values), num_classes)]
+    if population is not None:  # the flag column
+        columns.append(pa.array(np.arange(len(sample_ids)) >= n_audit * n_queries))
+    return pa.table(columns, schema=logits_schema(num_classes, population is not None))
 
 
-def write_model_result(store: RunStore, row: dict[str, Any], logits: np.ndarray, labels: np.ndarray) -> None:
-    """Write a model's logits, then its row: the row marks the model complete."""
-    paradigm, model_id = row["paradigm"], row["model_id"]
-    store.write_table(logits_path(paradigm, model_id), logits_table(model_id, logits, labels), **LOGITS_WRITE_OPTIONS)
-    store.write_table(model_row_path(paradigm, model_id), pa.Table.from_pylist([row], schema=MODEL_SCHEMA))
+def write_model_result(store: RunStore, row: dict[str, Any], logits: np.ndarray, labels: np.ndarray, population=None) -> None:
+    """Write a model's logits, then its row naming their sha256: the row commits the model in one rename.
 
-
-@dataclass
-class ResumeScan:
-    complete: dict[int, dict[str, Any]]  # model_id -> its row
-    discarded: list[str]  # why some stored files were not accepted
-
-
-def scan_completed(store: RunStore, paradigm: str, recipe_hash: str, expected_rows: int) -> ResumeScan:
-    """Find the models of ``paradigm`` already complete for ``recipe_hash``.
-
-    A model counts as complete when its row exists and its logits file opens
-    with the expected number of rows.  Broken files are deleted (so the model
-    is retrained) and reported in ``discarded``.  A model of another recipe
-    (the paradigm's options changed) is an error: mixing recipes would
-    corrupt the attack, and deleting them silently would lose work.
+    A row whose checksum does not match the logits file beside it (a later
+    write of another recipe, a flipped byte) is not a complete model.
     """
-    complete: dict[int, dict[str, Any]] = {}
-    discarded: list[str] = []
-    for relative in store.list_files(f"models/{paradigm}", ".parquet"):
-        model_id = int(relative.rsplit("model-", 1)[1].split(".")[0])
-        culprit = relative
-        try:
-            row = store.read_table(relative).to_pylist()[0]
-            culprit = logits_path(paradigm, model_id)
-            if not store.exists(culprit):
-                raise RayprivError("the logits file is missing")
-            rows = pq.read_metadata(pa.BufferReader(store.read_bytes(culprit))).num_rows
-            if rows != expected_rows:
-                raise RayprivError(f"it has {rows} rows, expected {expected_rows}")
-        except (RayprivError, pa.ArrowException, OSError, IndexError, KeyError) as exc:
-            reason = str(exc).split("; delete it")[0]
-            discarded.append(f"{store.path(culprit)}: {reason}; model {model_id} of {paradigm} will be retrained")
-            store.delete(relative)
-            store.delete(logits_path(paradigm, model_id))
-            continue
-        if row["recipe_hash"] != recipe_hash:
-            raise RayprivError(
-                f"{store.uri} holds {paradigm} models of another recipe ({row['recipe_hash']}, this config gives "
-                f"{recipe_hash}): its paradigm_options changed. Use a new --out, or delete "
-                f"{store.path('models/' + paradigm)} and {store.path('logits/paradigm=' + paradigm)} to retrain it"
-            )
-        complete[int(row["model_id"])] = row
-    return ResumeScan(complete, discarded)
+    paradigm, model_id = row["paradigm"], row["model_id"]
+    data = parquet_bytes(logits_table(model_id, logits, labels, population), **LOGITS_WRITE_OPTIONS)
+    store.write_bytes(logits_path(paradigm, model_id), data)
+    row["logits_sha256"] = hashlib.sha256(data).hexdigest()
+    store.write_table(model_row_path(paradigm, model_id), pa.Table.from_pylist([row], schema=MODEL_SCHEMA))
 
 
 def _missing_logits(store: RunStore, paradigm: str, model_id: int) -> RayprivError:
@@ -420,7 +440,8 @@ def _missing_logits(store: RunStore, paradigm: str, model_id: int) -> RayprivErr
 
 
 def iter_logits(
-    store: RunStore, paradigm: str, model_id: int, n_audit: int, n_queries: int, batch_elements: int = 1 << 22
+    store: RunStore, paradigm: str, model_id: int, n_audit: int, n_queries: int, batch_elements: int = 1 << 22,
+    n_population: int = 0, population: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """One model's logits in row batches: ``(sample_id, query_id, float32[rows, C])`` per batch.
 
@@ -428,11 +449,14 @@ def iter_logits(
     a time, so memory stays bounded whatever the model's size.  Checks the
     row count, the id ranges and that every (sample, query) pair appears
     exactly once; a missing, corrupt or incomplete file is a RayprivError
-    naming the file and the fix.
+    naming the file and the fix.  ``population``: the population set's rows
+    (``n_population`` of them, ids into that set) instead of the audit's.
     """
     relative = logits_path(paradigm, model_id)
     if not store.exists(relative):
         raise _missing_logits(store, paradigm, model_id)
+    total_rows = (n_audit + n_population) * n_queries
+    n_audit = n_population if population else n_audit  # the rows yielded
     expected = n_audit * n_queries
 
     def bad(reason: str) -> RayprivError:
@@ -440,16 +464,20 @@ def iter_logits(
 
     parquet = store.open_parquet(relative)
     with contextlib.closing(parquet):
-        if parquet.metadata.num_rows != expected or "logits" not in parquet.schema_arrow.names:
-            raise bad(f"has {parquet.metadata.num_rows} rows, expected {expected}")
+        if parquet.metadata.num_rows != total_rows or "logits" not in parquet.schema_arrow.names:
+            raise bad(f"has {parquet.metadata.num_rows} rows, expected {total_rows}")
+        flagged = "population" in parquet.schema_arrow.names  # rows of a run with a population set
         field = parquet.schema_arrow.field("logits").type
         width = getattr(field, "list_size", 0) or 1
         seen = np.zeros(expected, dtype=np.int64)
         try:
             batches = parquet.iter_batches(
-                batch_size=max(1, batch_elements // width), columns=["sample_id", "query_id", "logits"]
+                batch_size=max(1, batch_elements // width),
+                columns=["sample_id", "query_id", "logits"] + (["population"] if flagged else []),
             )
             for batch in batches:
+                if flagged:  # only the rows of the set asked for
+                    batch = batch.filter(pc.equal(batch.column(3), population)).select([0, 1, 2])
                 sample = batch.column(0).to_numpy().astype(np.int64, copy=False)
                 query = batch.column(1).to_numpy().astype(np.int64, copy=False)
                 column = batch.column(2)
@@ -462,19 +490,3 @@ def iter_logits(
             raise bad(f"is corrupt or truncated ({exc})") from None
         if not (seen == 1).all():
             raise bad("does not hold every (sample, query) pair exactly once")
-
-
-def read_logits(store: RunStore, paradigm: str, n_models: int, n_audit: int, n_queries: int) -> np.ndarray:
-    """All logits of one paradigm as ``float32[n_models, n_audit, n_queries, C]``.
-
-    The whole array: fine for small runs and tests; the audit streams with
-    :func:`iter_logits` instead (:func:`raypriv.scoring.load_attack_inputs`).
-    """
-    stacked = None
-    for model_id in range(n_models):
-        for sample, query, logits in iter_logits(store, paradigm, model_id, n_audit, n_queries):
-            if stacked is None:
-                stacked = np.empty((n_models, n_audit, n_queries, logits.shape[1]), dtype=np.float32)
-            stacked[model_id, sample, query] = logits
-    assert stacked is not None, "n_models must be positive"
-    return stacked

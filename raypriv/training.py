@@ -13,7 +13,7 @@ the dataset in device memory at a quarter of the float size.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raypriv.config import TrainConfig
+from raypriv.queries import apply_query, pad_for_crop
 from raypriv.seeding import torch_generator
 
 
@@ -57,7 +58,7 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
     """Random translation by up to ``padding`` pixels (zero padding), one draw per image."""
     n, _, h, w = x.shape
     shifts = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
-    padded = F.pad(x, (padding, padding, padding, padding))
+    padded = pad_for_crop(x, padding)  # the shift queries pad the same way
     rows = (shifts[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (shifts[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     batch = torch.arange(n, device=x.device)[:, None, None, None]
@@ -79,17 +80,6 @@ def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) ->
     if config.augment == "flip_crop":
         x = random_flip(x, generator)
     return x
-
-
-def apply_query(x: torch.Tensor, query: str) -> torch.Tensor:
-    """The augmentation queries the attacks see (``identity`` and ``hflip``)."""
-    if query == "identity":
-        return x
-    if query == "hflip":
-        if x.ndim != 4:
-            raise ValueError("the hflip query applies to images only")
-        return x.flip(-1)
-    raise ValueError(f"unknown query {query!r}")
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -141,27 +131,36 @@ def train_classifier(
     normalizer: Normalizer,
     seed: int,
     model_id: int,
+    *,
+    generators: tuple[torch.Generator, torch.Generator] | None = None,
+    on_batch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` on ``(x, y)`` with the recipe in ``config``.
 
     ``x`` and ``y`` live on the model's device; ``y`` holds class ids, or
     class probabilities ``(N, C)`` for soft-label training.  Batch order comes from the
-    model's ``"order"`` stream and augmentations from its ``"augment"`` stream.
+    model's ``"order"`` stream and augmentations from its ``"augment"`` stream,
+    unless ``generators`` gives another ``(order, augment)`` pair.
+    ``on_batch(epoch, index, logits)``, if given, sees each minibatch's sample
+    indices and its logits before the update (the forgetting coreset records
+    correctness with it).
     """
     device = x.device
-    order_rng = torch_generator(seed, "order", model_id)
-    augment_rng = torch_generator(seed, "augment", model_id)
+    order_rng, augment_rng = generators or (torch_generator(seed, "order", model_id), torch_generator(seed, "augment", model_id))
     optimizer = make_optimizer(model, config)
     n = len(y)
     total_steps = config.epochs * max(1, math.ceil(n / config.batch_size))
     scheduler = make_scheduler(optimizer, config.lr_schedule, total_steps)
 
     model.train()
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
         for index in epoch_batches(n, config.batch_size, order_rng, device):
             inputs = normalizer(augment(x[index], config, augment_rng))
             with autocast(device, config):
-                loss = F.cross_entropy(model(inputs), y[index])
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, y[index])
+            if on_batch is not None:
+                on_batch(epoch, index, logits.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from raypriv.config import config_from_dict
+from raypriv.experiment import config_from_dict
 
 # Ray's local instance must not try to reach the network or grab every core for the dashboard.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from raypriv.config import config_from_dict, load_config
+from raypriv.experiment import config_from_dict, load_config
 from raypriv.errors import RayprivError
-from raypriv.runner import run_audit
+from raypriv.driver import run_audit
 from raypriv.store import logits_path, model_row_path
 from tests.conftest import metric_values, tiny_config_dict
 
@@ -70,7 +70,7 @@ def test_resume_after_lost_models_gives_the_same_metrics(reference, tmp_path):
     (run / "metrics.json").unlink()
     resumed = run_audit(config, use_ray=False, show_progress=False)
     assert resumed.trained_now == 3
-    assert metric_values(resumed.metrics) == metric_values(reference.metrics)
+    assert metric_values(resumed.metrics_json) == metric_values(reference.metrics_json)
 
 
 def test_a_different_config_is_refused_in_the_same_directory(reference):
@@ -83,7 +83,7 @@ def test_a_different_config_is_refused_in_the_same_directory(reference):
 
 def test_ray_actors_reproduce_the_in_process_run(reference, tmp_path):
     ray_run = run_audit(config_from_dict(tiny_config_dict(tmp_path / "run")), use_ray=True, show_progress=False)
-    assert metric_values(ray_run.metrics) == metric_values(reference.metrics)
+    assert metric_values(ray_run.metrics_json) == metric_values(reference.metrics_json)
     assert set(pd.read_parquet(Path(ray_run.run_dir) / "models.parquet").device) == {"cpu"}
 
 
@@ -141,7 +141,7 @@ def test_cli_recovers_from_a_truncated_parquet(reference, tmp_path):
     result = raypriv("audit", "--config", str(config), "--no-ray", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"discarding a stored result: {broken}" in result.stderr and "Traceback" not in result.stderr
-    assert metric_values(json.loads((run / "metrics.json").read_text())) == metric_values(reference.metrics)
+    assert metric_values(json.loads((run / "metrics.json").read_text())) == metric_values(reference.metrics_json)
 
 
 @pytest.mark.slow
@@ -167,14 +167,14 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"{done_before} models already complete" in resumed.stderr
     fresh = run_audit(load_config(config, {"out_dir": str(tmp_path / "fresh")}), use_ray=False, show_progress=False)
-    assert metric_values(json.loads((tmp_path / "run" / "metrics.json").read_text())) == metric_values(fresh.metrics)
+    assert metric_values(json.loads((tmp_path / "run" / "metrics.json").read_text())) == metric_values(fresh.metrics_json)
 
 
 @pytest.mark.slow
 def test_default_digits_audit_shows_clear_leakage(tmp_path):
     """The default recipe at 32 models (the README reports the full 64-model run)."""
     config = load_config(None, {"out_dir": str(tmp_path / "run"), "n_models": 32})
-    metrics = run_audit(config, use_ray=False, show_progress=False).metrics["real"]
+    metrics = run_audit(config, use_ray=False, show_progress=False).metrics_json["real"]
     assert metrics["test_acc"] > 0.9
     assert metrics["lira_online"]["auc"] > 0.9
     assert metrics["lira_online"]["tpr@1%fpr"] > 0.2  # chance is 0.01

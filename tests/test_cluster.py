@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from raypriv.config import config_from_dict
-from raypriv.runner import run_audit, run_status
+from raypriv.experiment import config_from_dict
+from raypriv.driver import run_audit
+from raypriv.rundir import RunDirectory
 from tests.conftest import metric_values, tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def test_losing_a_worker_node_mid_run_loses_and_duplicates_nothing(tmp_path, cap
     assert sorted(models.model_id) == list(range(16))  # every model exactly once
     assert len(list(rows.glob("model-*.parquet"))) == 16
     assert not list((tmp_path / "run").rglob(".tmp-*"))
-    assert metric_values(result.metrics) == metric_values(reference.metrics)
+    assert metric_values(result.metrics_json) == metric_values(reference.metrics_json)
 
 
 def _free_port() -> int:
@@ -70,15 +71,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_ray_job_submit_runs_the_audit_entrypoint(tmp_path, monkeypatch):
+def submit_job_to_a_fresh_head(tmp_path: Path, entrypoint: str, runtime_env: dict) -> str:
+    """Start a throwaway Ray head on loopback, run one job through the Jobs API, and return its logs once it succeeded."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    # A throwaway head on loopback, without token authentication.
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "run")))
     dashboard = _free_port()
     head = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={_free_port()}",
@@ -94,20 +90,31 @@ def test_ray_job_submit_runs_the_audit_entrypoint(tmp_path, monkeypatch):
                 if time.time() > deadline or head.poll() is not None:
                     raise AssertionError((tmp_path / "head.log").read_text()) from None
                 time.sleep(1)
-        job = client.submit_job(
-            entrypoint=f"{sys.executable} jobs/audit.py --config {config} --quiet",
-            runtime_env={"working_dir": str(ROOT), "excludes": [".venv", ".git", "runs", "*.pyc"]},
-        )
+        job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
         deadline = time.time() + 300
         while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
             assert time.time() < deadline, client.get_job_logs(job)
             time.sleep(1)
         logs = client.get_job_logs(job)
         assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs
+        return logs
     finally:
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGTERM)
             head.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_audit_entrypoint(tmp_path, monkeypatch):
+    # A throwaway head on loopback, without token authentication.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "run")))
+    logs = submit_job_to_a_fresh_head(
+        tmp_path, f"{sys.executable} jobs/audit.py --config {config} --quiet",
+        {"working_dir": str(ROOT), "excludes": [".venv", ".git", "runs", "*.pyc"]},
+    )
     assert "lira_online" in logs  # the summary table reached the job's logs
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["real"]) >= {"loss", "lira_online", "lira_offline"}
@@ -119,11 +126,11 @@ def test_status_reports_complete_missing_and_mismatch(tmp_path):
     run_audit(config, use_ray=False, show_progress=False)
     for model_id in (2, 3, 6):
         (tmp_path / "run" / "models" / "real" / f"model-{model_id:06d}.parquet").unlink()
-    report = run_status(str(tmp_path / "run"))
+    report = RunDirectory(str(tmp_path / "run")).status()
     assert "  real           5/8 complete; missing: 2-3, 6" in report
     assert "3 models missing: rerun `raypriv audit --config" in report
     other = config_from_dict(tiny_config_dict(tmp_path / "run", **{"train.epochs": 2}))
-    assert "DOES NOT MATCH this run (differences: train.epochs: 1 -> 2)" in run_status(str(tmp_path / "run"), other)
+    assert "DOES NOT MATCH this run (differences: train.epochs: 1 -> 2)" in RunDirectory(str(tmp_path / "run")).status(other)
 
 
 def _pipeline_config(out_dir, **ray_options):
@@ -143,7 +150,7 @@ def test_synthesis_pool_feeds_the_shadow_model_pool(tmp_path):
     split = run_audit(
         _pipeline_config(tmp_path / "run", num_synthesis_workers=1, num_actors=1), use_ray=True, show_progress=False
     )
-    assert metric_values(split.metrics) == metric_values(reference.metrics)
+    assert metric_values(split.metrics_json) == metric_values(reference.metrics_json)
     records = sorted((tmp_path / "run" / "synthetic" / "coreset").glob("model-*.json"))
     assert len(records) == 8 and not list((tmp_path / "run" / "synthetic").glob("real"))
 
@@ -153,4 +160,4 @@ def test_synthesis_pool_feeds_the_shadow_model_pool(tmp_path):
     (tmp_path / "run" / "models" / "coreset" / "model-000003.parquet").unlink()
     resumed = run_audit(_pipeline_config(tmp_path / "run"), use_ray=False, show_progress=False)
     assert resumed.trained_now == 1 and stored.stat().st_mtime_ns == before
-    assert metric_values(resumed.metrics) == metric_values(reference.metrics)
+    assert metric_values(resumed.metrics_json) == metric_values(reference.metrics_json)

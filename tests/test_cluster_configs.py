@@ -23,7 +23,7 @@ import jsonschema
 import pytest
 import yaml
 
-from raypriv.config import load_config
+from raypriv.experiment import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from raypriv.config import ExperimentConfig, config_from_dict, config_hash, load_config
+from raypriv.config import ExperimentConfig
+from raypriv.experiment import check_names, config_from_dict, config_hash, load_config
 from raypriv.errors import RayprivError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -10,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_defaults_are_the_digits_quick_config():
     packaged = load_config(ROOT / "jobs/configs/digits-quick.yaml")
-    assert packaged.to_dict() == load_config().to_dict() == ExperimentConfig().to_dict()
+    assert packaged.to_dict() == load_config().to_dict() == check_names(ExperimentConfig()).to_dict()
 
 
 def test_cifar10_reference_config_is_the_reference_protocol():
@@ -18,7 +19,8 @@ def test_cifar10_reference_config_is_the_reference_protocol():
     assert config.dataset.name == "cifar10"
     assert config.audit.n_audit == 500 and config.audit.canary == "mislabel"
     assert config.n_models >= 64 and config.model.arch in ("resnet18", "wrn16_4")
-    assert config.queries == ["identity", "hflip"] and config.train.augment == "flip_crop"
+    assert len(config.queries) == 18 and config.queries[:2] == ["identity", "shift(-4,0)"]  # flip-shift-18
+    assert config.train.augment == "flip_crop" and config.train.crop_padding == 4
 
 
 @pytest.mark.parametrize(
@@ -29,7 +31,7 @@ def test_cifar10_reference_config_is_the_reference_protocol():
         ({"train": {"epochs": "ten"}}, "train.epochs must be an integer"),
         ({"train": {"amp": "yes"}}, "train.amp must be true or false"),
         ({"dataset": {"name": "imagenet"}}, "dataset.name='imagenet' is not a known dataset; choose one of"),
-        ({"paradigms": ["real", "magic"]}, "paradigm 'magic' is not known; choose from ['coreset', 'dfkd', 'diffusion', 'distill', 'dpgen-llm', 'dpgen-marginals', 'dpsgd', 'real']"),
+        ({"paradigms": ["real", "magic"]}, "paradigm 'magic' is not known; choose from ['coreset', 'dfkd', 'diffusion', 'distill', 'dpgen-llm', 'dpgen-marginals', 'dpsgd', 'external', 'real']"),
         ({"attacks": ["lira"]}, "attack 'lira' is not known"),
         ({"queries": ["rotate"]}, "query 'rotate' is not known"),
         ({"n_models": 9}, "n_models=9: it must be even"),
@@ -71,3 +73,10 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(RayprivError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_paradigms_override_selects_among_the_files_paradigms():
+    config = load_config(ROOT / "jobs/configs/digits-paradigms.yaml", {"paradigms": "real,dpsgd@eps1"})
+    assert config.paradigms == ["real", "dpsgd@eps1"] and list(config.paradigm_options) == ["dpsgd@eps1"]
+    with pytest.raises(RayprivError, match="paradigm_options has options for 'dpsgd'"):
+        config_from_dict({"paradigms": ["real"], "paradigm_options": {"dpsgd": {}}})

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from raypriv.config import DatasetConfig
-from raypriv.data import balanced_keep, load_dataset, make_audit_split
+from raypriv.data import load_dataset
+from raypriv.split import balanced_keep, make_audit_split
 from raypriv.errors import RayprivError
 
 

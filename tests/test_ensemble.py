@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from raypriv import runner
-from raypriv.config import config_from_dict
-from raypriv.data import load_dataset, make_audit_split
+from raypriv import pipeline
+from raypriv.experiment import config_from_dict
+from raypriv.data import load_dataset
+from raypriv.split import make_audit_split
 from raypriv.ensemble import (
     is_out_of_memory,
     models_fitting_in_memory,
@@ -16,7 +17,8 @@ from raypriv.ensemble import (
     train_ensemble,
     train_group_splitting_on_oom,
 )
-from raypriv.runner import _make_groups, run_audit
+from raypriv.driver import run_audit
+from raypriv.execution import _make_groups
 from raypriv.synth import ShadowContext
 from raypriv.training import Normalizer, accuracy, train_classifier
 
@@ -67,11 +69,21 @@ def _assert_same(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_a_model_is_bit_identical_in_any_group(digits):
-    """Same seed and id: alone, in a group of three, in a group of eight (sets of unequal size)."""
+def test_a_model_is_the_same_in_any_group(digits):
+    """Same seed and id: alone, in a group of three, in a group of eight (sets of unequal size).
+
+    Bit for bit up to a group of three.  At eight, the batched convolution
+    kernel the CPU library picks can change with the group size: on an AVX2
+    EPYC (2026-12-01) the weights then differ by one float32 ulp (1.2e-7),
+    where an AVX-512 machine gave identical bits; so that check allows float
+    rounding.
+    """
     alone = _state(_ensemble(digits, [3])[0])
     _assert_same(alone, _state(_ensemble(digits, [1, 3, 5])[1]))
-    _assert_same(alone, _state(_ensemble(digits, list(range(8)))[3]))
+    eight = _state(_ensemble(digits, list(range(8)))[3])
+    assert alone.keys() == eight.keys()
+    for key in alone:
+        torch.testing.assert_close(alone[key], eight[key], rtol=0, atol=1e-6, msg=key)
 
 
 def test_groups_with_ragged_batches_and_early_finishers(digits):
@@ -202,13 +214,13 @@ def test_audits_with_either_engine_agree(tmp_path):
         results[engine] = run_audit(config_from_dict(raw), use_ray=False, show_progress=False)
     loop, ensemble = results["loop"], results["ensemble"]
     assert np.allclose(loop.models.test_acc, ensemble.models.test_acc, atol=0.01)
-    for key, value in metric_values(loop.metrics).items():
-        assert value == pytest.approx(metric_values(ensemble.metrics)[key], abs=0.03), key
+    for key, value in metric_values(loop.metrics_json).items():
+        assert value == pytest.approx(metric_values(ensemble.metrics_json)[key], abs=0.03), key
 
 
 def test_ray_groups_match_in_process_groups_bit_for_bit(tmp_path, monkeypatch):
     """Ray actors with groups of 4 and an in-process run with groups of 8 (one split by a simulated OOM)."""
-    real_train = runner.train_ensemble
+    real_train = pipeline.train_ensemble
     oom_once = {"done": False}
 
     def flaky(models, *args, **kwargs):
@@ -217,7 +229,7 @@ def test_ray_groups_match_in_process_groups_bit_for_bit(tmp_path, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_train(models, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "train_ensemble", flaky)
+    monkeypatch.setattr(pipeline, "train_ensemble", flaky)
     base = dict(n_models=8, train={"engine": "ensemble"}, attacks=["loss", "lira_online"])
     local = run_audit(config_from_dict(tiny_config_dict(tmp_path / "local", **base)), use_ray=False, show_progress=False)
     assert oom_once["done"]
@@ -226,4 +238,4 @@ def test_ray_groups_match_in_process_groups_bit_for_bit(tmp_path, monkeypatch):
         show_progress=False,
     )
     assert list(local.models.test_acc) == list(on_ray.models.test_acc)
-    assert metric_values(local.metrics) == metric_values(on_ray.metrics)
+    assert metric_values(local.metrics_json) == metric_values(on_ray.metrics_json)

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raypriv.config import load_config
+from raypriv.experiment import load_config
 from raypriv.errors import RayprivError
-from raypriv.runner import run_audit
+from raypriv.driver import run_audit
 from raypriv.synth import PARADIGMS
 
 LIRA = ["lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed"]
@@ -35,7 +35,7 @@ def test_real_leaks_coreset_leaks_dpsgd_at_epsilon_1_stays_within_its_bound(tmp_
             "paradigm_options.dpsgd.epsilon": 1.0,
         },
     )
-    metrics = run_audit(config, use_ray=True, show_progress=False).metrics
+    metrics = run_audit(config, use_ray=True, show_progress=False).metrics_json
     real, coreset, dpsgd = metrics["real"], metrics["coreset"], metrics["dpsgd"]
 
     # Real-data training memorises its mislabeled canaries.

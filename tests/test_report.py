@@ -1,6 +1,7 @@
 """The comparison report: verdict wording, intervals, paired comparisons, the files, and how they render."""
 
 import base64
+import json
 import re
 import shutil
 from pathlib import Path
@@ -8,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from raypriv.driver import run_audit
 from raypriv.cli import main
-from raypriv.config import config_from_dict
 from raypriv.errors import RayprivError
+from raypriv.experiment import config_from_dict
 from raypriv.metrics import (
-    attack_metrics,
     bootstrap_roc_metrics,
     bootstrap_weights,
     clopper_pearson,
@@ -20,6 +21,8 @@ from raypriv.metrics import (
     percentile_interval,
     tpr_interval,
 )
+from raypriv.reference import attack_metrics
+from raypriv.split import keep_digest
 from raypriv.report import (
     LevelEvidence,
     VerdictInput,
@@ -32,7 +35,6 @@ from raypriv.report import (
     verdict,
     vulnerable_samples,
 )
-from raypriv.runner import run_audit
 from tests.conftest import tiny_config_dict
 
 
@@ -153,12 +155,16 @@ def test_bootstrap_weights_equal_duplicating_the_resampled_samples():
             assert got[key][r] == pytest.approx(expected[key], abs=1e-12)
 
 
-def test_bootstrap_interval_covers_the_estimate_and_separates_leak_from_chance():
+def leak_and_chance_replicates():
+    """A leaking and a chance-level attack on the same models, bootstrapped on the same 400 resamples."""
     weights = bootstrap_weights(200, 400, np.random.default_rng(0))
     keep, leak = synthetic_scores(signal=2.0)
     _, null = synthetic_scores(signal=0.0, seed=3)
-    leaky = bootstrap_roc_metrics(keep, leak, weights)
-    chance = bootstrap_roc_metrics(keep, null, weights)
+    return keep, leak, bootstrap_roc_metrics(keep, leak, weights), bootstrap_roc_metrics(keep, null, weights)
+
+
+def test_bootstrap_interval_covers_the_estimate_and_separates_leak_from_chance():
+    keep, leak, leaky, chance = leak_and_chance_replicates()
     low, high = percentile_interval(leaky["tpr@1%fpr"])
     assert low <= attack_metrics(keep, leak)["tpr@1%fpr"] <= high and low > 0.01
     low, high = percentile_interval(chance["tpr@1%fpr"])
@@ -176,11 +182,7 @@ def test_clopper_pearson_matches_the_closed_forms():
 
 
 def test_paired_difference_is_zero_for_identical_paradigms_and_significant_for_a_real_gap():
-    weights = bootstrap_weights(200, 400, np.random.default_rng(0))
-    keep, leak = synthetic_scores(signal=2.0)
-    _, null = synthetic_scores(signal=0.0, seed=3)
-    a = bootstrap_roc_metrics(keep, leak, weights)
-    b = bootstrap_roc_metrics(keep, null, weights)
+    _, _, a, b = leak_and_chance_replicates()
     same = paired_bootstrap_difference(0.3, 0.3, a["auc"], a["auc"])
     assert same["difference"] == 0 and same["low"] == same["high"] == 0 and same["p"] == 1.0
     gap = paired_bootstrap_difference(1.0, 0.5, a["auc"], b["auc"])
@@ -286,6 +288,8 @@ def test_two_runs_of_one_split_are_labelled_and_paired_and_other_splits_are_refu
     shutil.copytree(small_run, other, ignore=shutil.ignore_patterns("report"))
     keep = np.load(other / "keep.npy")
     np.save(other / "keep.npy", keep[:, ::-1])
+    manifest = json.loads((other / "run.json").read_text())  # another split, not a corrupt one: its own hash
+    (other / "run.json").write_text(json.dumps({**manifest, "keep_sha256": keep_digest(keep[:, ::-1])}))
     with pytest.raises(RayprivError, match="do not share their audit samples.*keep.npy differs"):
         build_report([str(small_run), str(other)], n_boot=100, compare=("report-small-run:real", "other:real"),
                      load_images=False)

@@ -1,6 +1,5 @@
 """Streaming scoring: the Parquet reader, the bounded ROC metrics and scores.parquet in row groups."""
 
-import inspect
 from datetime import datetime, timezone
 
 import numpy as np
@@ -10,18 +9,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from raypriv.attacks import run_attacks, score_attacks
-from raypriv.config import ATTACKS
-from raypriv.data import balanced_keep
+from raypriv.attacks import ATTACKS
+from raypriv.split import balanced_keep
 from raypriv.errors import RayprivError
-from raypriv.metrics import attack_metrics, epsilon_lower_bound, roc
-from raypriv.scoring import _ALPHA, load_attack_inputs, roc_metrics, write_scores
+from raypriv.metrics import roc_metrics
+from raypriv.reference import attack_metrics, read_logits, roc
+from raypriv.scoring import load_attack_inputs, write_scores
 from raypriv.store import (
     SCHEMA_VERSION,
     RunStore,
     iter_logits,
     logits_path,
     logits_table,
-    read_logits,
     scores_schema,
     scores_write_options,
     write_model_result,
@@ -101,11 +100,10 @@ def test_roc_metrics_equal_attack_metrics():
         if trial % 2:
             score = np.round(score, 1)  # many ties
         score = score.astype(np.float32)
-        delta = [0.0, 1e-5, 0.2][trial % 3]
-        expected = attack_metrics(is_in, score, delta)
+        expected = attack_metrics(is_in, score)
         for chunk in (5, 1 << 22):
             for dtype in (np.float32, np.float64):
-                got, (fpr, tpr) = roc_metrics(is_in, score.astype(dtype), delta, chunk=chunk)
+                got, (fpr, tpr) = roc_metrics(is_in, score.astype(dtype), chunk=chunk)
                 assert list(got) == list(expected)
                 assert got["auc"] == pytest.approx(expected["auc"], abs=1e-12)
                 assert {k: v for k, v in got.items() if k != "auc"} == {k: v for k, v in expected.items() if k != "auc"}
@@ -125,12 +123,6 @@ def test_roc_metrics_keep_a_plot_sized_curve_of_exact_points():
     assert all((a, b) in on_curve for a, b in zip(fpr.tolist(), tpr.tolist()))
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0) and (np.diff(fpr) >= 0).all()
     assert np.trapezoid(tpr, fpr) == pytest.approx(metrics["auc"], abs=1e-4)
-    expected = epsilon_lower_bound(full_fpr, full_tpr, int(is_in.sum()), int((~is_in).sum()))
-    assert metrics["eps_lower_bound"] == expected
-
-
-def test_branch_and_bound_uses_the_metrics_confidence_level():
-    assert inspect.signature(epsilon_lower_bound).parameters["alpha"].default == _ALPHA
 
 
 def test_scores_parquet_in_row_groups(tmp_path):

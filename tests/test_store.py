@@ -4,7 +4,9 @@ import pytest
 from datetime import datetime, timezone
 
 from raypriv.errors import RayprivError
-from raypriv.store import RunStore, logits_path, model_row_path, read_logits, scan_completed, write_model_result
+from raypriv.reference import read_logits
+from raypriv.rundir import RunDirectory
+from raypriv.store import RunStore, logits_path, model_row_path, write_model_result
 
 
 def row(model_id, recipe_hash="abc"):
@@ -49,12 +51,12 @@ def test_resume_scan_discards_bad_results(tmp_path):
     (tmp_path / logits_path("real", 1)).write_bytes(b"PAR1 garbage")
     (tmp_path / logits_path("real", 2)).unlink()
     (tmp_path / model_row_path("real", 3)).write_bytes(b"")
-    scan = scan_completed(store, "real", "abc", expected_rows=4)
+    scan = RunDirectory(store.uri).scan("real", "abc", expected_rows=4)
     assert sorted(scan.complete) == [0]
     assert len(scan.discarded) == 3
     assert not (tmp_path / logits_path("real", 1)).exists()  # removed so the model is retrained
     with pytest.raises(RayprivError, match="holds real models of another recipe"):
-        scan_completed(store, "real", "other-hash", 4)
+        RunDirectory(store.uri).scan("real", "other-hash", 4)
 
 
 def test_store_works_through_a_pyarrow_uri(tmp_path):
@@ -71,8 +73,8 @@ def test_a_version_1_run_resumes_and_is_upgraded(tmp_path):
     """Version 1 differs only in scores.parquet, which scoring rewrites: old runs keep their models."""
     import json
 
-    from raypriv.config import config_from_dict
-    from raypriv.runner import run_audit
+    from raypriv.experiment import config_from_dict
+    from raypriv.driver import run_audit
     from tests.conftest import tiny_config_dict
 
     config = config_from_dict(tiny_config_dict(tmp_path / "run", attacks=["loss"]))
@@ -81,7 +83,7 @@ def test_a_version_1_run_resumes_and_is_upgraded(tmp_path):
     manifest = json.loads(manifest_path.read_text())
     manifest_path.write_text(json.dumps({**manifest, "schema_version": 1}))
     again = run_audit(config, use_ray=False, show_progress=False)
-    assert again.trained_now == 0 and again.metrics["real"]["loss"] == first.metrics["real"]["loss"]
+    assert again.trained_now == 0 and again.metrics_json["real"]["loss"] == first.metrics_json["real"]["loss"]
     assert json.loads(manifest_path.read_text())["schema_version"] == 2
     manifest_path.write_text(json.dumps({**manifest, "schema_version": 99}))
     with pytest.raises(RayprivError, match="store schema 99"):

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from raypriv.config import DatasetConfig, config_from_dict
+from raypriv.config import DatasetConfig
+from raypriv.experiment import config_from_dict
 from raypriv.data import load_dataset
 from raypriv.errors import RayprivError
-from raypriv.runner import run_audit
+from raypriv.driver import run_audit
 from raypriv.synth import LabeledSet, ShadowContext, build_options, make_paradigm
 from raypriv.synth.coreset import forgetting_counts, herding_order, kcenter_greedy, most_forgotten
 from raypriv.training import Normalizer
@@ -159,4 +160,4 @@ def test_tiny_audit_end_to_end(tmp_path):
     saved = np.load(tmp_path / "run" / "synthetic" / "coreset" / "model-000000.npz")
     assert saved["x"].shape == (40, 1, 8, 8) and saved["x"].dtype == np.uint8
     assert np.bincount(saved["y"], minlength=10).tolist() == [4] * 10
-    assert "lira_online" in result.metrics["coreset"]
+    assert "lira_online" in result.metrics_json["coreset"]

@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raypriv.config import DatasetConfig, config_from_dict
-from raypriv.data import load_dataset, make_audit_split
+from raypriv.config import DatasetConfig
+from raypriv.experiment import config_from_dict
+from raypriv.data import load_dataset
+from raypriv.split import make_audit_split
 from raypriv.errors import RayprivError
-from raypriv.runner import run_audit
+from raypriv.driver import run_audit
 from raypriv.synth import LabeledSet, ShadowContext, build_options
 from raypriv.synth.dfkd import (
     BatchNormStatistics,
@@ -246,3 +248,25 @@ def test_dfkd_end_to_end(tmp_path, options, recipe):
         assert all(row["bn_loss_end"] < 0.5 * row["bn_loss_start"] for row in info)
         assert all(row["teacher_target_agreement"] > 0.9 for row in info)
         assert result.models.test_acc.mean() > 0.25  # well above chance (0.1), though no private input was trained on
+
+
+def test_teacher_arch_is_an_option_defaulting_to_the_audited_model(digits, tmp_path):
+    from raypriv.config import ModelConfig
+    from raypriv.synth.dfkd import teacher_model
+
+    audited = ModelConfig(arch="cnn_small", width=8, norm="batch")
+    assert teacher_model(DFKDOptions(), audited) is None  # the audited model's architecture, as before
+    assert teacher_model(DFKDOptions(teacher_arch="mlp"), audited) == ModelConfig(arch="mlp", width=None, norm="batch")
+    assert teacher_model(DFKDOptions(teacher_width=4), audited) == ModelConfig(arch="cnn_small", width=4, norm="batch")
+    with pytest.raises(RayprivError, match=r"paradigm_options\.dfkd\.teacher_arch='vgg'"):
+        build_options("dfkd", {"teacher_arch": "vgg"})
+
+    # A teacher of another architecture (an MLP on digits) drives DeepInversion; the student stays cnn_small.
+    options = {**FAST_DI, "teacher_arch": "mlp", "teacher_width": 32}
+    context, private, paradigm = make_context(digits, tmp_path, options=options)
+    teacher = train_teacher(private, context, 2, teacher_model(paradigm.options, context.config.model))
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in teacher.modules())
+    synthetic = paradigm.synthesize(private, context)
+    assert synthetic.x.shape == (60, 1, 8, 8) and synthetic.y.shape == (60, 10)
+    student = paradigm.train(synthetic, context)
+    assert any(isinstance(m, torch.nn.Conv2d) for m in student.modules())

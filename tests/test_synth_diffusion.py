@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from raypriv.config import config_from_dict
+from raypriv.experiment import config_from_dict
 from raypriv.errors import RayprivError
-from raypriv.runner import run_audit
+from raypriv.driver import run_audit
 from raypriv.synth import LabeledSet, ShadowContext, build_options, make_paradigm
 from raypriv.synth.diffusion import DiffusionOptions, build_unet, sample_images, train_denoiser
 from raypriv.training import Normalizer
@@ -166,3 +166,69 @@ def test_end_to_end_audit(tmp_path):
     # Different models were trained on different private sets with their own noise.
     other = np.load(tmp_path / "run" / "synthetic" / "diffusion" / "model-000001.npz")
     assert not np.array_equal(arrays["x"], other["x"])
+
+
+# ------------------------------------------------------------------ img2img (SDEdit)
+
+
+def test_img2img_at_strength_zero_returns_the_private_images_exactly(tmp_path):
+    private = _private(n=30)
+    options = {**TINY, "train_steps": 1, "generation": "img2img", "strength": 0.0, "n_per_image": 2}
+    synthetic, context = _synthesize(tmp_path, options, private)
+    assert synthetic.x.dtype == torch.float32
+    assert torch.equal(synthetic.x, (private.x.float() / 255.0).repeat_interleave(2, dim=0))
+    assert torch.equal(synthetic.y, private.y.repeat_interleave(2))
+    assert context.info["n_per_image"] == 2
+
+    floats = LabeledSet(torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(3)), private.y)
+    same, _ = _synthesize(tmp_path, {**options, "n_per_image": 1}, floats)
+    assert torch.equal(same.x, floats.x)  # float pixel images come back bit for bit
+
+
+def test_img2img_stays_closer_to_its_source_at_lower_strength():
+    """SDEdit: noising to ~strength·T and denoising back keeps more of the source image at low strength."""
+    from raypriv.synth.diffusion import img2img_images, img2img_steps
+
+    torch.manual_seed(0)
+    options = DiffusionOptions(**{**TINY, "train_steps": 150, "lr": 3e-3, "sample_steps": 10})
+    private = _private(n=60)
+    x0 = private.x.float() / 127.5 - 1.0
+    unet = build_unet(options, 1, 8, 8, num_class_embeds=3)
+    train_denoiser(unet, x0, private.y, options, None, torch.Generator().manual_seed(1))
+    assert [img2img_steps(s, 10) for s in (0.0, 0.01, 0.3, 0.55, 1.0)] == [0, 1, 3, 6, 10]
+    distances = []
+    for strength in (0.2, 0.6, 1.0):
+        opts = DiffusionOptions(**{**TINY, "sample_steps": 10, "generation": "img2img", "strength": strength})
+        out = img2img_images(unet, x0, private.y, opts, None, torch.Generator().manual_seed(2))
+        assert out.shape == x0.shape and torch.isfinite(out).all()
+        distances.append(float((out.clamp(-1, 1) - x0).abs().mean()))
+    assert distances[0] < distances[1] < distances[2], distances
+
+
+def test_img2img_set_follows_its_sources(tmp_path):
+    private = _private(n=30)
+    options = {**TINY, "train_steps": 3, "generation": "img2img", "strength": 0.5, "size_fraction": 0.5, "n_per_image": 2}
+    synthetic, _ = _synthesize(tmp_path, options, private)
+    assert synthetic.x.shape == (30, 1, 8, 8) and synthetic.x.dtype == torch.float32  # 15 sources x 2
+    assert 0.0 <= synthetic.x.min() and synthetic.x.max() <= 1.0
+    assert synthetic.y.dtype == torch.int64 and torch.equal(synthetic.y[0::2], synthetic.y[1::2])
+    assert not torch.equal(synthetic.x[0::2], synthetic.x[1::2])  # independent noise per sample
+    again, _ = _synthesize(tmp_path, options, private)
+    assert torch.equal(again.x, synthetic.x)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"strength": 1.5}, r"paradigm_options.diffusion.strength=1.5 must be in \[0, 1\]"),
+        ({"strength": -0.1}, r"strength=-0.1"),
+        ({"generation": "img2img", "n_per_class": 3}, "n_per_class=3 does not apply to generation: img2img"),
+        ({"generation": "img2img", "size_fraction": 2.0}, "size_fraction=2.0"),
+        ({"generation": "text2img"}, "text2img' needs pipeline: stable-diffusion"),
+        ({"pipeline": "stable-diffusion"}, "needs paradigm_options.diffusion.pretrained_path"),
+        ({"pipeline": "stable-diffusion", "pretrained_path": "/x", "prompt_template": "a digit"}, r"must contain '\{label\}'"),
+    ],
+)
+def test_generation_options_are_checked(options, match):
+    with pytest.raises(RayprivError, match=match):
+        build_options("diffusion", options)

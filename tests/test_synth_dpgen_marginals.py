@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from raypriv.config import config_from_dict, recipe_hash
+from raypriv.experiment import config_from_dict, recipe_hash
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, ShadowContext, make_paradigm, paradigm_class
 from raypriv.synth.dpgen_common import Quantizer, calibrate, zcdp_delta, zcdp_epsilon, zcdp_rho

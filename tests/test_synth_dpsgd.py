@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from raypriv.config import config_from_dict
+from raypriv.experiment import config_from_dict
 from raypriv.errors import RayprivError
-from raypriv.runner import run_audit
+from raypriv.driver import run_audit
 from raypriv.synth import LabeledSet, ShadowContext, build_options, make_paradigm
 from raypriv.training import Normalizer, predict_logits
 from tests.conftest import tiny_config_dict
@@ -111,5 +111,5 @@ def test_tiny_audit_end_to_end(tmp_path):
     assert (info.epsilon > 0).all() and (info.epsilon <= 8.0 + 1e-3).all()
     assert (models.synthetic_size == models.private_size).all()
     assert not (tmp_path / "run" / "synthetic" / "dpsgd").exists()  # nothing new to store
-    assert "lira_online" in result.metrics["dpsgd"]
+    assert "lira_online" in result.metrics_json["dpsgd"]
     assert models.test_acc.mean() > 0.2  # it learns something even in one noisy epoch

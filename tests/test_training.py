@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from raypriv.config import DatasetConfig, ModelConfig, config_from_dict
-from raypriv.data import load_dataset, make_audit_split
+from raypriv.config import DatasetConfig, ModelConfig
+from raypriv.experiment import config_from_dict
+from raypriv.data import load_dataset
+from raypriv.split import make_audit_split
 from raypriv.models import build_model
-from raypriv.runner import ShadowTrainer
+from raypriv.pipeline import ShadowTrainer
 from raypriv.store import RunStore, logits_path
 from raypriv.training import Normalizer, random_crop, random_flip
 from tests.conftest import tiny_config_dict

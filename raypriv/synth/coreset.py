@@ -49,7 +49,7 @@ from torch import nn
 from raypriv.config import ExperimentConfig, TrainConfig
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
-from raypriv.training import Normalizer, augment, autocast, epoch_batches, make_optimizer, make_scheduler
+from raypriv.training import Normalizer, train_classifier
 
 _WHERE = "paradigm_options.coreset"
 
@@ -259,25 +259,14 @@ def _train_recording_correctness(private: LabeledSet, context: ShadowContext, op
     marks a sample not presented (a dropped batch of one).
     """
     recipe = _scoring_recipe(context, opts)
-    model = context.build_model(stream="coreset-features")
     x, y = private.x, private.y
-    n = len(y)
-    order_rng = context.generator("forgetting-order")
-    augment_rng = context.generator("forgetting-augment")
-    optimizer = make_optimizer(model, recipe)
-    scheduler = make_scheduler(optimizer, recipe.lr_schedule, recipe.epochs * max(1, math.ceil(n / recipe.batch_size)))
+    correct = torch.full((recipe.epochs, len(y)), -1, dtype=torch.int8, device=x.device)
 
-    correct = torch.full((recipe.epochs, n), -1, dtype=torch.int8, device=x.device)
-    model.train()
-    for epoch in range(recipe.epochs):
-        for index in epoch_batches(n, recipe.batch_size, order_rng, x.device):
-            inputs = context.normalizer(augment(x[index], recipe, augment_rng))
-            with autocast(x.device, recipe):
-                logits = model(inputs)
-                loss = F.cross_entropy(logits, y[index])
-            correct[epoch, index] = (logits.argmax(1) == y[index]).to(torch.int8)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+    def record(epoch: int, index: torch.Tensor, logits: torch.Tensor) -> None:
+        correct[epoch, index] = (logits.argmax(1) == y[index]).to(torch.int8)
+
+    train_classifier(
+        context.build_model(stream="coreset-features"), x, y, recipe, context.normalizer, context.seed, context.model_id,
+        generators=(context.generator("forgetting-order"), context.generator("forgetting-augment")), on_batch=record,
+    )
     return correct

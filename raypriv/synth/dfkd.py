@@ -3,7 +3,10 @@
 A *teacher* is trained on the private set.  The audited *student* never sees a
 private sample: it learns from inputs that are made from the teacher alone.
 Any membership signal the student carries has to pass through the teacher's
-weights and the synthesis.  Two published methods:
+weights and the synthesis.  The teacher is the audited architecture unless
+``teacher_arch`` (and ``teacher_width``) name another one, e.g. ``wrn16_4``
+as the reference study's teacher on CIFAR-10; it trains with the config's
+recipe and ``model.norm``.  Two published methods:
 
 ``deepinversion``
     Yin et al., "Dreaming to Distill: Data-free Knowledge Transfer via
@@ -58,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raypriv.errors import RayprivError
-from raypriv.config import ExperimentConfig, TrainConfig
+from raypriv.config import ExperimentConfig, ModelConfig, TrainConfig
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
 from raypriv.training import Normalizer, accuracy, make_scheduler
 
@@ -76,6 +79,10 @@ class DFKDOptions:
 
     method: Literal["deepinversion", "dfad"] = "deepinversion"
     teacher_epochs: int | None = None  # None: the config's train.epochs
+    # The teacher's architecture (a name in raypriv.models.ARCHITECTURES, e.g. wrn16_4 as the reference
+    # study on CIFAR-10) and width; None: the audited model's (model.arch / model.width).  Its norm is model.norm.
+    teacher_arch: str | None = None
+    teacher_width: int | None = None
     n_synthetic: int = 2048  # inputs made (DeepInversion: the student's training set; DFAD: the stored record)
     temperature: float = 1.0  # soft labels are softmax(teacher logits / temperature)
     batch_size: int = 128  # DeepInversion: inputs optimised together; DFAD: generator batch
@@ -104,6 +111,11 @@ class DFKDOptions:
                 raise RayprivError(f"config: paradigm_options.dfkd.{field}={value!r} is not allowed; it must be {allowed}")
 
         epochs = self.teacher_epochs
+        if self.teacher_arch is not None:
+            from raypriv.models import ARCHITECTURES
+
+            check(self.teacher_arch in ARCHITECTURES, "teacher_arch", f"one of {sorted(ARCHITECTURES)}, or null for model.arch")
+        check(self.teacher_width is None or self.teacher_width >= 1, "teacher_width", "at least 1, or null for the default")
         check(epochs is None or epochs >= 1, "teacher_epochs", "at least 1, or null for train.epochs")
         check(self.n_synthetic >= 2, "n_synthetic", "at least 2 (BatchNorm needs batches of two or more)")
         check(self.temperature > 0, "temperature", "positive")
@@ -124,10 +136,22 @@ class DFKDOptions:
 # ------------------------------------------------------------------ teacher
 
 
-def train_teacher(private: LabeledSet, context: ShadowContext, epochs: int | None) -> nn.Module:
-    """The config's architecture trained on the private set (the only use of private data)."""
+def teacher_model(options: DFKDOptions, model: ModelConfig) -> ModelConfig | None:
+    """The teacher's architecture: None (the audited model's) unless ``teacher_arch``/``teacher_width`` say otherwise."""
+    if options.teacher_arch is None and options.teacher_width is None:
+        return None
+    arch = options.teacher_arch or model.arch
+    width = options.teacher_width if options.teacher_width is not None else (model.width if arch == model.arch else None)
+    return dataclasses.replace(model, arch=arch, width=width)
+
+
+def train_teacher(
+    private: LabeledSet, context: ShadowContext, epochs: int | None, model: ModelConfig | None = None
+) -> nn.Module:
+    """A teacher trained on the private set (the only use of private data): the config's
+    architecture, or ``model`` (see :func:`teacher_model`), with the config's recipe."""
     recipe = context.config.train if epochs is None else dataclasses.replace(context.config.train, epochs=epochs)
-    teacher = context.train_classifier(context.build_model(stream="dfkd-teacher"), private, recipe)
+    teacher = context.train_classifier(context.build_model(model, stream="dfkd-teacher"), private, recipe)
     teacher.eval()  # BatchNorm uses its running statistics from now on
     teacher.requires_grad_(False)  # only inputs, students and generators are optimised
     return teacher
@@ -385,7 +409,9 @@ class DataFreeKD(Paradigm):
                 f"model.norm={context.config.model.norm!r} gives a teacher without BatchNorm; set model.norm: batch "
                 "(or use paradigm_options.dfkd.method: dfad)"
             )
-        teacher = train_teacher(private, context, options.teacher_epochs)
+        teacher = train_teacher(
+            private, context, options.teacher_epochs, teacher_model(options, context.config.model)
+        )
         context.info["teacher_train_acc"] = accuracy(teacher, private.x, private.y, context.normalizer)
 
         if options.method == "deepinversion":

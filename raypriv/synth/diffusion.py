@@ -30,6 +30,25 @@ folder (``pretrained_path``) and fine-tuned on the private set.
 The synthetic set is class balanced (``n_per_class`` samples of every class),
 float32 images in pixel scale 0..1 with int64 labels; the audited model then
 trains on it with the experiment's recipe.
+
+``generation: img2img`` (SDEdit: Meng et al., "SDEdit: Guided Image Synthesis
+and Editing with Stochastic Differential Equations", ICLR 2022) makes every
+synthetic sample from one private image instead of from pure noise: the image
+is noised with the closed-form forward process to the first of the last
+``ceil(strength * sample_steps)`` sampler timesteps (about ``strength * T``),
+and the reverse process (DDIM by default) runs from there, conditioned on the
+image's own label.  ``strength`` 0 returns the private images unchanged (no
+training is done: nothing would be used), 1 starts from (almost) pure noise.
+Each of ``round(size_fraction * N)`` private images, drawn at random (all of
+them by default), gives ``n_per_image`` samples with independent noise, so
+the set follows the private class balance, not ``n_per_class``.  Differences
+from SDEdit: the paper uses a pretrained score model and a stochastic
+(VE/VP-SDE) reverse process from t0 = strength; here the model is the one
+trained on the private set, and the deterministic DDIM sampler (eta 0) is
+the default.
+
+``pipeline: stable-diffusion`` fine-tunes a Stable Diffusion model from a
+local ``pretrained_path`` instead; see :mod:`raypriv.synth.diffusion_sd`.
 """
 
 from __future__ import annotations
@@ -44,6 +63,7 @@ import torch.nn.functional as F
 
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
+from raypriv.synth.diffusion_sd import check_stable_diffusion_options
 
 if TYPE_CHECKING:  # diffusers is imported when a model is built: importing raypriv.synth stays quick
     from diffusers import DDPMScheduler, UNet2DModel
@@ -80,6 +100,16 @@ class DiffusionOptions:
     # Classifier-free guidance: 0 disables the null class; guidance_scale 1 is plain conditional.
     label_dropout: float = 0.0
     guidance_scale: float = 1.0
+    # What the samples start from: "sample" (pure noise), "img2img" (SDEdit from each private image at
+    # `strength`), "text2img" (stable-diffusion only: the same as "sample", from the class prompts).
+    generation: Literal["sample", "img2img", "text2img"] = "sample"
+    strength: float = 0.5  # img2img: how far each private image is noised, 0 (unchanged) .. 1 (pure noise)
+    n_per_image: int = 1  # img2img: samples made from each private image
+    # "unet": the class-conditional UNet2DModel above; "stable-diffusion": diffusion_sd.py
+    pipeline: Literal["unet", "stable-diffusion"] = "unet"
+    prompt_template: str = "a photo of a {label}"  # stable-diffusion: the prompt of each class
+    class_names: list[str] | None = None  # stable-diffusion: {label} per class; None: the dataset's defaults
+    resolution: int | None = None  # stable-diffusion: image side for the model; None: the UNet's sample size x VAE factor
 
     def __post_init__(self) -> None:
         where = "paradigm_options.diffusion"
@@ -122,11 +152,39 @@ class DiffusionOptions:
             raise RayprivError(f"{where}.label_dropout={self.label_dropout} must be in [0, 1)")
         if self.guidance_scale < 0:
             raise RayprivError(f"{where}.guidance_scale={self.guidance_scale} must be non-negative (1 = no guidance)")
-        if self.guidance_scale != 1.0 and self.label_dropout == 0.0:
+        self._check_generation(where)
+        if self.guidance_scale != 1.0 and self.label_dropout == 0.0 and self.pipeline == "unet":
             raise RayprivError(
                 f"{where}.guidance_scale={self.guidance_scale} needs an unconditional model: set label_dropout "
                 "> 0 (e.g. 0.1) so the network learns the null class, or keep guidance_scale 1"
             )
+
+    def _check_generation(self, where: str) -> None:
+        if not 0.0 <= self.strength <= 1.0:
+            raise RayprivError(
+                f"{where}.strength={self.strength} must be in [0, 1] (0 returns the private images unchanged, "
+                "1 starts from pure noise)"
+            )
+        if self.n_per_image < 1:
+            raise RayprivError(f"{where}.n_per_image={self.n_per_image} must be at least 1")
+        if self.generation == "img2img":
+            if self.n_per_class is not None:
+                raise RayprivError(
+                    f"{where}.n_per_class={self.n_per_class} does not apply to generation: img2img (one set of "
+                    "samples per private image); use n_per_image and size_fraction, or generation: sample"
+                )
+            if self.size_fraction > 1.0:
+                raise RayprivError(
+                    f"{where}.size_fraction={self.size_fraction}: with generation: img2img it is the share of "
+                    "private images used, at most 1; use n_per_image for more samples per image"
+                )
+        if self.pipeline == "unet" and self.generation == "text2img":
+            raise RayprivError(
+                f"{where}.generation='text2img' needs pipeline: stable-diffusion (a text encoder); the class-"
+                "conditional UNet uses generation: sample or img2img"
+            )
+        if self.pipeline == "stable-diffusion":
+            check_stable_diffusion_options(self)
 
 
 # ------------------------------------------------------------------ the network
@@ -284,28 +342,69 @@ def sample_images(
         # Same betas as training; DDIM with eta = 0 (deterministic given x_T).
         scheduler = DDIMScheduler.from_config(scheduler.config)
     scheduler.set_timesteps(options.sample_steps)
-    guided = options.guidance_scale != 1.0
 
     unet.eval()
     chunks = []
     for start in range(0, len(labels), SAMPLE_CHUNK):
         y = labels[start : start + SAMPLE_CHUNK]
         x = torch.randn((len(y), *shape), generator=generator).to(device)
-        for t in scheduler.timesteps:
-            timestep = torch.full((len(y),), int(t), device=device, dtype=torch.long)
-            if guided:
-                # One batched pass for the conditional and the null-class prediction.
-                both = unet(
-                    torch.cat([x, x]), torch.cat([timestep, timestep]),
-                    class_labels=torch.cat([y, torch.full_like(y, null_class)]),
-                ).sample
-                eps_y, eps_null = both.chunk(2)
-                eps = eps_null + options.guidance_scale * (eps_y - eps_null)
-            else:
-                eps = unet(x, timestep, class_labels=y).sample
-            # DDIM with eta = 0 draws nothing; DDPM draws its posterior noise from the generator.
-            x = scheduler.step(eps, t, x, generator=generator).prev_sample
-        chunks.append(x)
+        chunks.append(_denoise(unet, x, y, scheduler, scheduler.timesteps, options, null_class, generator))
+    return torch.cat(chunks)
+
+
+def _denoise(unet, x, y, scheduler, timesteps, options: DiffusionOptions, null_class, generator) -> torch.Tensor:
+    """Run the reverse process over ``timesteps`` from ``x``, conditioned on ``y``."""
+    device = x.device
+    for t in timesteps:
+        timestep = torch.full((len(y),), int(t), device=device, dtype=torch.long)
+        if options.guidance_scale != 1.0:
+            # One batched pass for the conditional and the null-class prediction.
+            both = unet(
+                torch.cat([x, x]), torch.cat([timestep, timestep]),
+                class_labels=torch.cat([y, torch.full_like(y, null_class)]),
+            ).sample
+            eps_y, eps_null = both.chunk(2)
+            eps = eps_null + options.guidance_scale * (eps_y - eps_null)
+        else:
+            eps = unet(x, timestep, class_labels=y).sample
+        # DDIM with eta = 0 draws nothing; DDPM draws its posterior noise from the generator.
+        x = scheduler.step(eps, t, x, generator=generator).prev_sample
+    return x
+
+
+def img2img_steps(strength: float, sample_steps: int) -> int:
+    """How many of the sampler's ``sample_steps`` an img2img pass runs: ceil(strength * steps), 0 at strength 0."""
+    return min(sample_steps, math.ceil(strength * sample_steps - 1e-9))
+
+
+@torch.no_grad()
+def img2img_images(
+    unet: torch.nn.Module,
+    x0: torch.Tensor,
+    labels: torch.Tensor,
+    options: DiffusionOptions,
+    null_class: int | None,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """SDEdit: noise each image of ``x0`` (in [-1, 1]) to about ``strength * T`` and denoise it back."""
+    from diffusers import DDIMScheduler
+
+    scheduler = make_noise_scheduler(options)
+    if options.sampler == "ddim":
+        scheduler = DDIMScheduler.from_config(scheduler.config)
+    scheduler.set_timesteps(options.sample_steps)
+    steps = img2img_steps(options.strength, options.sample_steps)
+    if steps == 0:
+        return x0.clone()
+    timesteps = scheduler.timesteps[options.sample_steps - steps :]
+    unet.eval()
+    chunks = []
+    for start in range(0, len(labels), SAMPLE_CHUNK):
+        source, y = x0[start : start + SAMPLE_CHUNK], labels[start : start + SAMPLE_CHUNK]
+        noise = torch.randn(source.shape, generator=generator).to(source.device)
+        first = torch.full((len(y),), int(timesteps[0]), device=source.device, dtype=torch.long)
+        x = scheduler.add_noise(source, noise, first)
+        chunks.append(_denoise(unet, x, y, scheduler, timesteps, options, null_class, generator))
     return torch.cat(chunks)
 
 
@@ -326,12 +425,23 @@ class Diffusion(Paradigm):
             )
         if private.y.ndim != 1:
             raise RayprivError("paradigm diffusion needs class ids as labels (N,), not soft labels")
+        if options.pipeline == "stable-diffusion":
+            from raypriv.synth.diffusion_sd import synthesize_stable_diffusion
+
+            return synthesize_stable_diffusion(private, context, options)
         num_classes = context.num_classes
         channels, height, width = (int(s) for s in private.x.shape[1:])
         device = context.device
 
         # Pixel scale 0..1 (uint8 / 255), then [-1, 1] as in Ho et al.
         x = private.x.float() / 255.0 if private.x.dtype == torch.uint8 else private.x.float()
+        img2img = options.generation == "img2img"
+        if img2img:
+            sources = img2img_sources(len(private), options, context.generator("img2img-sources"))
+            context.info["n_per_image"] = options.n_per_image
+            if img2img_steps(options.strength, options.sample_steps) == 0:
+                # Strength 0: the private images themselves (no model would be used, so none is trained).
+                return LabeledSet(x[sources].to(device), private.y[sources].long().to(device))
         x0 = (x * 2.0 - 1.0).to(device)
         labels = private.y.long().to(device)
         # Classifier-free guidance trains one extra class embedding: the null class, index num_classes.
@@ -349,20 +459,39 @@ class Diffusion(Paradigm):
 
         losses = train_denoiser(unet, x0, labels, options, null_class, context.generator("train"))
 
-        if options.n_per_class is not None:
-            n_per_class = options.n_per_class
+        if img2img:
+            index = sources.to(device)
+            synthetic_labels = labels[index]
+            images = img2img_images(unet, x0[index], synthetic_labels, options, null_class, context.generator("sample"))
         else:
-            n_per_class = max(1, round(options.size_fraction * len(private) / num_classes))
-        synthetic_labels = torch.arange(num_classes, device=device).repeat_interleave(n_per_class)
-        images = sample_images(
-            unet, synthetic_labels, (channels, height, width), options, null_class, context.generator("sample")
-        )
+            if options.n_per_class is not None:
+                n_per_class = options.n_per_class
+            else:
+                n_per_class = max(1, round(options.size_fraction * len(private) / num_classes))
+            synthetic_labels = torch.arange(num_classes, device=device).repeat_interleave(n_per_class)
+            images = sample_images(
+                unet, synthetic_labels, (channels, height, width), options, null_class, context.generator("sample")
+            )
+            context.info["n_per_class"] = n_per_class
 
         context.info["unet_parameters"] = sum(p.numel() for p in unet.parameters())
-        context.info["n_per_class"] = n_per_class
         if losses:  # mean denoising loss over the first and the last tenth of the steps
             tail = max(1, len(losses) // 10)
             context.info["loss_first"] = sum(losses[:tail]) / tail
             context.info["loss_last"] = sum(losses[-tail:]) / tail
         # Back to pixel scale 0..1 (float32), the convention for synthetic images.
         return LabeledSet(((images + 1.0) / 2.0).clamp(0.0, 1.0).float(), synthetic_labels)
+
+
+def img2img_sources(n: int, options: DiffusionOptions, generator: torch.Generator) -> torch.Tensor:
+    """Indices of the private images img2img starts from, each ``n_per_image`` times in a row.
+
+    All images in order when ``size_fraction`` is 1, else a random subset of
+    ``round(size_fraction * n)`` (at least one) in increasing order.
+    """
+    if options.size_fraction >= 1.0:
+        chosen = torch.arange(n)
+    else:
+        count = max(1, round(options.size_fraction * n))
+        chosen = torch.randperm(n, generator=generator)[:count].sort().values
+    return chosen.repeat_interleave(options.n_per_image)

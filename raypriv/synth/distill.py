@@ -2,7 +2,9 @@
 
 The private set is condensed into a tiny synthetic set, ``ipc`` learnable
 images per class, and the audited model is trained on that set with the
-standard recipe.  Three published methods:
+standard recipe.  Five published methods (``mtt`` and ``datm``, trajectory
+matching, live in :mod:`raypriv.synth.distill_mtt`, which documents them and
+their differences from the papers):
 
 * ``dm``  Distribution Matching.  Zhao & Bilen, "Dataset Condensation with
   Distribution Matching", WACV 2023.  Each iteration draws a freshly
@@ -19,6 +21,13 @@ standard recipe.  Three published methods:
 * ``dsa`` Differentiable Siamese Augmentation.  Zhao & Bilen, ICML 2021.  DC
   with the same sampled augmentation applied to the real and the synthetic
   batch of every matching step (and augmented network updates).
+* ``mtt`` Matching Training Trajectories.  Cazenavette et al., CVPR 2022:
+  experts trained on the private set; the synthetic set and a learnable step
+  size are optimised so that ``syn_steps`` student steps from an expert's
+  epoch t land near its epoch t + ``expert_epochs``.
+* ``datm`` Difficulty-Aligned Trajectory Matching.  Guo et al., ICLR 2024:
+  MTT with learnable soft labels (returned as float32 class probabilities)
+  and a start-epoch range that rises over the optimisation.
 
 All optimisation happens in the network's normalised input space
 (``context.normalizer``); the result is mapped back to pixel scale and clamped
@@ -54,12 +63,9 @@ batch, so the recipe's 15 epochs would be only 15 steps.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,17 +73,37 @@ from torch import nn
 from raypriv.errors import RayprivError
 from raypriv.config import ExperimentConfig, TrainConfig
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
+from raypriv.synth.distill_common import (  # noqa: F401 - re-exported: the distill API lives here
+    CROP_PAD_RATIO,
+    CUTOUT_RATIO,
+    DSA_DEFAULT_STRATEGY,
+    DSA_TRANSFORMS,
+    ConvNet,
+    DSAParams,
+    RealSampler,
+    _batchnorms,
+    _pick_per_class,
+    pick_correct_per_class,
+    apply_dsa,
+    default_depth,
+    load_public_set,
+    penultimate,
+    sample_dsa,
+    siamese_augment,
+)
+from raypriv.synth.distill_mtt import distill_trajectories
 
 # Per-method defaults for fields left at None.  The papers run 1,000 (DC/DSA)
 # or 20,000 (DM) iterations on a GPU; these fit ~10 s per model on one CPU
 # thread on digits.  The learning rates are the papers' (DM: 1.0, DC/DSA: 0.1,
-# both SGD with momentum 0.5).
-DEFAULT_ITERATIONS = {"dm": 300, "dc": 10, "dsa": 10}
-DEFAULT_LR_IMAGE = {"dm": 1.0, "dc": 0.1, "dsa": 0.1}
+# both SGD with momentum 0.5).  MTT/DATM (5,000 / 10,000 iterations in the
+# papers, images at 1,000 / 100 in ZCA space) have no ZCA here: their image
+# rates were tuned on digits in normalised space.
+DEFAULT_ITERATIONS = {"dm": 300, "dc": 10, "dsa": 10, "mtt": 60, "datm": 60}
+DEFAULT_LR_IMAGE = {"dm": 1.0, "dc": 0.1, "dsa": 0.1, "mtt": 100.0, "datm": 100.0}
 IMAGE_MOMENTUM = 0.5
+TRAJECTORY_METHODS = ("mtt", "datm")
 
-DSA_TRANSFORMS = ("color", "crop", "cutout", "flip", "scale", "rotate")
-DSA_DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
 def _fail(field: str, value: object, allowed: str) -> None:
@@ -86,7 +112,7 @@ def _fail(field: str, value: object, allowed: str) -> None:
 
 @dataclass
 class DistillOptions:
-    method: Literal["dm", "dc", "dsa"] = "dm"
+    method: Literal["dm", "dc", "dsa", "mtt", "datm"] = "dm"
     ipc: int = 10  # synthetic images per class
     init: Literal["real", "noise", "public"] = "real"
     public_path: str | None = None  # .npz with x/y or x_train/y_train (for init: public)
@@ -101,6 +127,22 @@ class DistillOptions:
     embed_width: int = 32  # convnet channels (papers: 128)
     embed_depth: int | None = None  # convnet blocks; None: 3 as the papers, fewer for small images (default_depth)
     train_epochs: int | None = 300  # None: the config's train.epochs (see Distill.train)
+    # mtt / datm (the papers' CIFAR-10 ipc-10 values in brackets; defaults: a CPU budget on digits)
+    n_experts: int = 2  # expert networks trained on this model's private set [100]
+    expert_train_epochs: int = 10  # epochs per expert, parameters kept after each [50]
+    expert_batch: int = 256  # [256]
+    lr_teacher: float = 0.01  # the experts' SGD rate, and the initial learnable step size [0.01]
+    expert_epochs: int = 2  # M: the student's target is the expert M epochs after its start [2]
+    min_start_epoch: int = 0  # start epochs are drawn from min_start_epoch..max_start_epoch (inclusive)
+    max_start_epoch: int = 6  # [19: the authors' exclusive bound 20]
+    syn_steps: int = 10  # N: differentiable student steps per iteration [MTT 30, DATM 80]
+    batch_syn: int | None = None  # synthetic samples per student step; None: all [all]
+    lr_lr: float = 1e-5  # SGD rate (momentum 0.5) of the learnable step size [1e-5]
+    # datm only: soft-label logits (SGD, momentum 0.9) and sequential generation
+    lr_label: float = 2.0  # [2]
+    initial_max_start_epoch: int | None = None  # upper end at the start; None: max_start_epoch // 2 [10]
+    final_min_start_epoch: int | None = None  # lower end at the end; None: initial_max_start_epoch // 2
+    expansion_iterations: int | None = None  # iterations over which the range rises; None: all
 
     def __post_init__(self) -> None:
         # Fill the method-specific defaults here so the recipe hash covers the values used.
@@ -137,11 +179,51 @@ class DistillOptions:
                     f"give transforms from {list(DSA_TRANSFORMS)} joined by '_' "
                     f"(e.g. {DSA_DEFAULT_STRATEGY!r}), or 'none'",
                 )
+        self._check_trajectory_options()
         if self.init == "public" and self.public_path is None:
             raise RayprivError(
                 "paradigm_options.distill.init='public' needs paradigm_options.distill.public_path "
                 "(an .npz file with x/y or x_train/y_train); set public_path or use init: real or noise"
             )
+
+    def _check_trajectory_options(self) -> None:
+        if self.initial_max_start_epoch is None:
+            self.initial_max_start_epoch = self.max_start_epoch // 2 if self.method == "datm" else self.max_start_epoch
+        if self.final_min_start_epoch is None:
+            self.final_min_start_epoch = self.initial_max_start_epoch // 2 if self.method == "datm" else self.min_start_epoch
+        if self.method not in TRAJECTORY_METHODS:
+            return
+        for name in ("n_experts", "expert_train_epochs", "expert_batch", "expert_epochs", "syn_steps"):
+            if getattr(self, name) < 1:
+                _fail(name, getattr(self, name), "it must be at least 1")
+        for name in ("lr_teacher", "lr_lr", "lr_label"):
+            if not getattr(self, name) > 0:
+                _fail(name, getattr(self, name), "it must be positive")
+        if self.batch_syn is not None and self.batch_syn < 1:
+            _fail("batch_syn", self.batch_syn, "it must be at least 1, or null for the whole synthetic set")
+        if self.expansion_iterations is not None and self.expansion_iterations < 1:
+            _fail("expansion_iterations", self.expansion_iterations, "it must be at least 1, or null for all")
+        if not 0 <= self.min_start_epoch <= self.max_start_epoch:
+            _fail("min_start_epoch", self.min_start_epoch, f"it must be in 0..max_start_epoch={self.max_start_epoch}")
+        if self.max_start_epoch + self.expert_epochs > self.expert_train_epochs:
+            raise RayprivError(
+                f"paradigm_options.distill.expert_epochs={self.expert_epochs} with max_start_epoch="
+                f"{self.max_start_epoch} reaches epoch {self.max_start_epoch + self.expert_epochs}, beyond the "
+                f"expert trajectories of expert_train_epochs={self.expert_train_epochs} epochs; lower "
+                "max_start_epoch or expert_epochs, or raise expert_train_epochs so that "
+                "max_start_epoch + expert_epochs <= expert_train_epochs"
+            )
+        if self.method == "datm":
+            if not self.min_start_epoch <= self.initial_max_start_epoch <= self.max_start_epoch:
+                _fail(
+                    "initial_max_start_epoch", self.initial_max_start_epoch,
+                    f"it must lie in min_start_epoch..max_start_epoch ({self.min_start_epoch}..{self.max_start_epoch})",
+                )
+            if not self.min_start_epoch <= self.final_min_start_epoch <= self.max_start_epoch:
+                _fail(
+                    "final_min_start_epoch", self.final_min_start_epoch,
+                    f"it must lie in min_start_epoch..max_start_epoch ({self.min_start_epoch}..{self.max_start_epoch})",
+                )
 
     @property
     def strategy(self) -> tuple[str, ...]:
@@ -150,182 +232,6 @@ class DistillOptions:
             return ()
         return tuple(self.dsa_strategy.split("_"))
 
-
-# ------------------------------------------------------------ DSA augmentation
-#
-# Zhao & Bilen (2021), with the authors' default ranges.  One draw ω picks a
-# single transform from the strategy ("single" mode, their default) and
-# per-sample parameters for ``n`` images; applying the same ω to the real and
-# the synthetic batch (image i of either batch gets row i) is the "siamese"
-# part, and every transform is differentiable w.r.t. the images.
-
-SCALE_RATIO = 1.2  # scale factors in [1/1.2, 1.2], per axis
-ROTATE_DEGREES = 15.0  # rotation in [-15°, 15°]
-CROP_PAD_RATIO = 0.125  # translate by up to 1/8 of the side (zero padding)
-CUTOUT_RATIO = 0.5  # erase a square of half the side
-FLIP_PROBABILITY = 0.5
-BRIGHTNESS, SATURATION, CONTRAST = 1.0, 2.0, 0.5
-
-
-@dataclass
-class DSAParams:
-    """One sampled augmentation ω: a transform and its per-sample parameters."""
-
-    transform: str
-    values: dict[str, torch.Tensor]
-
-
-def sample_dsa(strategy: tuple[str, ...], n: int, image_size: tuple[int, int], generator: torch.Generator) -> DSAParams:
-    """Draw ω for up to ``n`` images (CPU draws, so a GPU run matches a CPU one)."""
-    transform = strategy[int(torch.randint(len(strategy), (1,), generator=generator))]
-    h, w = image_size
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, generator=generator)
-
-    def integers(low: int, high: int) -> torch.Tensor:  # low..high inclusive
-        return torch.randint(low, high + 1, (n,), generator=generator)
-
-    if transform == "color":  # brightness, then saturation, then contrast
-        values = {
-            "brightness": uniform(-0.5, 0.5) * BRIGHTNESS,
-            "saturation": uniform(0.0, SATURATION),
-            "contrast": uniform(CONTRAST, 1.0 + CONTRAST),
-        }
-    elif transform == "crop":
-        sh, sw = int(h * CROP_PAD_RATIO + 0.5), int(w * CROP_PAD_RATIO + 0.5)
-        values = {"dy": integers(-sh, sh), "dx": integers(-sw, sw)}
-    elif transform == "cutout":  # the square's top-left corner; it may hang over the border
-        ch, cw = int(h * CUTOUT_RATIO + 0.5), int(w * CUTOUT_RATIO + 0.5)
-        values = {"top": integers(0, h - ch % 2) - ch // 2, "left": integers(0, w - cw % 2) - cw // 2}
-    elif transform == "flip":
-        values = {"flip": torch.rand(n, generator=generator) < FLIP_PROBABILITY}
-    elif transform == "scale":
-        values = {"sx": uniform(1 / SCALE_RATIO, SCALE_RATIO), "sy": uniform(1 / SCALE_RATIO, SCALE_RATIO)}
-    elif transform == "rotate":
-        values = {"angle": uniform(-ROTATE_DEGREES, ROTATE_DEGREES) * math.pi / 180}
-    else:
-        raise ValueError(f"unknown DSA transform {transform!r}")
-    return DSAParams(transform, values)
-
-
-def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-    return F.grid_sample(x, grid, align_corners=True)  # bilinear: differentiable in x
-
-
-def apply_dsa(x: torch.Tensor, params: DSAParams) -> torch.Tensor:
-    """Apply ω to a batch (normalised images); image i uses row i of ω."""
-    n, _, h, w = x.shape
-    v = {k: t[:n].to(x.device) for k, t in params.values.items()}
-    if params.transform == "color":
-        x = x + v["brightness"].view(n, 1, 1, 1)
-        mean = x.mean(dim=1, keepdim=True)  # saturation: scale the deviation from the grey value
-        x = (x - mean) * v["saturation"].view(n, 1, 1, 1) + mean
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)  # contrast: scale the deviation from the image mean
-        return (x - mean) * v["contrast"].view(n, 1, 1, 1) + mean
-    if params.transform == "crop":  # shift by (dy, dx) pixels, zero padding, same size
-        pad = int(max(h, w) * CROP_PAD_RATIO + 0.5)
-        padded = F.pad(x, (pad, pad, pad, pad))
-        rows = (pad - v["dy"]).view(n, 1, 1, 1) + torch.arange(h, device=x.device).view(1, 1, h, 1)
-        cols = (pad - v["dx"]).view(n, 1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, 1, w)
-        batch = torch.arange(n, device=x.device)[:, None, None, None]
-        channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-        return padded[batch, channel, rows, cols]
-    if params.transform == "cutout":  # zero a square of the image
-        ch, cw = int(h * CUTOUT_RATIO + 0.5), int(w * CUTOUT_RATIO + 0.5)
-        r, c = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
-        in_rows = (r >= v["top"][:, None]) & (r < v["top"][:, None] + ch)  # (n, h)
-        in_cols = (c >= v["left"][:, None]) & (c < v["left"][:, None] + cw)  # (n, w)
-        keep = ~(in_rows[:, :, None] & in_cols[:, None, :])
-        return x * keep[:, None].to(x.dtype)
-    if params.transform == "flip":
-        return torch.where(v["flip"].view(n, 1, 1, 1), x.flip(3), x)
-    zeros = torch.zeros(n, device=x.device)
-    if params.transform == "scale":
-        theta = torch.stack([torch.stack([v["sx"], zeros, zeros], 1), torch.stack([zeros, v["sy"], zeros], 1)], 1)
-        return _affine(x, theta)
-    if params.transform == "rotate":
-        cos, sin = torch.cos(v["angle"]), torch.sin(v["angle"])
-        theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
-        return _affine(x, theta)
-    raise ValueError(f"unknown DSA transform {params.transform!r}")
-
-
-def siamese_augment(
-    real: torch.Tensor, syn: torch.Tensor, strategy: tuple[str, ...], generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One draw ω, applied to both batches (identity when the strategy is empty)."""
-    if not strategy:
-        return real, syn
-    params = sample_dsa(strategy, max(len(real), len(syn)), tuple(real.shape[-2:]), generator)
-    return apply_dsa(real, params), apply_dsa(syn, params)
-
-
-# ----------------------------------------------------------------- networks
-
-
-def default_depth(image_size: tuple[int, int]) -> int:
-    """The papers' depth 3, reduced so the last block still normalises maps of at least 4x4.
-
-    Instance norm over a 2x2 map (8x8 digits at depth 3) divides by the spread
-    of four numbers, which makes gradient matching diverge; the papers'
-    inputs (28x28, 32x32) keep 7x7 or 8x8 maps in their last block.
-    """
-    depth = 1
-    while depth < 3 and min(image_size) // 2**depth >= 4:
-        depth += 1
-    return depth
-
-
-class ConvNet(nn.Module):
-    """The papers' ConvNet: ``depth`` x [conv3x3, instance norm, ReLU, avg-pool 2], then linear."""
-
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int, depth: int | None = None):
-        super().__init__()
-        channels, h, w = input_shape
-        layers: list[nn.Module] = []
-        for _ in range(depth or default_depth((h, w))):
-            # GroupNorm with one group per channel is instance norm with a learnable affine, as the authors use.
-            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.GroupNorm(width, width, affine=True), nn.ReLU()]
-            if min(h, w) >= 2:
-                layers.append(nn.AvgPool2d(2))
-                h, w = h // 2, w // 2
-            channels = width
-        self.features = nn.Sequential(*layers, nn.Flatten())
-        self.classifier = nn.Linear(width * h * w, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
-def penultimate(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input of the network's last linear layer: DM's embedding ψ(x)."""
-    head = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
-    captured: list[torch.Tensor] = []
-    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-    try:
-        net(x)
-    finally:
-        handle.remove()
-    return captured[0]
-
-
-def _batchnorms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-class RealSampler:
-    """Random per-class batches of the (normalised) private images."""
-
-    def __init__(self, by_class: list[torch.Tensor], generator: torch.Generator):
-        self.by_class = by_class
-        self.generator = generator
-
-    def batch(self, c: int, n: int) -> torch.Tensor:
-        images = self.by_class[c]
-        index = torch.randperm(len(images), generator=self.generator)[:n].to(images.device)
-        return images[index]
 
 
 def class_batches(
@@ -482,55 +388,6 @@ def gradient_matching(
 # ------------------------------------------------------------- the paradigm
 
 
-def load_public_set(path: str, input_shape: tuple[int, ...], num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A public .npz (``x``/``y`` or ``x_train``/``y_train``) as float 0..1 images and int64 labels."""
-    file = Path(path).expanduser()
-    where = "paradigm_options.distill.public_path"
-    if not file.is_file():
-        raise RayprivError(f"{where}={path!r}: the file does not exist; give an existing .npz file")
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            keys = ("x", "y") if "x" in data and "y" in data else ("x_train", "y_train")
-            if keys[0] not in data or keys[1] not in data:
-                raise RayprivError(
-                    f"{where}={path!r} holds {sorted(data.files)}; it needs arrays x and y (or x_train and y_train)"
-                )
-            x, y = data[keys[0]], data[keys[1]]
-    except (OSError, ValueError) as exc:
-        raise RayprivError(f"{where}={path!r} is not a readable .npz file ({exc}); give an .npz with x and y") from None
-    if x.shape[1:] != tuple(input_shape) or len(x) != len(y):
-        raise RayprivError(
-            f"{where}={path!r}: images have shape {x.shape} and labels {y.shape}; "
-            f"they must be (N, {', '.join(map(str, input_shape))}) and (N,) like the audited data"
-        )
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-    elif np.issubdtype(x.dtype, np.floating) and x.size and (x.min() < 0 or x.max() > 1):
-        raise RayprivError(
-            f"{where}={path!r}: float images must lie in 0..1 (found {x.min():.3g}..{x.max():.3g}); "
-            "save uint8 or scale them"
-        )
-    if not np.issubdtype(y.dtype, np.integer) or (y.size and (y.min() < 0 or y.max() >= num_classes)):
-        raise RayprivError(f"{where}={path!r}: labels must be integer class ids in 0..{num_classes - 1}")
-    return torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64))
-
-
-def _pick_per_class(
-    images: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int, generator: torch.Generator, source: str
-) -> torch.Tensor:
-    """``ipc`` random images of each class, class-major."""
-    chosen = []
-    for c in range(num_classes):
-        index = torch.nonzero(labels.cpu() == c).flatten()
-        if len(index) < ipc:
-            fix = "use init: noise or public" if source == "private" else "give a larger public set"
-            raise RayprivError(
-                f"paradigm_options.distill.ipc={ipc} but the {source} set has only {len(index)} samples "
-                f"of class {c}; lower ipc or {fix}"
-            )
-        chosen.append(index[torch.randperm(len(index), generator=generator)[:ipc]])
-    return images[torch.cat(chosen).to(images.device)]
-
 
 @register
 class Distill(Paradigm):
@@ -583,14 +440,9 @@ class Distill(Paradigm):
 
         # Initialise the synthetic set (normalised space, class-major).
         init_generator = context.generator("init_images")
-        if options.init == "real":
-            syn = _pick_per_class(real, private.y, k, ipc, init_generator, "private")
-        elif options.init == "noise":
-            syn = torch.randn((k * ipc, *context.input_shape), generator=init_generator).to(context.device)
-        else:
-            x_public, y_public = load_public_set(options.public_path, context.input_shape, k)
-            chosen = _pick_per_class(x_public, y_public, k, ipc, init_generator, "public")
-            syn = context.normalizer(chosen.to(context.device))
+        if options.method in TRAJECTORY_METHODS:
+            return self._trajectory_matching(private, real, context, init_generator)
+        syn = self._initial_images(real, private.y, context, init_generator)
 
         sampler = RealSampler(by_class, context.generator("real_batches"))
         new_network = self._new_network_factory(context, context.generator("networks"))
@@ -602,3 +454,45 @@ class Distill(Paradigm):
         x = context.normalizer.denormalize(syn).clamp(0.0, 1.0).float()
         y = torch.arange(k, device=context.device).repeat_interleave(ipc)
         return LabeledSet(x, y)
+
+    def _initial_images(
+        self,
+        real: torch.Tensor,
+        labels: torch.Tensor,
+        context: ShadowContext,
+        generator: torch.Generator,
+        teacher: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """``ipc`` starting images per class (normalised, class-major) as ``init`` says.
+
+        With a ``teacher`` (DATM) and ``init: real``, each class's images are
+        drawn from the private samples the teacher classifies correctly (all of
+        the class's samples where fewer than ``ipc`` are).
+        """
+        options, k, ipc = self.options, context.num_classes, self.options.ipc
+        if options.init == "real":
+            if teacher is None:
+                return _pick_per_class(real, labels, k, ipc, generator, "private")
+            return pick_correct_per_class(real, labels, teacher, k, ipc, generator)
+        if options.init == "noise":
+            return torch.randn((k * ipc, *context.input_shape), generator=generator).to(context.device)
+        x_public, y_public = load_public_set(options.public_path, context.input_shape, k)
+        chosen = _pick_per_class(x_public, y_public, k, ipc, generator, "public")
+        return context.normalizer(chosen.to(context.device))
+
+    def _trajectory_matching(
+        self, private: LabeledSet, real: torch.Tensor, context: ShadowContext, init_generator: torch.Generator
+    ) -> LabeledSet:
+        """MTT / DATM (:mod:`raypriv.synth.distill_mtt`) on this model's private set."""
+        k, ipc = context.num_classes, self.options.ipc
+        labels = private.y.to(real.device)
+        ids = torch.arange(k, device=context.device).repeat_interleave(ipc)
+
+        def init_images(teacher: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._initial_images(real, labels, context, init_generator, teacher), ids
+
+        syn, y = distill_trajectories(
+            real, labels, init_images, self._new_network_factory(context, context.generator("networks")),
+            self.options, lambda stream: context.generator(stream), context.info,
+        )
+        return LabeledSet(context.normalizer.denormalize(syn).clamp(0.0, 1.0).float(), y)

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -61,6 +61,17 @@ from raypriv.training import Normalizer
 
 # Bisection steps: far beyond double precision for the brackets used.
 _BISECTION_STEPS = 200
+
+
+def _bisect(low: float, high: float, in_lower_half: Callable[[float], bool]) -> tuple[float, float]:
+    """Halve ``[low, high]`` :data:`_BISECTION_STEPS` times, keeping the half ``in_lower_half(middle)`` points to."""
+    for _ in range(_BISECTION_STEPS):
+        middle = (low + high) / 2
+        if in_lower_half(middle):
+            high = middle
+        else:
+            low = middle
+    return low, high
 
 
 def zcdp_delta(rho: float, epsilon: float) -> float:
@@ -89,14 +100,8 @@ def zcdp_epsilon(rho: float, delta: float) -> float:
         raise ValueError(f"delta must lie in (0, 1), got {delta}")
     if rho == 0:
         return 0.0
-    low, high = 0.0, rho + 2 * math.sqrt(rho * math.log(1 / delta))  # Bun & Steinke's bound is feasible
-    for _ in range(_BISECTION_STEPS):
-        middle = (low + high) / 2
-        if zcdp_delta(rho, middle) <= delta:
-            high = middle
-        else:
-            low = middle
-    return float(high)
+    high = rho + 2 * math.sqrt(rho * math.log(1 / delta))  # Bun & Steinke's bound is feasible
+    return float(_bisect(0.0, high, lambda epsilon: zcdp_delta(rho, epsilon) <= delta)[1])
 
 
 def zcdp_rho(epsilon: float, delta: float) -> float:
@@ -105,14 +110,8 @@ def zcdp_rho(epsilon: float, delta: float) -> float:
         raise ValueError(f"epsilon must be positive, got {epsilon}")
     if not 0 < delta < 1:
         raise ValueError(f"delta must lie in (0, 1), got {delta}")
-    low, high = 0.0, epsilon + 1.0  # zcdp_delta(epsilon + 1, epsilon) > delta for any delta < 1
-    for _ in range(_BISECTION_STEPS):
-        middle = (low + high) / 2
-        if zcdp_delta(middle, epsilon) <= delta:
-            low = middle
-        else:
-            high = middle
-    return float(low)
+    high = epsilon + 1.0  # zcdp_delta(epsilon + 1, epsilon) > delta for any delta < 1
+    return float(_bisect(0.0, high, lambda rho: zcdp_delta(rho, epsilon) > delta)[0])
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,9 @@ class NoiseCalibration:
     rho: float | None = None  # zCDP parameter of the whole, Gaussian only
 
     def info(self) -> dict[str, Any]:
-        """The facts a paradigm stores in ``context.info``."""
+        """The facts a paradigm stores in ``context.info`` (no epsilon for ``none``: nothing is accounted)."""
+        if self.mechanism == "none":
+            return {"mechanism": "none", "noise_scale": 0.0, "compositions": self.compositions}
         facts: dict[str, Any] = {
             "epsilon": self.epsilon,
             "delta": self.delta,
@@ -142,7 +143,9 @@ class NoiseCalibration:
         return facts
 
     def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-        """Noise of this calibration (float64), drawn from ``rng``."""
+        """Noise of this calibration (float64), drawn from ``rng``; zeros for ``none``."""
+        if self.mechanism == "none":
+            return np.zeros(shape)
         if self.mechanism == "gaussian":
             return rng.normal(0.0, self.scale, size=shape)
         return rng.laplace(0.0, self.scale, size=shape)
@@ -153,8 +156,12 @@ def calibrate(
 ) -> NoiseCalibration:
     """Noise for ``compositions`` invocations that together meet ``(epsilon, delta)`` (see the module docstring).
 
-    ``delta`` is ignored by the Laplace mechanism, which is pure DP.
+    ``delta`` is ignored by the Laplace mechanism, which is pure DP.  ``none``
+    adds no noise: epsilon is infinite (the non-private baseline of a DP
+    generator), and ``epsilon`` and ``delta`` are ignored.
     """
+    if mechanism == "none":
+        return NoiseCalibration("none", 0.0, 0.0, math.inf, 0.0, compositions)
     if not epsilon > 0:
         raise RayprivError(f"epsilon={epsilon!r}: the privacy budget must be positive")
     if compositions < 1:
@@ -173,8 +180,10 @@ def calibrate(
     raise RayprivError(f"mechanism={mechanism!r} is not known; choose 'laplace' or 'gaussian'")
 
 
-def check_budget(where: str, epsilon: float, delta: float, mechanism: str) -> None:
-    """Validate the privacy options every ``dpgen-*`` paradigm has."""
+def check_budget(where: str, epsilon: float, delta: float, mechanism: str, allow_none: bool = False) -> None:
+    """Validate the privacy options every ``dpgen-*`` paradigm has (``allow_none``: ``mechanism: none`` is allowed)."""
+    if allow_none and mechanism == "none":
+        return
     if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
         raise RayprivError(
             f"{where}.epsilon={epsilon!r}: the privacy budget must be a positive number (e.g. 1 or 8); "
@@ -185,7 +194,8 @@ def check_budget(where: str, epsilon: float, delta: float, mechanism: str) -> No
             f"{where}.delta={delta!r}: delta must lie strictly between 0 and 1 (well below 1/n, e.g. 1e-5)"
         )
     if mechanism not in ("laplace", "gaussian"):
-        raise RayprivError(f"{where}.mechanism={mechanism!r} is not known; choose 'laplace' or 'gaussian'")
+        choices = "'laplace', 'gaussian' or 'none' (no noise: not private)" if allow_none else "'laplace' or 'gaussian'"
+        raise RayprivError(f"{where}.mechanism={mechanism!r} is not known; choose {choices}")
 
 
 def require_tabular(where: str, input_shape: tuple[int, ...]) -> None:

@@ -55,7 +55,11 @@ Decoding:
 
 The model is ``model_path``: a local directory or a Hugging Face id, loaded
 with ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` (a local
-path that does not exist is an error).  ``model_path: null`` builds a *tiny
+path that does not exist is an error), or a named model that a pip package
+ships (``smollm2-135m``: SmolLM2-135M-Instruct, see
+:mod:`raypriv.synth.language_models`).  ``mechanism: none`` adds no noise:
+plain few-shot generation from the private records, the non-private
+baseline the DP mechanism is measured against.  ``model_path: null`` builds a *tiny
 randomly initialised GPT-2* (1 layer, width 32) with a character-level
 tokenizer, seeded from the experiment seed, so the default runs offline.
 Its text is nonsense and the utility of its records is meaningless: it
@@ -92,22 +96,19 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
-from torch import nn
 
 from raypriv.errors import RayprivError
-from raypriv.seeding import torch_seed
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
 from raypriv.synth.dpgen_common import NoiseCalibration, Quantizer, calibrate, check_budget, require_tabular, to_numpy
+from raypriv.synth.language_models import TINY_MODEL, LanguageModel, load_language_model, tiny_language_model
 
 log = logging.getLogger("raypriv")
 
 _WHERE = "paradigm_options.dpgen-llm"
-TINY_MODEL = "tiny-random-gpt2"
 L1_SENSITIVITY = 2.0  # of the sum of the groups' next-token distributions
 L2_SENSITIVITY = math.sqrt(2.0)
 
@@ -116,8 +117,10 @@ L2_SENSITIVITY = math.sqrt(2.0)
 class DPGenLLMOptions:
     epsilon: float = 8.0  # total budget over every generated token
     delta: float = 1e-5  # Gaussian mechanism only
-    mechanism: Literal["gaussian", "laplace"] = "gaussian"
-    model_path: str | None = None  # local dir or Hugging Face id; None: a tiny random GPT-2 (nonsense text)
+    # "none": no noise, plain few-shot generation from the private records (not private; the baseline).
+    mechanism: Literal["gaussian", "laplace", "none"] = "gaussian"
+    # A local dir, a Hugging Face id or a named model ("smollm2-135m"); None: a tiny random GPT-2 (nonsense text).
+    model_path: str | None = None
     groups: int = 16  # disjoint prompt groups
     shots: int = 2  # private records per prompt
     n_records: int = 32  # synthetic records generated
@@ -131,7 +134,7 @@ class DPGenLLMOptions:
     batch_records: int = 8  # records generated in parallel (memory against speed)
 
     def __post_init__(self) -> None:
-        check_budget(_WHERE, self.epsilon, self.delta, self.mechanism)
+        check_budget(_WHERE, self.epsilon, self.delta, self.mechanism, allow_none=True)
         for field in ("groups", "shots", "n_records", "batch_records"):
             if getattr(self, field) < 1:
                 raise RayprivError(f"{_WHERE}.{field}={getattr(self, field)!r}: must be at least 1")
@@ -152,91 +155,6 @@ class DPGenLLMOptions:
             )
         if self.model_path is not None and not self.model_path.strip():
             raise RayprivError(f"{_WHERE}.model_path is empty; give a model directory or null for the tiny test model")
-
-
-# ------------------------------------------------------------------ the model
-
-
-@dataclass
-class LanguageModel:
-    """A causal LM in eval mode and its tokenizer."""
-
-    model: nn.Module
-    tokenizer: Any
-    name: str
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(list(ids))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
-    @property
-    def max_positions(self) -> int | None:
-        return getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
-
-
-def character_tokenizer():
-    """A character-level Hugging Face tokenizer over printable ASCII and newline (97 tokens)."""
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
-    characters = "\n" + "".join(chr(c) for c in range(32, 127))
-    vocab = {c: i for i, c in enumerate(characters)}
-    vocab["<unk>"] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))  # no merges: one token a character
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
-
-
-def tiny_language_model(seed: int, n_layer: int = 1, n_embd: int = 32, n_positions: int = 4096) -> LanguageModel:
-    """A randomly initialised GPT-2 with a character tokenizer, the same for every model of a run.
-
-    Its text is nonsense; it makes the code path real without a download.
-    The initialisation depends on the experiment seed only: like a
-    pretrained LM, it is public and shared by every shadow pipeline.
-    """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tokenizer = character_tokenizer()
-    newline = tokenizer.convert_tokens_to_ids("\n")
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=2,
-        bos_token_id=newline, eos_token_id=newline, pad_token_id=newline,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(torch_seed(seed, "dpgen-llm/tiny-lm", 0))
-        model = GPT2LMHeadModel(config)
-    return LanguageModel(model.eval().requires_grad_(False), tokenizer, TINY_MODEL)
-
-
-def load_language_model(model_path: str) -> LanguageModel:
-    """A causal LM from a local directory (which must exist) or a Hugging Face id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    local = Path(model_path).expanduser()
-    looks_local = model_path.startswith(("/", ".", "~")) or model_path.count("/") > 1 or "\\" in model_path
-    if not local.exists() and looks_local:
-        raise RayprivError(
-            f"{_WHERE}.model_path={model_path!r} does not exist; give a local model directory (config.json, weights "
-            "and tokenizer files, e.g. from save_pretrained), a Hugging Face id such as 'gpt2', or null for the tiny "
-            "random test model"
-        )
-    source = str(local) if local.exists() else model_path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source)
-    except (OSError, ValueError, KeyError) as exc:
-        where = "the local directory" if local.exists() else "a Hugging Face id (it is not a local path)"
-        raise RayprivError(
-            f"{_WHERE}.model_path={model_path!r}: could not load a causal LM and tokenizer from {where} ({exc}); "
-            "give a directory written by save_pretrained, or a model id reachable from this machine"
-        ) from None
-    return LanguageModel(model.eval().requires_grad_(False), tokenizer, model_path)
 
 
 _LOADED: dict[tuple, LanguageModel] = {}
@@ -358,7 +276,9 @@ class _Decoder:
         self.lm, self.device = lm, device
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        # logits_to_keep=1: only the last position's logits are used; a real LM's head over its whole
+        # vocabulary at every prompt position would cost more than the rest of the forward pass.
+        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         # Row order after repeating: group-major, row = group * repeat + record.
         self.cache = out.past_key_values
         self.cache.batch_repeat_interleave(repeat)
@@ -372,7 +292,7 @@ class _Decoder:
         self.mask = torch.cat([self.mask, torch.ones((rows, k), dtype=self.mask.dtype, device=self.device)], 1)
         positions = self.next_position[:, None] + torch.arange(k, device=self.device)
         out = self.lm.model(input_ids=tokens.to(self.device), attention_mask=self.mask, position_ids=positions,
-                            past_key_values=self.cache, use_cache=True)
+                            past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         self.cache, self.next_position = out.past_key_values, self.next_position + k
         self.logits = out.logits[:, -1].float()
         return self.logits

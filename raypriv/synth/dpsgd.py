@@ -50,7 +50,7 @@ class DPSGDOptions:
     small and the noise averages out only over many steps.
     """
 
-    epsilon: float = 8.0  # target epsilon after all epochs
+    epsilon: float | None = 8.0  # target epsilon after all epochs; null: clipping only, no noise (no DP guarantee)
     delta: float | None = None  # None: 1 / (private set size)
     max_grad_norm: float = 1.0  # per-sample clipping norm C
     accountant: Literal["rdp", "prv"] = "rdp"
@@ -60,7 +60,7 @@ class DPSGDOptions:
     optimizer: Literal["sgd", "adam"] | None = None  # momentum, weight decay, schedule: the train config's
 
     def __post_init__(self) -> None:
-        if not self.epsilon > 0:
+        if self.epsilon is not None and not self.epsilon > 0:
             raise RayprivError(f"{_WHERE}.epsilon={self.epsilon!r}: the target epsilon must be positive (e.g. 1 or 8)")
         if self.delta is not None and not 0.0 < self.delta < 1.0:
             raise RayprivError(
@@ -125,17 +125,15 @@ class DPSGD(Paradigm):
             # Not opacus' secure mode on purpose: a reproducible audit needs seeded sampling and noise.
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant=opts.accountant)
-        private_model, dp_optimizer, dp_loader = engine.make_private_with_epsilon(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            target_epsilon=opts.epsilon,
-            target_delta=delta,
-            epochs=recipe.epochs,
-            max_grad_norm=opts.max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=noise_generator,
-        )
+        common = dict(module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=opts.max_grad_norm,
+                      poisson_sampling=True, noise_generator=noise_generator)
+        clip_only = opts.epsilon is None  # the DP-SGD frontier's far end: the same recipe without noise
+        if clip_only:
+            private_model, dp_optimizer, dp_loader = engine.make_private(noise_multiplier=0.0, **common)
+        else:
+            private_model, dp_optimizer, dp_loader = engine.make_private_with_epsilon(
+                target_epsilon=opts.epsilon, target_delta=delta, epochs=recipe.epochs, **common
+            )
 
         steps_per_epoch = len(dp_loader)
         total_steps = recipe.epochs * steps_per_epoch
@@ -159,10 +157,9 @@ class DPSGD(Paradigm):
                     dp_optimizer.step()
                     scheduler.step()
 
+        if not clip_only:  # no noise, no accounted epsilon
+            context.info.update(epsilon=float(engine.get_epsilon(delta)), delta=float(delta), target_epsilon=float(opts.epsilon))
         context.info.update(
-            epsilon=float(engine.get_epsilon(delta)),
-            delta=float(delta),
-            target_epsilon=float(opts.epsilon),
             noise_multiplier=float(dp_optimizer.noise_multiplier),
             max_grad_norm=float(opts.max_grad_norm),
             sample_rate=float(dp_loader.sample_rate),

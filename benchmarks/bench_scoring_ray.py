@@ -1,0 +1,171 @@
+"""Benchmark: scoring.backend ray against local: driver peak RSS, wall time, and the speed-up from a second worker node.
+
+    python benchmarks/bench_scoring_ray.py [--models M] [--samples N] [--out DIR] [--data DIR]
+
+Synthetic logits (10 classes, 2 queries, a planted membership signal;
+:func:`bench_scoring.make_store`) in a real run-directory layout, scored by
+:func:`raypriv.scoring.score_run` (backend local) and by
+:func:`raypriv.scoring_ray.score_run_ray` on
+
+* a local Ray with 2 CPUs (the same machine as the local backend),
+* a ``ray.cluster_utils.Cluster`` whose head has ``num_cpus=0`` with 1 worker
+  node of 1 CPU, and with 2 such nodes (the speed-up from the second node),
+
+each in a fresh subprocess, in the same run.  Reported per job: scoring wall
+time (Ray start-up excluded, reported apart), the driver process's peak
+resident memory (``VmHWM``: the driver alone, not Ray's workers), the load
+average before and after (the machine is shared), and whether
+``metrics.json`` is byte-identical to the local backend's.  Writes
+``scoring_ray.md`` to ``--out`` (default ``benchmarks/results``).  Targets
+(issue 15): the Ray driver under 1 GB at any size; Ray wall time within 2x of
+local on 2 cores; 2 nodes at least 1.6x faster than 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+ATTACKS = ["loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed", "rmia"]
+DRIVER_TARGET_GB, WALL_RATIO_TARGET, SPEEDUP_TARGET = 1.0, 2.0, 1.6
+
+
+def vm_hwm_gb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def worker(job: dict) -> dict:
+    """One scoring in this (fresh) process; returns its figures."""
+    import numpy as np
+    import pandas as pd
+
+    from raypriv.experiment import config_from_dict, recipe_hash
+    from raypriv.scoring import score_run
+    from raypriv.split import AuditSplit
+    from raypriv.store import RunStore
+
+    store_dir = Path(job["store"])
+    keep, labels = np.load(store_dir / "keep.npy"), np.load(store_dir / "labels.npy")
+    n_models, n_samples = keep.shape
+    config = config_from_dict({
+        "name": "bench", "out_dir": str(store_dir), "n_models": n_models, "audit": {"n_audit": n_samples, "canary": "none"},
+        "queries": ["identity", "hflip"], "attacks": ATTACKS, "scoring": {"backend": job["backend"]},
+    })
+    split = AuditSplit(audit_index=np.arange(n_samples), true_labels=labels, labels=labels, keep=keep)
+    models = pd.DataFrame({"paradigm": "real", "model_id": np.arange(n_models), "recipe_hash": recipe_hash(config, "real"),
+                           "test_acc": 0.0, "synth_seconds": 0.0, "train_seconds": 0.0, "info": "{}"})
+    load_before = os.getloadavg()[0]
+    startup = 0.0
+    cluster = None
+    if job["backend"] == "ray":
+        import ray
+
+        start = time.perf_counter()
+        if job["nodes"]:
+            from ray.cluster_utils import Cluster
+
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+            for _ in range(job["nodes"]):
+                cluster.add_node(num_cpus=1)
+            ray.init(address=cluster.address, logging_level="ERROR")
+            cluster.wait_for_nodes()
+        else:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        startup = time.perf_counter() - start
+    baseline = vm_hwm_gb()  # interpreter, torch and Ray imported, Ray started: before any scoring
+    start = time.perf_counter()
+    score_run(config, RunStore(str(store_dir)), split, models)
+    wall = time.perf_counter() - start
+    metrics = (store_dir / "metrics.json").read_bytes()
+    if cluster is not None:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
+    return {"wall_s": wall, "startup_s": startup, "driver_peak_gb": vm_hwm_gb(), "driver_before_gb": baseline, "load_before": load_before,
+            "load_after": os.getloadavg()[0], "metrics": metrics.decode()}
+
+
+def run_worker(job: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"job {job} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=1024)
+    parser.add_argument("--samples", type=int, default=50_000)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--data", default=None, help="where to write the synthetic run (default: a temporary folder)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    from bench_scoring import make_store
+
+    root = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="bench-scoring-ray-"))
+    start = time.perf_counter()
+    store = make_store(root, args.models, args.samples)
+    made = time.perf_counter() - start
+    jobs = [("local", {"backend": "local", "nodes": 0}), ("ray, local Ray (2 CPUs)", {"backend": "ray", "nodes": 0}),
+            ("ray, cluster: 1 worker node x 1 CPU", {"backend": "ray", "nodes": 1}),
+            ("ray, cluster: 2 worker nodes x 1 CPU", {"backend": "ray", "nodes": 2})]
+    results = {}
+    for name, job in jobs:
+        results[name] = run_worker({**job, "store": str(store)})
+        print(f"{name}: {results[name]['wall_s']:.1f}s, driver {results[name]['driver_peak_gb']:.2f} GB", flush=True)
+    local = results["local"]
+    lines = [
+        f"### Ray Data scoring: {args.models} models x {args.samples} samples x 2 queries, {len(ATTACKS)} attacks",
+        "",
+        f"`python benchmarks/bench_scoring_ray.py --models {args.models} --samples {args.samples}` "
+        f"({os.cpu_count()} cores; synthetic run written in {made:.0f}s).",
+        "",
+        "| backend | scoring wall (s) | Ray start-up (s) | driver peak RSS (GB) | of which before scoring (GB) "
+        "| load avg before / after | metrics.json = local |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        same = "yes" if r["metrics"] == local["metrics"] else "NO"
+        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | {r['driver_peak_gb']:.2f} | {r['driver_before_gb']:.2f} | "
+                     f"{r['load_before']:.1f} / {r['load_after']:.1f} | {same} |")
+    ray_local = results["ray, local Ray (2 CPUs)"]
+    one, two = results["ray, cluster: 1 worker node x 1 CPU"], results["ray, cluster: 2 worker nodes x 1 CPU"]
+    ratio, speedup = ray_local["wall_s"] / local["wall_s"], one["wall_s"] / two["wall_s"]
+    driver = max(r["driver_peak_gb"] for n, r in results.items() if n != "local")
+    growth = max(r["driver_peak_gb"] - r["driver_before_gb"] for n, r in results.items() if n != "local")
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    lines += [
+        "",
+        f"* Ray driver peak RSS {driver:.2f} GB (target < {DRIVER_TARGET_GB:.0f} GB): {verdict(driver < DRIVER_TARGET_GB)}; "
+        f"growth during scoring {growth:.2f} GB (local: {local['driver_peak_gb'] - local['driver_before_gb']:.2f} GB).",
+        f"* Ray / local wall time {ratio:.2f}x (target <= {WALL_RATIO_TARGET:.0f}x): {verdict(ratio <= WALL_RATIO_TARGET)}.",
+        f"* 2 nodes vs 1 node speed-up {speedup:.2f}x (target >= {SPEEDUP_TARGET}x): {verdict(speedup >= SPEEDUP_TARGET)}.",
+    ]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "scoring_ray.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if not args.data:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Fault injection: kill -9, corrupt files and concurrent audits in a loop; every run must end with its own results.
+
+    python benchmarks/fault_injection.py --rounds 20 --max-seconds 1200 [--ray] [--work DIR]
+
+A reference audit (tiny digits config: 8 models × 40 audit samples) runs
+first.  Each round then takes the next case in turn, on a fresh run directory:
+
+* ``kill -9``: start an audit, SIGKILL its process group once a random number
+  of models is stored (or when it is a random moment into scoring), rerun it;
+* ``corrupt``: copy the reference run and damage one file at random (bytes
+  flipped inside a logits file, a truncated logits file or model row, a deleted
+  logits file, a flipped bit in keep.npy, a stale lock of a killed audit), rerun;
+* ``concurrent``: start two audits on one directory at once; exactly one may
+  run, the other must exit 2 with the lock error.
+
+A round is *completed* when its last audit exits 0; a result is *lost* when
+the directory then holds anything but exactly one model row and logits file
+per model, with metrics.json equal (bit for bit) to the reference, no
+temporary file and no lock.  Rounds stop starting after ``--max-seconds``.
+Prints one table: case, rounds tried, runs completed, results lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+CONFIG = {
+    "name": "fault-injection",
+    "n_models": 8,
+    "audit": {"n_audit": 40, "canary": "mislabel"},
+    "model": {"arch": "cnn_small", "width": 8},
+    "train": {"epochs": 3, "batch_size": 256},
+}
+CASES = ("kill -9", "corrupt", "concurrent")
+
+
+def _audit(work: Path, out: Path, ray: bool) -> list[str]:
+    config = work / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "out_dir": str(out)}))
+    return [sys.executable, "-m", "raypriv.cli", "audit", "--config", str(config), "--quiet"] + ([] if ray else ["--no-ray"])
+
+
+def _start(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _run(command: list[str], timeout: float = 600) -> tuple[int, str]:
+    process = _start(command)
+    _, err = process.communicate(timeout=timeout)
+    return process.returncode, err
+
+
+def _metrics(out: Path) -> dict:
+    """Every attack metric of metrics.json keyed (paradigm, attack, metric); timings are left out."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {(p, a, k): v for p, entry in metrics.items() for a, m in entry.items() if isinstance(m, dict) for k, v in m.items()}
+
+
+def _lost(out: Path, reference: dict) -> str:
+    """Why ``out`` does not hold exactly the reference results ('' if it does)."""
+    import pyarrow.parquet as pq
+
+    n = CONFIG["n_models"]
+    rows = sorted((out / "models" / "real").glob("model-*.parquet"))
+    logits = sorted((out / "logits" / "paradigm=real").glob("model-*.parquet"))
+    ids = sorted(pq.read_table(out / "models.parquet").column("model_id").to_pylist()) if (out / "models.parquet").exists() else []
+    problems = []
+    if len(rows) != n or len(logits) != n or ids != list(range(n)):
+        problems.append(f"{len(rows)} rows, {len(logits)} logits files, models.parquet ids {ids}")
+    if not (out / "metrics.json").exists() or _metrics(out) != reference:
+        problems.append("metrics.json differs from the reference")
+    if list(out.rglob(".tmp-*")) or (out / "raypriv.lock").exists():
+        problems.append("a temporary file or the lock was left behind")
+    return "; ".join(problems)
+
+
+def _kill_case(work: Path, out: Path, ray: bool, rng: random.Random) -> tuple[int, str]:
+    command = _audit(work, out, ray)
+    process = _start(command)
+    target = rng.randint(0, CONFIG["n_models"])  # 0..n models stored; n: killed while scoring
+    deadline = time.time() + 300
+    rows = out / "models" / "real"
+    while process.poll() is None and time.time() < deadline:
+        stored = len(list(rows.glob("model-*.parquet"))) if rows.exists() else 0
+        if stored >= target and (target < CONFIG["n_models"] or (out / "models.parquet").exists() or rng.random() < 0.05):
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    return _run(command)
+
+
+def _corrupt_case(work: Path, out: Path, ray: bool, rng: random.Random, reference_dir: Path) -> tuple[int, str, str]:
+    shutil.copytree(reference_dir, out)
+    model = rng.randrange(CONFIG["n_models"])
+    logits = out / "logits" / "paradigm=real" / f"model-{model:06d}.parquet"
+    row = out / "models" / "real" / f"model-{model:06d}.parquet"
+    kind = rng.choice(["flip logits bytes", "truncate logits", "truncate row", "delete logits", "flip keep.npy", "stale lock"])
+    if kind == "flip logits bytes":
+        data = bytearray(logits.read_bytes())
+        start = rng.randrange(8, len(data) - 72)
+        data[start:start + 64] = bytes(b ^ 0xFF for b in data[start:start + 64])
+        logits.write_bytes(bytes(data))
+    elif kind in ("truncate logits", "truncate row"):
+        path = logits if kind == "truncate logits" else row
+        path.write_bytes(path.read_bytes()[: rng.randrange(1, path.stat().st_size)])
+    elif kind == "delete logits":
+        logits.unlink()
+    elif kind == "flip keep.npy":
+        data = bytearray((out / "keep.npy").read_bytes())
+        data[rng.randrange(128, len(data))] ^= 1
+        (out / "keep.npy").write_bytes(bytes(data))
+    else:  # the lock file of an audit killed with -9 (a pid that no longer exists)
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        (out / "raypriv.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout), "heartbeat": time.time()}))
+    code, err = _run(_audit(work, out, ray))
+    return code, err, kind
+
+
+def _concurrent_case(work: Path, out: Path, ray: bool) -> tuple[int, str, str]:
+    command = _audit(work, out, ray)
+    processes = [_start(command) for _ in range(2)]
+    results = [(p.wait(timeout=600), p.communicate()[1]) for p in processes]
+    codes = sorted(code for code, _ in results)
+    refused = [err for code, err in results if code == 2]
+    if codes != [0, 2] or "in use by another raypriv audit" not in (refused or [""])[0]:
+        return 1, f"exit codes {codes}: {[err[-300:] for _, err in results]}", ""
+    return 0, "", "second audit refused"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--max-seconds", type=float, default=1200.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ray", action="store_true", help="train on a local Ray instance (slower) instead of in-process")
+    parser.add_argument("--work", help="working folder (default: a temporary one, deleted after)")
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    work = Path(args.work or tempfile.mkdtemp(prefix="raypriv-faults-"))
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    reference_dir = work / "reference"
+    code, err = _run(_audit(work, reference_dir, args.ray))
+    if code != 0:
+        sys.exit(f"the reference audit failed ({code}): {err[-2000:]}")
+    reference = _metrics(reference_dir)
+    table = {case: {"tried": 0, "completed": 0, "lost": 0} for case in CASES}
+    notes: list[str] = []
+    for round_ in range(args.rounds):
+        if time.time() - start > args.max_seconds:
+            notes.append(f"stopped after {round_} rounds: --max-seconds {args.max_seconds:.0f} reached")
+            break
+        case = CASES[round_ % len(CASES)]
+        out = work / f"round-{round_:03d}"
+        detail = ""
+        if case == "kill -9":
+            code, err = _kill_case(work, out, args.ray, rng)
+        elif case == "corrupt":
+            code, err, detail = _corrupt_case(work, out, args.ray, rng, reference_dir)
+        else:
+            code, err, detail = _concurrent_case(work, out, args.ray)
+        table[case]["tried"] += 1
+        lost = _lost(out, reference) if code == 0 else ""
+        if code == 0:
+            table[case]["completed"] += 1
+        else:
+            notes.append(f"round {round_} ({case}): exit {code}: {' '.join(err.split())[-300:]}")
+        if lost:
+            table[case]["lost"] += 1
+            notes.append(f"round {round_} ({case}, {detail}): LOST: {lost}")
+        print(f"round {round_:3d} {case:<10} {detail:<22} exit {code} {'LOST ' + lost if lost else 'ok'}", flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"\n{'case':<12}{'tried':>7}{'runs completed':>16}{'results lost':>14}")
+    for case, row in table.items():
+        print(f"{case:<12}{row['tried']:>7}{row['completed']:>16}{row['lost']:>14}")
+    total = {key: sum(row[key] for row in table.values()) for key in ("tried", "completed", "lost")}
+    print(f"{'all':<12}{total['tried']:>7}{total['completed']:>16}{total['lost']:>14}")
+    print(f"({time.time() - start:.0f}s, {'Ray' if args.ray else 'in-process'} training, seed {args.seed})")
+    for note in notes:
+        print(note)
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+    sys.exit(1 if total["lost"] or total["completed"] < total["tried"] else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The audit driver, as a short sequence of calls: config -> split -> shadow pipelines -> attacks -> summary.
+
+:func:`run_audit` is the whole of ``raypriv audit``.  Each step is one
+module: the run directory (:mod:`raypriv.rundir`), the data and its audit
+split (:mod:`raypriv.data`, :mod:`raypriv.split`), the shadow pipelines
+(:mod:`raypriv.pipeline`, run by :mod:`raypriv.execution`), the attacks and
+their metrics (:mod:`raypriv.scoring`), and the printed summary
+(:mod:`raypriv.summary`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from raypriv.config import ExperimentConfig
+from raypriv.data import load_dataset
+from raypriv.errors import RayprivError
+from raypriv.execution import train_pending
+from raypriv.queries import image_queries
+from raypriv.rundir import RunDirectory
+from raypriv.scoring import score_run
+from raypriv.split import make_audit_split
+from raypriv.store import MODEL_SCHEMA, RunStore
+from raypriv.summary import format_summary, tidy_metrics
+
+log = logging.getLogger("raypriv")
+
+
+@dataclass
+class AuditResult:
+    """A finished audit: what :func:`run_audit`, ``raypriv.audit()`` and ``raypriv.load_run()`` return.
+
+    ``metrics_json`` is the mapping of ``metrics.json``; :attr:`metrics` is
+    the same numbers as a tidy table, ``models`` the models table,
+    :meth:`scores` reads ``scores.parquet`` on demand and :meth:`report`
+    writes the comparison report of this run.
+    """
+
+    run_dir: str
+    metrics_json: dict[str, Any]
+    models: pd.DataFrame
+    summary: str
+    wall_seconds: float | None  # None for a run loaded from disk
+    trained_now: int = 0
+    discarded: list[str] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """Columns paradigm, attack, metric, value, ci_low, ci_high (see :func:`raypriv.summary.tidy_metrics`)."""
+        return tidy_metrics(self.metrics_json)
+
+    def scores(self) -> pd.DataFrame:
+        """Per (paradigm, model, audit sample) attack scores, read from ``scores.parquet`` now."""
+        return RunStore(self.run_dir).read_table("scores.parquet").to_pandas()
+
+    def logits_dataset(self, paradigm: str | None = None) -> Any:
+        """The run's logits as a ``ray.data.Dataset`` with a ``paradigm`` column, for analysis at cluster scale."""
+        from raypriv.scoring_ray import logits_dataset
+
+        return logits_dataset(self.run_dir, paradigm)
+
+    def report(self, path: str | None = None, **options: Any) -> dict[str, str]:
+        """Write report.html and report.md of this run into ``path`` (default: the run's ``report/``).
+
+        ``options`` go to :func:`raypriv.report.build_report` (``attack``,
+        ``n_boot``, ``seed``, ``top``); returns the paths written.
+        """
+        from raypriv.report import build_report, write_report
+
+        store = RunStore(self.run_dir)
+        return write_report(build_report([self.run_dir], **options), str(path) if path else store.path("report"))
+
+
+def failure_message(failures: list[dict[str, Any]], total: int, uri: str) -> str:
+    """The error a run with failed models ends with: which failed, why, and that a rerun retries only them."""
+    shown = "\n".join(f"  {f['paradigm']} #{f['model_id']}: {f['error']}" for f in failures[:5])
+    more = f"\n  ... and {len(failures) - 5} more" if len(failures) > 5 else ""
+    return (
+        f"{len(failures)} of the {total} models trained now failed, so the run is not scored (the others are stored "
+        f"in {uri}); fix the cause and rerun the same command: only the failed models are retried\n"
+        f"{shown}{more}"
+    )
+
+
+def in_ray_job() -> bool:
+    """True inside a `ray job submit` entrypoint (its working directory is a temporary copy)."""
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if job:
+        with contextlib.suppress(ValueError, AttributeError):
+            if "job_submission_id" in (json.loads(job).get("metadata") or {}):
+                return True
+    return "runtime_resources/working_dir_files" in os.getcwd().replace(os.sep, "/")
+
+
+def check_out_dir(config: ExperimentConfig) -> None:
+    """Refuse a relative out_dir inside a Ray job: it would land in Ray's temporary working-dir copy and be lost."""
+    out = config.out_dir
+    if "://" not in out and not os.path.isabs(os.path.expanduser(out)) and in_ray_job():
+        raise RayprivError(
+            f"out_dir={out!r} is a relative path, and this audit runs as a Ray job, whose working directory "
+            f"({os.getcwd()}) is a temporary copy deleted with the Ray session; set out_dir (or --out) to a shared "
+            "absolute path or a URI such as s3://bucket/runs/x"
+        )
+
+
+def run_audit(config: ExperimentConfig, use_ray: bool = True, show_progress: bool = True, force_unlock: bool = False) -> AuditResult:
+    """Run (or resume) the audit a config describes, holding the run directory's lease throughout.
+
+    Everything that can refuse the run (another holder, another protocol or
+    recipe, a stored split that differs) is checked before the first write,
+    so a refused run leaves the directory as it was.
+    """
+    start = time.perf_counter()
+    check_out_dir(config)
+    run = RunDirectory(config.out_dir)
+    with run.lease(force_unlock):
+        return _audit_locked(config, run, use_ray, show_progress, start)
+
+
+def _audit_locked(config: ExperimentConfig, run: RunDirectory, use_ray: bool, show_progress: bool, start: float) -> AuditResult:
+    run.check_resumable(config)
+    dataset = load_dataset(config.dataset)
+    if image_queries(config.queries) and not dataset.is_image:
+        raise RayprivError(
+            f"queries lists {image_queries(config.queries)}, but {config.dataset.name} is tabular (no image to "
+            "transform); use queries: [identity]"
+        )
+    split = make_audit_split(
+        dataset, config.audit.n_audit, config.audit.canary, config.n_models, config.seed, config.audit.n_population
+    )
+    run.check_recipes(config)
+    run.record(config, dataset, split)
+
+    complete, discarded = run.completed(config)
+    for message in discarded:
+        log.warning("discarding a stored result: %s", message)
+    # Model-major order: every paradigm progresses together, so early results cover them all
+    # and the ETA averages over paradigms of very different cost.
+    pending = [(p, m) for m in range(config.n_models) for p in config.paradigms if (p, m) not in complete]
+    if complete:
+        log.info("resuming %s: %d models already complete, %d to train", run.uri, len(complete), len(pending))
+    if pending:
+        failures = train_pending(config, run.store, dataset, split, pending, use_ray, show_progress)
+        if failures:  # nothing is scored from an incomplete keep matrix; what finished stays stored
+            raise RayprivError(failure_message(failures, len(pending), run.uri))
+        complete, _ = run.completed(config)
+
+    models = pa.Table.from_pylist([complete[key] for key in sorted(complete)], schema=MODEL_SCHEMA).to_pandas()
+    run.store.write_table("models.parquet", pa.Table.from_pandas(models, schema=MODEL_SCHEMA, preserve_index=False))
+    metrics = score_run(config, run.store, split, models)
+    wall = time.perf_counter() - start
+    summary = format_summary(config, metrics, models, wall)
+    run.store.write_bytes("summary.txt", summary.encode())
+    return AuditResult(run.uri, metrics, models, summary, wall, len(pending), discarded)

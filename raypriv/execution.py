@@ -1,0 +1,382 @@
+"""Where the shadow pipelines run: in this process, or on pools of long-lived Ray actors.
+
+:func:`train_pending` trains every pending (paradigm, model id) pair and
+reports progress (a bar on a terminal, a log line every 10 s otherwise).
+
+* Without Ray, one :class:`raypriv.pipeline.ShadowTrainer` runs in the driver.
+* On Ray, :class:`_ActorPool` is a generic fault-tolerant pool of actors,
+  one call in flight each, that requeues the models of an actor whose node
+  died.  Two pools run side by side: the synthesis pool makes and stores the
+  synthetic sets of separable paradigms, and hands each model to the
+  shadow-model pool as soon as its set exists (:func:`_train_on_ray`).
+
+Workers write results straight to the store; nothing but the models' rows
+comes back to the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+from raypriv.config import ExperimentConfig
+from raypriv.data import Dataset
+from raypriv.ensemble import engine_for, group_size
+from raypriv.errors import AuditInterrupted, RayprivError
+from raypriv.pipeline import ShadowTrainer
+from raypriv.split import AuditSplit
+from raypriv.store import RunStore, synthetic_record_path
+from raypriv.synth import make_paradigm
+
+log = logging.getLogger("raypriv")
+
+
+class _Progress:
+    """Models done / total with throughput and ETA: a tqdm bar on a terminal, log lines otherwise."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.failures: list[dict[str, Any]] = []  # failure records (raypriv.pipeline.failure_record)
+        self.bar = None
+        self.enabled = enabled
+        self.next_log = 0.0
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="shadow models", unit="model", dynamic_ncols=True)
+
+    def update(self, row: dict[str, Any]) -> None:
+        self.done += 1
+        if row.get("status") == "failed":
+            self.failures.append(row)
+            log.warning("%s #%d failed (it is retried on rerun): %s", row["paradigm"], row["model_id"], row["error"])
+            if self.bar is not None:
+                self.bar.update(1)
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{row['paradigm']} #{row['model_id']} acc={row['test_acc']:.3f}")
+            self.bar.update(1)
+            return
+        elapsed = time.perf_counter() - self.start
+        if self.enabled and (elapsed >= self.next_log or self.done == self.total):
+            rate = self.done / elapsed
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            log.info(
+                "models %d/%d (%.1f/min, ETA %.0fs); last: %s #%d acc=%.3f",
+                self.done, self.total, 60 * rate, eta, row["paradigm"], row["model_id"], row["test_acc"],
+            )
+            self.next_log = elapsed + 10.0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _init_ray(config: ExperimentConfig) -> bool:
+    """Connect to the configured cluster, or start a local instance; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # "local": a fresh instance, even where /tmp/ray records another (possibly dead)
+        # cluster that a bare ray.init() would try to join.  ray.address: auto joins it.
+        ray.init(address="local", include_dashboard=False, **kwargs)
+    return True
+
+
+def _actor_count(config: ExperimentConfig, pending: int, synthesis_workers: int = 0) -> int:
+    """Shadow-model actors: ``ray.num_actors``, or what the cluster's resources fit now.
+
+    The synthesis workers' resources are set aside first, so the two pools
+    never wait on each other for the same CPUs or GPUs.
+    """
+    import ray
+
+    r = config.ray
+    if r.num_actors:
+        return min(r.num_actors, pending)
+    resources = ray.cluster_resources()
+    cpus = resources.get("CPU", 0) - synthesis_workers * r.synthesis_cpus_per_worker
+    count = int(cpus // r.num_cpus_per_actor)
+    if r.num_gpus_per_actor > 0:
+        gpus = resources.get("GPU", 0) - synthesis_workers * r.synthesis_gpus_per_worker
+        if gpus <= 0:
+            raise RayprivError(
+                "ray.num_gpus_per_actor > 0 but the Ray cluster has no GPUs free for shadow-model actors right "
+                "now. On an autoscaling cluster set ray.num_actors (or --actors N) so the autoscaler adds GPU "
+                "nodes for them; otherwise set ray.num_gpus_per_actor: 0 to train on CPUs"
+            )
+        count = int(gpus // r.num_gpus_per_actor)
+    return max(1, min(count, pending))
+
+
+PLACEMENT_WARN_SECONDS = 60.0  # on a cluster, warn once when nothing has run this long and no node fits a request
+
+
+def unplaceable(config: ExperimentConfig, synthesis_workers: int) -> list[str]:
+    """The actor requests no alive node of the Ray cluster can fit, each with what the largest node has."""
+    import ray
+
+    r = config.ray
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    requests = [("a shadow-model actor", "ray.num_cpus_per_actor", r.num_cpus_per_actor, r.num_gpus_per_actor)]
+    if synthesis_workers:
+        requests.append(("a synthesis worker", "ray.synthesis_cpus_per_worker", r.synthesis_cpus_per_worker,
+                         r.synthesis_gpus_per_worker))
+    most_cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
+    most_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
+    return [
+        f"{role} asks for {cpus:g} CPUs and {gpus:g} GPUs ({setting} and its GPU setting), but the largest of the "
+        f"cluster's {len(nodes)} nodes has {most_cpus:g} CPUs and {most_gpus:g} GPUs"
+        for role, setting, cpus, gpus in requests
+        if not any(node.get("CPU", 0.0) >= cpus and node.get("GPU", 0.0) >= gpus for node in nodes)
+    ]
+
+
+def _check_placeable(config: ExperimentConfig, synthesis_workers: int) -> list[str]:
+    """Refuse, on a local instance, a request no node can fit (it would wait forever); return them for a cluster."""
+    problems = unplaceable(config, synthesis_workers)
+    if problems and not (config.ray.address or os.environ.get("RAY_ADDRESS")):
+        raise RayprivError(
+            "; ".join(problems) + ". This local Ray instance can never run it: lower the request, or run on a "
+            "cluster with larger nodes (ray.address)"
+        )
+    return problems
+
+
+def _group_size(config: ExperimentConfig, paradigm: str, pending: int, workers: int, on_gpu: bool) -> int:
+    """Models per call for ``paradigm`` (:func:`raypriv.ensemble.group_size` with its engine)."""
+    engine = engine_for(config, make_paradigm(config, paradigm), torch.device("cuda" if on_gpu else "cpu"))
+    return group_size(engine, config.ray.models_per_group, pending, workers)
+
+
+def _make_groups(config: ExperimentConfig, keys: list[tuple[str, int]], workers: int, on_gpu: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """Cut pending (paradigm, model id) pairs into (paradigm, model ids) calls, paradigms interleaved."""
+    by_paradigm: dict[str, list[int]] = {}
+    for paradigm, model_id in keys:
+        by_paradigm.setdefault(paradigm, []).append(model_id)
+    chunks = []
+    for paradigm, ids in by_paradigm.items():
+        size = _group_size(config, paradigm, len(ids), workers, on_gpu)
+        chunks.append([(paradigm, tuple(ids[i : i + size])) for i in range(0, len(ids), size)])
+    # Round-robin over paradigms, so early results cover them all (see run_audit).
+    return [chunk[i] for i in range(max(map(len, chunks), default=0)) for chunk in chunks if i < len(chunk)]
+
+
+_MAX_ATTEMPTS = 3  # lost workers per model before the run gives up (pipeline errors are not retried)
+
+
+class _ActorPool:
+    """Actors of one kind, one call in flight each, surviving the loss of their nodes.
+
+    If an actor's node dies its call fails with ``RayActorError``: the model
+    goes back on the queue, the dead actor is replaced by a fresh one (Ray
+    places it wherever resources are, or the autoscaler adds a node for it),
+    and the run goes on.  Results are keyed by model id and written
+    atomically, so a model redone after a failure overwrites nothing but
+    itself and the store ends with exactly one result per model.
+    """
+
+    def __init__(self, name: str, make_actor, count: int, method: str):
+        self.name, self.make_actor, self.method = name, make_actor, method
+        self.actors = [make_actor() for _ in range(count)]
+        self.idle = list(self.actors)
+        self.queue: list[tuple[str, Any]] = []  # (paradigm, model id) or (paradigm, model ids)
+        self.in_flight: dict[Any, tuple[Any, tuple[str, Any]]] = {}
+        self.lost_workers: dict[tuple[str, Any], int] = {}
+
+    def add(self, key: tuple[str, Any]) -> None:
+        self.queue.append(key)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.queue and self.idle:
+            actor, key = self.idle.pop(0), self.queue.pop(0)
+            self.in_flight[getattr(actor, self.method).remote(*key)] = (actor, key)
+
+    def collect(self, ref) -> tuple[tuple[str, Any], Any] | None:
+        """The (key, result) of a finished call, or None if its worker was lost (the key is requeued)."""
+        import ray
+
+        actor, key = self.in_flight.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, RayprivError):
+                raise exc.cause from None
+            raise
+        except ray.exceptions.RayActorError as exc:
+            self.lost_workers[key] = self.lost_workers.get(key, 0) + 1
+            if self.lost_workers[key] >= _MAX_ATTEMPTS:
+                raise RayprivError(
+                    f"model(s) {key[1]} of {key[0]} lost their {self.name} worker {self.lost_workers[key]} times "
+                    f"(last: {exc}); check the cluster's health and rerun to resume"
+                ) from None
+            log.warning("%s worker lost on %s %s; requeued on a new worker", self.name, key[0], key[1])
+            ray.kill(actor)
+            replacement = self.make_actor()
+            self.actors.append(replacement)
+            self.idle.append(replacement)  # its calls run once Ray can place it
+            self.queue.insert(0, key)
+            self._dispatch()
+            return None
+        self.idle.append(actor)
+        self._dispatch()
+        return key, result
+
+    def release_idle(self) -> None:
+        """Free the resources of actors with nothing left to do (for replacements still waiting)."""
+        import ray
+
+        for actor in self.idle:
+            ray.kill(actor)
+        self.idle = []
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
+    """Run the pending pipelines on Ray: a synthesis pool feeding the shadow-model pool.
+
+    With ``ray.num_synthesis_workers > 0``, pipelines whose synthesis is
+    separable (see :attr:`Paradigm.separable_synthesis`) synthesize on the
+    synthesis pool, which stores each set and hands the model to the
+    shadow-model pool at once: training starts as soon as its set exists.
+    The others (``real``, DP-SGD, paradigms that keep state between the
+    stages) run whole on the shadow-model pool.
+    """
+    import ray
+
+    data_ref = ray.put(dataset)
+    split_ref = ray.put(split)
+    r = config.ray
+
+    def actor_factory(role: str, cpus: float, gpus: float):
+        remote_cls = ray.remote(ShadowTrainer).options(num_cpus=cpus, num_gpus=gpus)
+        return lambda: remote_cls.remote(config.to_dict(), store.uri, data_ref, split_ref, role)
+
+    to_synthesize = []
+    if r.num_synthesis_workers > 0:
+        separable = {p: make_paradigm(config, p).separable_synthesis for p in config.paradigms}
+        to_synthesize = [
+            key for key in pending if separable[key[0]] and not store.exists(synthetic_record_path(*key))
+        ]
+    unfit = _check_placeable(config, min(r.num_synthesis_workers, len(to_synthesize)))
+    synthesis = _ActorPool(
+        "synthesis",
+        actor_factory("synthesis", r.synthesis_cpus_per_worker, r.synthesis_gpus_per_worker),
+        min(r.num_synthesis_workers, len(to_synthesize)),
+        "synthesize",
+    )
+    trainers = _ActorPool(
+        "shadow-model",
+        actor_factory("train", r.num_cpus_per_actor, r.num_gpus_per_actor),
+        _actor_count(config, len(pending), len(synthesis.actors)),
+        "run_group",
+    )
+    log.info(
+        "training %d shadow models on %d Ray actors%s",
+        len(pending), len(trainers.actors),
+        f", {len(to_synthesize)} synthetic sets made by {len(synthesis.actors)} synthesis workers" if to_synthesize else "",
+    )
+    on_gpu = r.num_gpus_per_actor > 0
+    waiting = set(to_synthesize)
+    group_sizes = {
+        p: _group_size(config, p, sum(key[0] == p for key in pending), len(trainers.actors), on_gpu)
+        for p in config.paradigms
+    }
+    ready: dict[str, list[int]] = {}  # synthesized models waiting to fill a group
+
+    def dispatch_ready(paradigm: str) -> None:
+        """Send the paradigm's synthesized models on as groups; the rest too once its synthesis is done."""
+        ids = ready.get(paradigm, [])
+        size = group_sizes.get(paradigm, 1)
+        outstanding = any(key[0] == paradigm for key in waiting)
+        while ids and (len(ids) >= size or not outstanding):
+            trainers.add((paradigm, tuple(ids[:size])))
+            del ids[:size]
+
+    for key in to_synthesize:
+        synthesis.add(key)
+    for group in _make_groups(config, [k for k in pending if k not in waiting], len(trainers.actors), on_gpu):
+        trainers.add(group)
+    warn_at = time.monotonic() + PLACEMENT_WARN_SECONDS if unfit else None
+    try:
+        while synthesis.in_flight or trainers.in_flight:
+            timeout = None if warn_at is None else max(0.0, warn_at - time.monotonic())
+            refs, _ = ray.wait([*synthesis.in_flight, *trainers.in_flight], num_returns=1, timeout=timeout)
+            if not refs:  # an autoscaling cluster may still add a node that fits; a fixed-size one never will
+                log.warning("nothing has run for %.0fs: %s. Waiting for the autoscaler; on a fixed-size cluster stop "
+                            "(Ctrl-C) and lower the request", PLACEMENT_WARN_SECONDS, "; ".join(unfit))
+                warn_at = None
+                continue
+            ref = refs[0]
+            if ref in synthesis.in_flight:
+                done = synthesis.collect(ref)
+                if done is not None:
+                    waiting.discard(done[0])
+                    if done[1].get("status") == "failed":  # no set to train on; reported at the end
+                        progress.update(done[1])
+                    else:
+                        ready.setdefault(done[0][0], []).append(done[0][1])
+                    dispatch_ready(done[0][0])
+                if not synthesis.queue:
+                    synthesis.release_idle()
+            else:
+                done = trainers.collect(ref)
+                if done is not None:
+                    for row in done[1]:
+                        progress.update(row)
+            if not (synthesis.queue or synthesis.in_flight or trainers.queue):
+                trainers.release_idle()
+    finally:
+        synthesis.shutdown()
+        trainers.shutdown()
+
+
+def train_pending(config: ExperimentConfig, store: RunStore, dataset: Dataset, split: AuditSplit, pending: list[tuple[str, int]], use_ray: bool = True, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Train the (paradigm, model id) pairs in ``pending``: on Ray (starting a local instance if needed) or here.
+
+    Returns the failure records of models whose pipeline failed on its own
+    (:class:`raypriv.errors.ModelFailed`); every other model is stored.
+    """
+    progress = _Progress(len(pending), show_progress)
+    started_ray = use_ray and _init_ray(config)
+    try:
+        if use_ray:
+            _train_on_ray(config, store, dataset, split, pending, progress)
+        else:
+            threads = torch.get_num_threads()  # the trainer pins its own; give the caller's back after
+            try:
+                trainer = ShadowTrainer(config.to_dict(), store.uri, dataset, split)
+                for paradigm, model_ids in _make_groups(config, pending, 1, trainer.device.type == "cuda"):
+                    for row in trainer.run_group(paradigm, list(model_ids)):
+                        progress.update(row)
+            finally:
+                torch.set_num_threads(threads)
+    except KeyboardInterrupt:
+        raise AuditInterrupted(
+            f"interrupted after {progress.done} of {len(pending)} models; every finished model is saved in "
+            f"{store.uri}. Rerun the same command to resume"
+        ) from None
+    finally:
+        progress.close()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return progress.failures

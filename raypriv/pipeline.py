@@ -1,0 +1,243 @@
+"""One shadow pipeline's story: private set -> synthesis (or a stored set) -> training -> logits -> row.
+
+:class:`ShadowTrainer` is the worker both execution pools run (one instance
+per Ray actor, or one in the driver without Ray).  For one paradigm and a
+group of model ids it
+
+1. takes each model's private set (the always-IN samples plus its IN audit
+   samples, :meth:`raypriv.split.AuditSplit.private_indices`),
+2. makes the paradigm's training set from it, or loads the set a synthesis
+   worker stored for the same recipe,
+3. trains the audited model with the engine :func:`raypriv.ensemble.engine_for`
+   picks (one by one, or a vmapped group),
+4. queries it on the audit samples and stores its logits and its row
+   (:func:`raypriv.store.write_model_result`), straight from the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from raypriv.data import Dataset
+from raypriv.errors import ModelFailed
+from raypriv.ensemble import engine_for, models_fitting_in_memory, train_ensemble, train_fitting_memory
+from raypriv.experiment import config_from_dict, recipe_hash
+from raypriv.seeding import torch_seed
+from raypriv.split import AuditSplit
+from raypriv.store import RunStore, synthetic_path, synthetic_record_path, write_model_result
+from raypriv.synth import LabeledSet, ShadowContext, make_paradigm, plugin_identity
+from raypriv.training import Normalizer, accuracy, predict_logits
+
+log = logging.getLogger("raypriv")
+
+
+def failure_record(paradigm: str, model_id: int, error: Exception) -> dict[str, Any]:
+    """What a worker returns for a model whose pipeline failed: no row is stored, so a rerun retries it."""
+    return {"paradigm": paradigm, "model_id": model_id, "status": "failed", "error": str(error)}
+
+
+class ShadowTrainer:
+    """Runs shadow pipelines one after another; one instance per Ray actor.
+
+    It holds the dataset on its device for its whole life, so each model costs
+    only its own synthesis and training.  The same class serves both pools:
+    a synthesis worker calls :meth:`synthesize` (``role="synthesis"``), a
+    shadow-model actor calls :meth:`run`.
+    """
+
+    def __init__(self, config: dict[str, Any], run_uri: str, dataset: Dataset, split: AuditSplit, role: str = "train"):
+        self.config = config_from_dict(config)
+        self.recipe_hashes = {p: recipe_hash(self.config, p) for p in self.config.paradigms}
+        self.store = RunStore(run_uri)
+        self.split = split
+        # CPU results depend on the thread count (reduction order), so it is pinned to
+        # the actor's CPUs whether or not Ray runs this worker.
+        cpus = self.config.ray.synthesis_cpus_per_worker if role == "synthesis" else self.config.ray.num_cpus_per_actor
+        torch.set_num_threads(max(1, int(cpus)))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.normalizer = Normalizer.fit(dataset.x_train).to(self.device)
+        self.num_classes = dataset.num_classes
+        self.input_shape = dataset.input_shape
+        # torch.tensor copies: arrays from Ray's object store are read-only.
+        self.x_pool = torch.tensor(dataset.x_train, device=self.device)
+        self.y_pool = torch.tensor(split.labels, device=self.device)
+        self.x_audit = self.x_pool[torch.tensor(split.audit_index, device=self.device)]
+        self.x_test = torch.tensor(dataset.x_test, device=self.device)
+        self.y_test = torch.tensor(dataset.y_test, device=self.device)
+        self.x_population = self.x_test[torch.tensor(split.population_index, device=self.device)]
+        self.models_that_fit: dict[str, int] = {}  # ensemble group size per paradigm (GPU memory probe)
+
+    @contextlib.contextmanager
+    def _seeded_global_rng(self, stream: str, model_id: int):
+        """Seed torch's global generator for one stage of one pipeline.
+
+        Libraries that draw from it (weight init in diffusers, dropout) then
+        give the same result in any process; each stage gets its own seed so
+        synthesis and training need not run in the same process.
+        """
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(torch_seed(self.config.seed, stream, model_id))
+            yield
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _context(self, paradigm_name: str, model_id: int) -> ShadowContext:
+        context = ShadowContext(
+            self.config, paradigm_name, model_id, self.num_classes, self.input_shape, self.normalizer, self.device
+        )
+        plugin = plugin_identity(paradigm_name)
+        if plugin is not None:  # kept in the row, so a refused resume can name the version that made it
+            context.info["plugin"] = " ".join(filter(None, (plugin["class"], plugin["distribution"], plugin["version"])))
+        return context
+
+    def _synthesize(self, paradigm, context: ShadowContext) -> tuple[LabeledSet, dict[str, Any]]:
+        """Run the synthesis stage on the model's private set; store the set if the paradigm makes one."""
+        name, model_id = context.paradigm, context.model_id
+        index = torch.from_numpy(self.split.private_indices(model_id)).to(self.device)
+        private = LabeledSet(self.x_pool[index], self.y_pool[index])
+        start = time.perf_counter()
+        with self._seeded_global_rng(f"{name}/synthesize", model_id):
+            training_set = paradigm.synthesize(private, context)
+        self._sync()
+        # Plain strides: a set trained on straight away must match one reloaded from storage.
+        training_set = LabeledSet(
+            training_set.x.detach().clone(memory_format=torch.contiguous_format),
+            training_set.y.detach().clone(memory_format=torch.contiguous_format),
+        )
+        record = {
+            "recipe_hash": self.recipe_hashes[name],
+            "synth_seconds": time.perf_counter() - start,
+            "private_size": len(private),
+            "info": dict(context.info),
+        }
+        if paradigm.stores_training_set:
+            self.store.write_npz(
+                synthetic_path(name, model_id), x=training_set.x.cpu().numpy(), y=training_set.y.cpu().numpy()
+            )
+            self.store.write_json(synthetic_record_path(name, model_id), record)
+        return training_set, record
+
+    def _stored_synthesis(self, paradigm, context: ShadowContext) -> tuple[LabeledSet, dict[str, Any]] | None:
+        """The synthetic set a synthesis worker stored for this recipe, if any."""
+        name, model_id = context.paradigm, context.model_id
+        if not (paradigm.separable_synthesis and self.store.exists(synthetic_record_path(name, model_id))):
+            return None
+        record = self.store.read_json(synthetic_record_path(name, model_id))
+        if record.get("recipe_hash") != self.recipe_hashes[name]:
+            return None
+        arrays = self.store.read_npz(synthetic_path(name, model_id))
+        training_set = LabeledSet(torch.tensor(arrays["x"], device=self.device), torch.tensor(arrays["y"], device=self.device))
+        context.info.update(record["info"])
+        return training_set, record
+
+    def synthesize(self, paradigm_name: str, model_id: int) -> dict[str, Any]:
+        """Synthesis stage only (for the synthesis pool); returns the stored record, or a failure record."""
+        paradigm = make_paradigm(self.config, paradigm_name)
+        context = self._context(paradigm_name, model_id)
+        try:
+            stored = self._stored_synthesis(paradigm, context)
+            return (stored or self._synthesize(paradigm, context))[1]
+        except ModelFailed as exc:
+            return failure_record(paradigm_name, model_id, exc)
+
+    def run(self, paradigm_name: str, model_id: int) -> dict[str, Any]:
+        """Train, query and store one model; returns its row (see :meth:`run_group`)."""
+        return self.run_group(paradigm_name, [model_id])[0]
+
+    def run_group(self, paradigm_name: str, model_ids: list[int]) -> list[dict[str, Any]]:
+        """Train, query and store the models ``model_ids`` of one paradigm; returns their rows.
+
+        Each model synthesizes first unless a stored set exists.  The engine
+        (:func:`raypriv.ensemble.resolve_engine`) trains them one by one, each
+        stored as soon as it is done, or all at once with the ensemble engine.
+        A model whose pipeline raises :class:`ModelFailed` gets a failure
+        record (:func:`failure_record`) in place of its row; the others go on.
+        """
+        paradigm = make_paradigm(self.config, paradigm_name)
+        recipe = paradigm.training_recipe(self.config)
+        engine = engine_for(self.config, paradigm, self.device)
+        rows, prepared, failed = [], [], []
+        for model_id in model_ids:
+            context = self._context(paradigm_name, model_id)
+            try:
+                training_set, record = self._stored_synthesis(paradigm, context) or self._synthesize(paradigm, context)
+            except ModelFailed as exc:
+                failed.append(failure_record(paradigm_name, model_id, exc))
+                continue
+            if engine == "ensemble":
+                prepared.append((context, training_set, record))
+                continue
+            start = time.perf_counter()
+            with self._seeded_global_rng(f"{paradigm_name}/train", model_id):
+                model = paradigm.train(training_set, context)
+            self._sync()
+            rows.append(self._finish(context, model, training_set, record, time.perf_counter() - start))
+        if engine == "loop" or not prepared:
+            return rows + failed
+
+        start = time.perf_counter()
+        models = self._train_ensemble(prepared, recipe)
+        self._sync()
+        seconds = (time.perf_counter() - start) / len(prepared)  # the group's wall time, shared evenly
+        return [self._finish(c, m, t, r, seconds) for (c, t, r), m in zip(prepared, models)] + failed
+
+    def _train_ensemble(self, prepared: list, recipe) -> list:
+        """Train the prepared models together, in groups that fit the device's memory."""
+        by_id = {context.model_id: (context, training_set) for context, training_set, _ in prepared}
+
+        def train_group(ids):
+            return train_ensemble(
+                [by_id[m][0].build_model() for m in ids],
+                [(by_id[m][1].x, by_id[m][1].y) for m in ids],
+                recipe, self.normalizer, self.config.seed, list(ids),
+            )
+
+        def on_split(size: int, half: int) -> None:
+            log.warning("a group of %d models ran out of memory on %s; training it as groups of %d", size, self.device, half)
+
+        ids = [context.model_id for context, _, _ in prepared]
+        first_context, first_set = by_id[ids[0]]
+        paradigm = first_context.paradigm
+        if paradigm not in self.models_that_fit:  # one memory probe per paradigm and worker
+            self.models_that_fit[paradigm] = models_fitting_in_memory(
+                first_context.build_model, (first_set.x, first_set.y), recipe, self.normalizer,
+                self.config.ray.models_per_group,
+            )
+        return train_fitting_memory(ids, train_group, self.models_that_fit[paradigm], on_split)
+
+    def _finish(self, context: ShadowContext, model, training_set: LabeledSet, record: dict[str, Any], train_seconds: float) -> dict[str, Any]:
+        """Query a trained model on the audit samples and store its logits and row."""
+        config, paradigm_name, model_id = self.config, context.paradigm, context.model_id
+        batch = config.train.eval_batch_size
+        logits = predict_logits(model, self.x_audit, self.normalizer, config.queries, batch)
+        population = None
+        if len(self.split.population_index):
+            population = (predict_logits(model, self.x_population, self.normalizer, config.queries, batch), self.split.population_labels)
+        row = {
+            "paradigm": paradigm_name,
+            "model_id": model_id,
+            "seed": config.seed,
+            "recipe_hash": self.recipe_hashes[paradigm_name],
+            "in_count": int(self.split.keep[model_id].sum()),
+            "private_size": record["private_size"],
+            "synthetic_size": len(training_set),
+            "test_acc": accuracy(model, self.x_test, self.y_test, self.normalizer, batch),
+            "synth_seconds": record["synth_seconds"],
+            "train_seconds": train_seconds,
+            "device": str(self.device),
+            "info": json.dumps(context.info, sort_keys=True),
+            "status": "ok",
+            "finished_at": datetime.now(timezone.utc),
+        }
+        write_model_result(self.store, row, logits, self.split.audit_labels, population)
+        return row

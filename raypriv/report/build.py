@@ -1,0 +1,421 @@
+"""Reading finished runs and computing everything the report shows.
+
+``raypriv report RUN_DIR [RUN_DIR ...]`` reads finished run directories (never
+the models).  Everything is computed from scores.parquet, metrics.json,
+models.parquet, keep.npy, audit.parquet and the stored synthetic sets:
+:func:`build_report` gives, per paradigm, the privacy metrics with 95%
+intervals, a worded verdict, utility and cost, paired comparisons between
+paradigms, the most vulnerable audit samples beside their nearest synthetic
+neighbours, and the plots.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raypriv.attacks import headline_order
+from raypriv.config import ExperimentConfig
+from raypriv.errors import RayprivError
+from raypriv.experiment import config_from_dict
+from raypriv.metrics import (
+    LOW_FPRS,
+    bootstrap_roc_metrics,
+    bootstrap_weights,
+    paired_bootstrap_difference,
+    percentile_interval,
+    tpr_interval,
+)
+from raypriv.report.figures import headline_figures, neighbour_figure, png_bytes
+from raypriv.report.samples import TOP_SAMPLES, nearest_neighbours, vulnerable_samples
+from raypriv.report.verdicts import FrontierPoint, LevelEvidence, VerdictInput, frontier_verdict, is_frontier, verdict
+from raypriv.rundir import RunDirectory
+from raypriv.seeding import numpy_rng
+from raypriv.store import RunStore
+
+HISTOGRAM_PREFERENCE = ("lira_online",)  # "per-sample LiRA scores", whatever the headline attack
+_SCORE_KEYS = ("paradigm", "model_id", "sample_id", "is_in")
+
+
+# ------------------------------------------------------------- loading runs
+
+
+@dataclass
+class RunData:
+    """One finished run directory, as the report reads it."""
+
+    uri: str
+    name: str
+    store: RunStore
+    config: ExperimentConfig | None  # None if the stored config no longer validates
+    raw_config: dict[str, Any]
+    manifest: dict[str, Any]
+    keep: np.ndarray
+    audit: pd.DataFrame  # indexed by sample_id order
+    models: pd.DataFrame
+    metrics: dict[str, Any]
+
+
+def load_run(run_dir: str) -> RunData:
+    """Read what a report needs from a finished run (``raypriv audit``'s --out)."""
+    run = RunDirectory(str(run_dir))
+    run.require_run("a finished audit")
+    store = run.store
+    for name in ("metrics.json", "scores.parquet", "models.parquet", "keep.npy", "audit.parquet"):
+        if not store.exists(name):
+            raise RayprivError(
+                f"{store.path(name)} is missing: the audit in {store.uri} has not finished scoring; "
+                f"run `raypriv status {store.uri}` and rerun `raypriv audit` with its config and --out"
+            )
+    raw = run.stored_config_raw()
+    try:
+        config = config_from_dict(raw)
+    except RayprivError:
+        config = None
+    audit, keep = run.audit(), run.keep()
+    if len(audit) != keep.shape[1] or not np.array_equal(audit.sample_id.to_numpy(), np.arange(keep.shape[1])):
+        raise RayprivError(f"{store.uri}: audit.parquet and keep.npy disagree on the audit samples; rerun the audit in a new --out")
+    name = str(run_dir).rstrip("/").rsplit("/", 1)[-1] or str(run_dir)
+    return RunData(
+        uri=store.uri,
+        name=name,
+        store=store,
+        config=config,
+        raw_config=raw or {},
+        manifest=run.manifest(),
+        keep=keep,
+        audit=audit,
+        models=store.read_table("models.parquet").to_pandas(),
+        metrics=store.read_json("metrics.json"),
+    )
+
+
+def attacks_of(metrics_entry: dict[str, Any]) -> list[str]:
+    """Attack names of one paradigm's metrics.json entry (whatever attacks the run had)."""
+    return [key for key, value in metrics_entry.items() if isinstance(value, dict) and "auc" in value]
+
+
+def load_scores(run: RunData, paradigm: str, attacks: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``is_in`` and each attack's scores of one paradigm as ``(n_models, n_audit)`` matrices.
+
+    Read by column name and placed by ``(model_id, sample_id)``, so neither
+    the row order nor the row groups of scores.parquet matter.
+    """
+    import pyarrow.parquet as pq
+
+    n_models, n_audit = run.keep.shape
+    path = run.store.path("scores.parquet")
+    available = pq.read_schema(path, filesystem=run.store.fs).names
+    missing = [a for a in attacks if a not in available]
+    if missing:
+        raise RayprivError(f"{path} has no column for attack(s) {missing}; rerun `raypriv audit` to rescore")
+    table = pq.read_table(
+        path, filesystem=run.store.fs, columns=[*_SCORE_KEYS, *attacks], filters=[("paradigm", "==", paradigm)]
+    )
+    model = table.column("model_id").to_numpy().astype(np.int64)
+    sample = table.column("sample_id").to_numpy().astype(np.int64)
+    if len(model) != n_models * n_audit or model.min(initial=0) < 0 or model.max(initial=0) >= n_models \
+            or sample.max(initial=0) >= n_audit:
+        raise RayprivError(
+            f"{path} holds {len(model)} rows for {paradigm}, expected {n_models} models × {n_audit} samples; "
+            "rerun `raypriv audit` with the same config and --out to rescore"
+        )
+    filled = np.zeros((n_models, n_audit), dtype=bool)
+    filled[model, sample] = True
+    if not filled.all():
+        raise RayprivError(f"{path}: some (model, sample) pairs of {paradigm} are missing or repeated; rescore the run")
+    is_in = np.zeros((n_models, n_audit), dtype=bool)
+    is_in[model, sample] = table.column("is_in").to_numpy(zero_copy_only=False)
+    scores = {}
+    for attack in attacks:
+        matrix = np.empty((n_models, n_audit), dtype=np.float64)
+        matrix[model, sample] = table.column(attack).to_numpy(zero_copy_only=False)
+        scores[attack] = matrix
+    return is_in, scores
+
+
+def audit_split_mismatch(a: RunData, b: RunData) -> str | None:
+    """Why two runs' audit samples cannot be paired, or None if they can (same samples, labels, membership)."""
+    if a.uri == b.uri:
+        return None
+    if a.keep.shape != b.keep.shape:
+        return f"keep.npy shapes differ ({a.keep.shape} vs {b.keep.shape})"
+    if not np.array_equal(a.keep, b.keep):
+        return "keep.npy differs (different seed or model count)"
+    columns = ["sample_id", "dataset_index", "true_label", "label", "canary"]
+    if not a.audit[columns].reset_index(drop=True).equals(b.audit[columns].reset_index(drop=True)):
+        return "audit.parquet differs (different audit samples or canary labels)"
+    dataset_a, dataset_b = a.raw_config.get("dataset"), b.raw_config.get("dataset")
+    if dataset_a != dataset_b:
+        return f"the datasets differ ({dataset_a} vs {dataset_b})"
+    return None
+
+
+# ------------------------------------------------------------ the computations
+
+
+@dataclass
+class ParadigmResult:
+    """One paradigm of one run, with everything the report shows about it."""
+
+    label: str
+    run: RunData
+    paradigm: str
+    entry: dict[str, Any]  # its metrics.json entry
+    is_in: np.ndarray
+    scores: dict[str, np.ndarray]
+    bootstrap: dict[str, np.ndarray] = field(default_factory=dict)  # headline attack replicates
+    verdict_kind: str = ""
+    verdict: str = ""
+    frontier_kind: str = ""  # against the run's DP-SGD frontier (verdicts.frontier_verdict); "" without one
+    frontier: str = ""
+
+    @property
+    def models(self) -> pd.DataFrame:
+        return self.run.models[self.run.models.paradigm == self.paradigm]
+
+    @property
+    def accounted(self) -> tuple[float | None, float | None]:
+        info = self.entry.get("info", {})
+        return info.get("epsilon"), info.get("delta")
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    attack: str
+    results: dict[str, dict[str, float]]  # metric -> paired_bootstrap_difference output
+
+    def reading(self, metric: str = "tpr@1%fpr") -> str:
+        result = self.results[metric]
+        if not np.isfinite(result["low"]):
+            return "not comparable"
+        if result["low"] > 0:
+            return f"{self.a} leaks more (significant)"
+        if result["high"] < 0:
+            return f"{self.b} leaks more (significant)"
+        return "no significant difference"
+
+
+@dataclass
+class Report:
+    runs: list[RunData]
+    results: list[ParadigmResult]
+    attack: str
+    histogram_attack: str
+    n_boot: int
+    comparisons: list[Comparison]
+    skipped_comparisons: list[str]
+    vulnerable: dict[str, pd.DataFrame]
+    figures: dict[str, bytes]  # name -> PNG
+    figure_notes: dict[str, str]
+
+
+def _labels(pairs: list[tuple[RunData, str]]) -> list[str]:
+    """Paradigm names, or ``run:paradigm`` where two runs share a paradigm name."""
+    run_names: dict[str, str] = {}
+    for run, _ in pairs:
+        if run.uri in run_names:
+            continue
+        candidate, suffix = run.name, 2
+        while candidate in run_names.values():
+            candidate, suffix = f"{run.name}#{suffix}", suffix + 1
+        run_names[run.uri] = candidate
+    counts = pd.Series([p for _, p in pairs]).value_counts()
+    return [f"{run_names[run.uri]}:{p}" if counts[p] > 1 else p for run, p in pairs]
+
+
+def choose_attack(results: list[ParadigmResult]) -> str:
+    """The attack the report leads with: the first of :func:`raypriv.attacks.headline_order` every paradigm has.
+
+    One attack for every paradigm keeps the comparison paired, and a choice
+    made before looking at the scores keeps the verdicts' intervals honest.
+    """
+    common = [a for a in attacks_of(results[0].entry) if all(a in attacks_of(r.entry) for r in results)]
+    if not common:
+        raise RayprivError("the runs share no attack; rerun them with a common `attacks` list")
+    return next((a for a in headline_order() if a in common), common[0])
+
+
+def _evidence(result: ParadigmResult, attack: str) -> VerdictInput:
+    metrics = result.entry[attack]
+    levels = []
+    for key, fpr in LOW_FPRS.items():
+        low, high = percentile_interval(result.bootstrap[key]) if result.bootstrap else tpr_interval(metrics[key], metrics["n_in"])
+        levels.append(LevelEvidence(fpr, metrics[key], low, high))
+    epsilon, delta = result.accounted
+    return VerdictInput(
+        n_models=int(result.entry.get("n_models", result.is_in.shape[0])),
+        n_audit=int(result.is_in.shape[1]),
+        n_out=int(metrics["n_out"]),
+        attack=attack,
+        levels=tuple(levels),
+        accounted_epsilon=epsilon,
+        accounted_delta=delta,
+        eps_lower_bound=metrics.get("eps_lower_bound"),
+    )
+
+
+# -------------------------------------------------------------- building it
+
+
+def build_report(
+    run_dirs: list[str],
+    attack: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    compare: tuple[str, str] | None = None,
+    top: int = TOP_SAMPLES,
+    load_images: bool = True,
+) -> Report:
+    """Compute everything ``raypriv report`` shows for these runs.
+
+    The bootstrap resamples audit samples (``n_boot`` replicates, drawn from
+    ``seed``); runs with the same audit split share the replicates, so their
+    paradigms compare paired.
+    """
+    if not run_dirs:
+        raise RayprivError("give at least one run directory to report on")
+    if n_boot < 100:
+        raise RayprivError(f"--bootstrap {n_boot} is too few replicates for a 95% interval; use at least 100 (default 1000)")
+    runs = [load_run(d) for d in run_dirs]
+    pairs = [(run, p) for run in runs for p in run.metrics]
+    if not pairs:
+        raise RayprivError(f"{runs[0].uri}: metrics.json lists no paradigm; rerun `raypriv audit`")
+    labels = _labels(pairs)
+    results = []
+    for label, (run, paradigm) in zip(labels, pairs):
+        entry = run.metrics[paradigm]
+        is_in, scores = load_scores(run, paradigm, attacks_of(entry))
+        results.append(ParadigmResult(label, run, paradigm, entry, is_in, scores))
+    if attack is None:
+        attack = choose_attack(results)
+    missing = [r.label for r in results if attack not in r.scores]
+    if missing:
+        known = sorted(set(a for r in results for a in r.scores))
+        raise RayprivError(f"attack {attack!r} is not in the results of {missing}; choose one of {known}")
+
+    # One set of replicates per audit-sample count: runs with the same split resample identically.
+    weights: dict[int, np.ndarray] = {}
+    for result in results:
+        n_audit = result.is_in.shape[1]
+        if n_audit not in weights:
+            weights[n_audit] = bootstrap_weights(n_audit, n_boot, numpy_rng(seed, f"report/bootstrap/{n_audit}"))
+        result.bootstrap = bootstrap_roc_metrics(result.is_in, result.scores[attack], weights[n_audit])
+        result.verdict_kind, result.verdict = verdict(_evidence(result, attack))
+
+    _judge_against_frontier(results, attack)
+    comparisons, skipped = _comparisons(results, attack, compare)
+    histogram_attack = next((a for a in HISTOGRAM_PREFERENCE if all(a in r.scores for r in results)), attack)
+    figures = headline_figures(results, attack, histogram_attack)
+    vulnerable, notes = _vulnerable(results, attack, top, load_images, figures)
+    return Report(runs, results, attack, histogram_attack, n_boot, comparisons, skipped, vulnerable, figures, notes)
+
+
+def frontier_point(result: ParadigmResult) -> FrontierPoint:
+    """A paradigm's utility, cost and accounted ε, as the DP-SGD frontier verdict reads them."""
+    entry = result.entry
+    return FrontierPoint(result.label, entry["test_acc"], entry.get("test_acc_std", 0.0), int(entry.get("n_models", 1)),
+                         entry.get("synth_seconds_mean", 0.0) + entry.get("train_seconds_mean", 0.0), result.accounted[0])
+
+
+def _judge_against_frontier(results: list[ParadigmResult], attack: str, key: str = "tpr@0.1%fpr") -> None:
+    """Set each non-DP-SGD paradigm's frontier verdict against the DP-SGD points of its own run (paired replicates)."""
+    for run in {id(r.run): r.run for r in results}.values():
+        members = [r for r in results if r.run is run]
+        frontier = [r for r in members if is_frontier(r.paradigm)]
+        if not frontier:
+            continue
+        for result in members:
+            if is_frontier(result.paradigm):
+                continue
+            tpr = result.entry[attack][key]
+            points = []
+            for d in frontier:
+                difference = paired_bootstrap_difference(tpr, d.entry[attack][key], result.bootstrap[key], d.bootstrap[key])
+                points.append((frontier_point(d), d.entry[attack][key], (difference["low"], difference["high"])))
+            result.frontier_kind, result.frontier = frontier_verdict(frontier_point(result), tpr, points, "TPR@0.1%FPR")
+
+
+def _comparisons(
+    results: list[ParadigmResult], attack: str, compare: tuple[str, str] | None
+) -> tuple[list[Comparison], list[str]]:
+    """The paired comparisons, and the pairs skipped because their runs' audit samples differ.
+
+    ``--compare A B`` gives one pair; otherwise every pair of up to six
+    paradigms, or each paradigm against ``real`` (else the first).
+    """
+    by_label = {r.label: r for r in results}
+    if compare is not None:
+        unknown = [name for name in compare if name not in by_label]
+        if unknown:
+            raise RayprivError(f"--compare: {unknown} not among the paradigms of these runs ({sorted(by_label)})")
+        reason = audit_split_mismatch(by_label[compare[0]].run, by_label[compare[1]].run)
+        if reason:
+            raise RayprivError(
+                f"--compare {compare[0]} {compare[1]}: the runs do not share their audit samples ({reason}), so a "
+                "paired comparison is impossible; audit both paradigms in one run or with the same config seed, "
+                "dataset, n_audit and n_models"
+            )
+        candidates = [compare]
+    elif len(results) <= 6:
+        candidates = list(itertools.combinations([r.label for r in results], 2))
+    else:
+        reference = "real" if "real" in by_label else results[0].label
+        candidates = [(reference, r.label) for r in results if r.label != reference]
+    comparisons, skipped = [], []
+    for a, b in candidates:
+        reason = audit_split_mismatch(by_label[a].run, by_label[b].run)
+        if reason:
+            skipped.append(f"{a} vs {b}: not paired ({reason})")
+            continue
+        comparisons.append(
+            Comparison(
+                a, b, attack,
+                {
+                    metric: paired_bootstrap_difference(
+                        by_label[a].entry[attack][metric], by_label[b].entry[attack][metric],
+                        by_label[a].bootstrap[metric], by_label[b].bootstrap[metric],
+                    )
+                    for metric in ("tpr@1%fpr", "tpr@0.1%fpr", "auc")
+                },
+            )
+        )
+    return comparisons, skipped
+
+
+def _vulnerable(
+    results: list[ParadigmResult], attack: str, top: int, load_images: bool, figures: dict[str, bytes]
+) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """Each paradigm's most vulnerable samples, with their nearest neighbours where the dataset is images.
+
+    Adds each neighbour figure to ``figures``; returns the frames by label and
+    the notes on what was searched (or why no dataset was loaded).
+    """
+    notes: dict[str, str] = {}
+    vulnerable: dict[str, pd.DataFrame] = {}
+    datasets: dict[str, Any] = {}
+    for result in results:
+        frame = vulnerable_samples(result, attack, top)
+        dataset = None
+        if load_images and result.run.config is not None:
+            if result.run.uri not in datasets:
+                try:
+                    from raypriv.data import load_dataset
+
+                    datasets[result.run.uri] = load_dataset(result.run.config.dataset)
+                except (RayprivError, OSError, RuntimeError) as exc:
+                    datasets[result.run.uri] = None
+                    notes[f"dataset:{result.run.uri}"] = f"dataset not loaded ({exc}); no images"
+            dataset = datasets[result.run.uri]
+        if dataset is not None and dataset.is_image:
+            frame, images, note = nearest_neighbours(result, frame, dataset)
+            notes[f"neighbours:{result.label}"] = note
+            figures[f"vulnerable:{result.label}"] = png_bytes(neighbour_figure(frame, dataset, images))
+        vulnerable[result.label] = frame
+    return vulnerable, notes

@@ -1,0 +1,412 @@
+"""Scoring on Ray Data (``scoring.backend: ray``): the local path's functions, run as tasks on the workers.
+
+The local backend (:mod:`raypriv.scoring`) reads every model's logits into
+the driver.  This one keeps the driver to small arrays and moves each step
+to Ray Data tasks, calling the *same* functions, so the numbers are the same
+by construction (``metrics.json`` byte-identical, ``scores.parquet`` equal):
+
+1. **Read and reduce** (one task per model): :func:`raypriv.store.iter_logits`
+   (its checks, so a corrupt file gives the local path's error, naming the
+   file) and :func:`raypriv.attacks.reduce_logits`; each model's reduced rows
+   leave the task cut into blocks of audit samples.
+2. **Per-sample statistics**: ``groupby("block").map_groups`` puts every
+   model's rows of one sample block in one task (a leave-one-out median needs
+   all models of a sample).  The blocks are whole multiples of
+   :func:`raypriv.attacks.score_attacks`' own sample blocks, and each task
+   walks those sub-blocks with :class:`raypriv.attacks.SampleBlock`, so
+   every float is computed as locally.  Cross-block steps: the fixed-variance
+   attacks' pooled variances (a pre-pass returns one ``(Q, M)`` partial sum
+   per sub-block; the driver adds them in the local order), RMIA offline's
+   ``a`` (:func:`raypriv.rmia.fit_offline_a` in one worker task), and RMIA's
+   ranks over each target's whole row (``groupby("model_id")``, then the
+   attack's ``finish``).
+3. **Metrics**: one worker task per attack gathers that attack's scores and
+   runs :func:`raypriv.scoring.attack_metrics` (``roc_metrics`` and the
+   epsilon bound), so the driver receives only the metrics and the ROC points.
+4. **scores.parquet**: the driver streams the per-model rows, sorted by
+   model, into the local path's writer (same schema, row groups and
+   encodings), holding one row group at a time.
+
+Not yet on this backend: a population set for RMIA (``audit.n_population``),
+refused with a clear error.  The metrics tasks hold one attack's
+``(models x samples)`` scores on a worker, not on the driver.
+
+Ray Data settings, and why:
+
+* ``shuffle_strategy = SORT_SHUFFLE_PULL_BASED``: the groupbys run as plain
+  tasks.  Ray 2.60's default hash shuffle starts aggregator *actors* that
+  hold CPUs for the whole job, which can starve the map tasks on a 2-core
+  machine or on small worker nodes.
+* ``from_items(..., override_num_blocks=n_models)``: one read task per model
+  file, so reads spread over all workers instead of Ray Data's guess.
+* every task requests ``num_cpus = scoring.num_cpus`` and ``num_gpus = 0``:
+  scoring runs beside or after training, never on a GPU.
+* ``raise_original_map_exception = True``: a RayprivError raised in a task
+  (a corrupt logits file) reaches the driver with its message, which
+  :func:`score_run_ray` re-raises without Ray's wrapper or traceback (the
+  ``ray.data`` logger is silenced while scoring: it would print the traceback
+  first; the stages log their own progress to ``raypriv``).
+* ``enable_progress_bars`` follows the audit's ``show_progress``: Ray Data's
+  bars show blocks done, rows per second and the remaining blocks per stage.
+* block size: rows carry whole sample blocks as binary columns (about
+  ``2^22`` scores per attack task, ``scoring.block_samples`` to change), far
+  below ``target_max_block_size``, so Ray Data never splits a block's rows.
+  Object-store spilling keeps Ray's defaults (spill to local disk).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+
+from raypriv.attacks import ATTACKS, SampleBlock, _group_size, check_attacks, reduce_logits, to_float32
+from raypriv.config import ExperimentConfig
+from raypriv.errors import RayprivError
+from raypriv.rmia import fit_offline_a
+from raypriv.scoring import attack_metrics, check_recipes, paradigm_entry, write_metrics_outputs
+from raypriv.split import AuditSplit
+from raypriv.store import RunStore, iter_logits, scores_schema, scores_table, scores_write_options
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger("raypriv")
+
+ENGINE_BLOCK_ELEMENTS = 1 << 20  # score_attacks' default block_elements: the sub-blocks the pooled sums follow
+TASK_SCORES = 1 << 22  # scores per attack task when scoring.block_samples is null
+ROWS_PER_GROUP = 1 << 20  # write_scores' default row group
+
+
+def score_array_gb(config: ExperimentConfig) -> float:
+    """GB of one paradigm's float32 (models x samples x queries) score array, what the local driver holds."""
+    return config.n_models * (config.audit.n_audit + config.audit.n_population) * len(config.queries) * 4 / 2**30
+
+
+def choose_backend(config: ExperimentConfig, store: RunStore) -> str:
+    """``scoring.backend``, with ``auto`` resolved: ray for a cloud run directory or above ``driver_memory_gb``."""
+    backend = config.scoring.backend
+    if backend != "auto":
+        return backend
+    cloud = "://" in store.uri and not store.uri.startswith("file://")
+    return "ray" if cloud or score_array_gb(config) > config.scoring.driver_memory_gb else "local"
+
+
+def _user_error(exc: BaseException) -> RayprivError | None:
+    """The RayprivError a task raised, out of Ray's wrappers (RayTaskError, UserCodeException, causes)."""
+    from ray.exceptions import RayTaskError
+
+    stack, seen = [exc], set()
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, RayprivError) and not isinstance(error, RayTaskError):
+            return error
+        stack += [getattr(error, "cause", None), error.__cause__, error.__context__]
+    return None
+
+
+def _configure_ray_data(show_progress: bool) -> None:
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    context = DataContext.get_current()
+    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    context.enable_progress_bars = show_progress
+    context.raise_original_map_exception = True  # a task's RayprivError reaches the driver as itself, not as UserCodeException
+
+
+def _task_args(config: ExperimentConfig) -> dict[str, Any]:
+    return {"num_cpus": config.scoring.num_cpus, "num_gpus": 0}
+
+
+def _blocks(n_samples: int, n_models: int, n_queries: int, block_samples: int | None, engine_elements: int) -> tuple[int, int]:
+    """(engine sub-block, task block) in samples; the task block is a whole number of engine sub-blocks."""
+    sub = max(1, engine_elements // (n_models * n_queries))  # as score_attacks cuts its blocks
+    wanted = block_samples or max(1, TASK_SCORES // (n_models * n_queries))
+    return sub, sub * max(1, -(-wanted // sub))
+
+
+# ------------------------------------------------------------------ the tasks (module level: Ray pickles them)
+
+
+def _reduce_models(batch: dict[str, np.ndarray], uri: str, paradigm: str, n_audit: int, n_queries: int,
+                   n_population: int, labels: np.ndarray, task_block: int) -> dict[str, list]:
+    """Stage 1: each model's logits -> float32 LiRA scores (N, Q) and query-0 log p_y (N,), cut into sample blocks."""
+    store = RunStore(uri)
+    out: dict[str, list] = {"model_id": [], "block": [], "scores": [], "log_p": []}
+    for model_id in batch["model_id"]:
+        scores = np.empty((n_audit, n_queries), dtype=np.float32)
+        log_p = np.empty(n_audit, dtype=np.float32)
+        for sample, query, logits in iter_logits(store, paradigm, int(model_id), n_audit, n_queries, n_population=n_population):
+            score, label_log_p = reduce_logits(logits, labels[sample])
+            scores[sample, query] = to_float32(score)
+            first = query == 0
+            log_p[sample[first]] = to_float32(label_log_p[first])
+        for block, start in enumerate(range(0, n_audit, task_block)):
+            out["model_id"].append(int(model_id))
+            out["block"].append(block)
+            out["scores"].append(scores[start : start + task_block].tobytes())
+            out["log_p"].append(log_p[start : start + task_block].tobytes())
+    return out
+
+
+def _stack_block(group: dict[str, np.ndarray], n_queries: int) -> dict[str, list]:
+    """Stage 2a: one sample block's rows of every model -> one row of (M, B, Q) scores and (M, B) log p."""
+    order = np.argsort(group["model_id"], kind="stable")
+    scores = np.stack([np.frombuffer(group["scores"][i], dtype=np.float32) for i in order])
+    log_p = np.stack([np.frombuffer(group["log_p"][i], dtype=np.float32) for i in order])
+    return {"block": [int(group["block"][0])], "n_models": [len(order)], "scores": [scores.tobytes()], "log_p": [log_p.tobytes()]}
+
+
+def _unpack(row: dict[str, Any], n_queries: int) -> tuple[int, np.ndarray, np.ndarray]:
+    n_models = int(row["n_models"])
+    scores = np.frombuffer(row["scores"], dtype=np.float32).reshape(n_models, -1, n_queries)
+    return int(row["block"]), scores, np.frombuffer(row["log_p"], dtype=np.float32).reshape(n_models, -1)
+
+
+def _sub_blocks(block: int, width: int, task_block: int, sub: int) -> list[tuple[int, int, int]]:
+    """(start in the task block, stop in it, global start) of each engine sub-block."""
+    first = block * task_block
+    return [(a, min(width, a + sub), first + a) for a in range(0, width, sub)]
+
+
+def _variance_partials(row: dict[str, Any], keep: Any, n_queries: int, task_block: int, sub: int, sides: list[bool]) -> dict[str, Any]:
+    """Stage 2b (fixed-variance attacks only): per engine sub-block, each side's (Q, M) sum of per-sample variances."""
+    import ray
+
+    keep = ray.get(keep)
+    block, scores, _ = _unpack(row, n_queries)
+    local = keep[:, block * task_block : block * task_block + scores.shape[1]]
+    parts = [[SampleBlock(scores, local, a, b).variance(side).sum(axis=0) for side in sides]
+             for a, b, _ in _sub_blocks(block, scores.shape[1], task_block, sub)]
+    return {"block": block, "partials": np.asarray(parts, dtype=np.float64).tobytes()}
+
+
+def _attack_block(batch: dict[str, np.ndarray], keep: Any, attacks: list[str], n_queries: int, task_block: int, sub: int,
+                  pooled: dict, center: str, offline_a: np.ndarray | None) -> dict[str, list]:
+    """Stage 2c: every attack on one sample block, per engine sub-block -> one row per (model, block)."""
+    import ray
+
+    keep = ray.get(keep)
+    out: dict[str, list] = {"model_id": [], "block": [], **{a: [] for a in attacks}}
+    for row in ({k: v[i] for k, v in batch.items()} for i in range(len(batch["block"]))):
+        block, scores, log_p = _unpack(row, n_queries)
+        local = keep[:, block * task_block : block * task_block + scores.shape[1]]
+        values = {a: [] for a in attacks}
+        for a, b, _ in _sub_blocks(block, scores.shape[1], task_block, sub):
+            sample_block = SampleBlock(scores, local, a, b, pooled=pooled, center=center, offline_a=offline_a)
+            for name in attacks:
+                attack = ATTACKS[name]
+                if attack.block is None:  # the loss attack: the input itself
+                    values[name].append(log_p[:, a:b])
+                    continue
+                value = attack.block(sample_block).T
+                values[name].append(value if attack.finish is not None else to_float32(value))  # finish: float64 until then
+        for model_id in range(scores.shape[0]):
+            out["model_id"].append(model_id)
+            out["block"].append(block)
+            for name in attacks:
+                out[name].append(np.ascontiguousarray(np.concatenate([v[model_id] for v in values[name]], axis=-1)).tobytes())
+    return out
+
+
+def _finish_model(group: dict[str, np.ndarray], attacks: list[str], gamma: float) -> dict[str, list]:
+    """Stage 3: one target's blocks in sample order -> its float32 score row per attack (RMIA ranks the whole row)."""
+    order = np.argsort(group["block"], kind="stable")
+    out: dict[str, list] = {"model_id": [int(group["model_id"][0])]}
+    for name in attacks:
+        finish = ATTACKS[name].finish
+        dtype = np.float64 if finish is not None else np.float32
+        row = np.concatenate([np.frombuffer(group[name][i], dtype=dtype) for i in order])
+        if finish is not None:
+            row = np.asarray(finish(row[None, :], gamma, None)[0], dtype=np.float32)  # as the local float32 assignment casts
+        out[name] = [row.tobytes()]
+    return out
+
+
+def _gather(refs: list, column: str, shape: tuple[int, ...], dtype: type, task_block: int = 0) -> np.ndarray:
+    """One column of per-model (or stacked per-block) rows, from Ray Data's block refs, into a ``shape`` array."""
+    import ray
+
+    out = np.empty(shape, dtype=dtype)
+    for ref in refs:
+        table = ray.get(ref)
+        for row in table.select([c for c in ("model_id", "block", "n_models", column) if c in table.column_names]).to_pylist():
+            if "model_id" in row:
+                out[row["model_id"]] = np.frombuffer(row[column], dtype=dtype).reshape(shape[1:])
+            else:  # a stacked sample block: its start is given by the caller's block size
+                values = np.frombuffer(row[column], dtype=dtype).reshape(row["n_models"], -1, *shape[2:])
+                start = row["block"] * task_block
+                out[:, start : start + values.shape[1]] = values
+    return out
+
+
+def _fit_offline(refs: list, keep: np.ndarray, n_queries: int, task_block: int, gamma: float, rows: int) -> np.ndarray:
+    """RMIA offline's ``a`` per target, on a worker: Pr(x|theta) of every pair as score_attacks computes it."""
+    scores = _gather(refs, "scores", (*keep.shape, n_queries), np.float32, task_block)
+    probs = np.concatenate([expit(scores[i : i + rows].astype(np.float64)).mean(axis=2) for i in range(0, len(scores), rows)])
+    del scores
+    return fit_offline_a(probs, keep, gamma)
+
+
+def _metrics_task(refs: list, attack: str, keep: np.ndarray, delta: float) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    """One attack's metrics.json entry and ROC curve, on a worker."""
+    return attack_metrics(keep, _gather(refs, attack, keep.shape, np.float32), delta)
+
+
+# ------------------------------------------------------------------ the driver
+
+
+def _score_paradigm(config: ExperimentConfig, store: RunStore, split: AuditSplit, paradigm: str, keep_ref: Any,
+                    engine_elements: int, stage: Callable[[str], None]) -> Any:
+    """Stages 1-3 for one paradigm: the materialized dataset of per-model score rows, sorted by model."""
+    import ray
+    import ray.data
+
+    keep = split.keep
+    n_models, n_audit = keep.shape
+    n_queries = len(config.queries)
+    attacks = list(config.attacks)
+    args = _task_args(config)
+    sub, task_block = _blocks(n_audit, n_models, n_queries, config.scoring.block_samples, engine_elements)
+    labels = np.asarray(split.audit_labels, dtype=np.int64)
+    start = time.perf_counter()
+    reduced = ray.data.from_items([{"model_id": m} for m in range(n_models)], override_num_blocks=n_models).map_batches(
+        _reduce_models, batch_size=1, fn_kwargs={
+            "uri": store.uri, "paradigm": paradigm, "n_audit": n_audit, "n_queries": n_queries,
+            "n_population": config.audit.n_population, "labels": labels, "task_block": task_block}, **args)
+    blocks = reduced.groupby("block").map_groups(_stack_block, fn_kwargs={"n_queries": n_queries}, batch_format="numpy", **args)
+    blocks = blocks.materialize()
+    n_blocks = -(-n_audit // task_block)
+    log.info("scoring %s on Ray Data: %d models read and reduced into %d sample blocks in %.1fs (%.0f models/s)",
+             paradigm, n_models, n_blocks, time.perf_counter() - start, n_models / max(time.perf_counter() - start, 1e-9))
+    stage("blocks")
+
+    blocked = [a for a in attacks if ATTACKS[a].block is not None]
+    sides = sorted({side for a in blocked for side in ATTACKS[a].pooled_variance})
+    pooled: dict[bool, np.ndarray] = {}
+    if sides:
+        rows = blocks.map(_variance_partials, fn_kwargs={"keep": keep_ref, "n_queries": n_queries, "task_block": task_block,
+                                                           "sub": sub, "sides": sides}, **args).take_all()
+        partial = [p for row in sorted(rows, key=lambda r: r["block"])
+                   for p in np.frombuffer(row["partials"], dtype=np.float64).reshape(-1, len(sides), n_queries, n_models)]
+        for i, side in enumerate(sides):
+            pooled[side] = sum(p[i] for p in partial) / n_audit  # the local order of additions
+    offline_a = None
+    if "rmia_offline" in blocked:
+        rows_per = max(1, ENGINE_BLOCK_ELEMENTS // (n_audit * n_queries))  # as score_attacks chunks its expit
+        fit = ray.remote(**args)(_fit_offline)
+        offline_a = ray.get(fit.remote(blocks.to_arrow_refs(), keep_ref, n_queries, task_block, config.rmia.gamma, rows_per))
+    attacked = blocks.map_batches(_attack_block, batch_size=1, fn_kwargs={
+        "keep": keep_ref, "attacks": attacks, "n_queries": n_queries, "task_block": task_block, "sub": sub,
+        "pooled": pooled, "center": config.lira.center, "offline_a": offline_a}, **args)
+    per_model = attacked.groupby("model_id").map_groups(
+        _finish_model, fn_kwargs={"attacks": attacks, "gamma": config.rmia.gamma}, batch_format="numpy", **args)
+    per_model = per_model.sort("model_id").materialize()
+    log.info("scoring %s on Ray Data: %d attacks on %d blocks in %.1fs", paradigm, len(attacks), n_blocks, time.perf_counter() - start)
+    stage("attacks")
+    return per_model
+
+
+def score_run_ray(config: ExperimentConfig, store: RunStore, split: AuditSplit, models: pd.DataFrame,
+                  show_progress: bool = False, engine_elements: int = ENGINE_BLOCK_ELEMENTS,
+                  on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """:func:`raypriv.scoring.score_run` on Ray Data; the same files, the same numbers (see the module docstring).
+
+    Connects to the configured cluster (or starts a local Ray) if Ray is not
+    running.  ``engine_elements``: score_attacks' ``block_elements`` to match
+    (tests only); ``on_stage``: called with each finished stage's name.
+    """
+    import ray
+    from ray.exceptions import RayError
+
+    attacks = check_attacks(config.attacks)
+    if config.audit.n_population and any(ATTACKS[a].family == "rmia" for a in attacks):
+        raise RayprivError("RMIA with a population set (audit.n_population > 0) is not implemented on scoring.backend: ray "
+                           "yet; use scoring.backend: local, or audit.n_population: 0")
+    _group_size(split.keep, attacks)
+    started = False
+    if not ray.is_initialized():
+        from raypriv.execution import _init_ray
+
+        started = _init_ray(config)
+    _configure_ray_data(show_progress)
+    # Ray Data logs a failed task's traceback before raising; a RayprivError is re-raised below as one line.
+    data_log = logging.getLogger("ray.data")
+    level = data_log.level
+    data_log.setLevel(logging.CRITICAL)
+    stage = on_stage or (lambda name: None)
+    metrics: dict[str, Any] = {}
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    keep = np.asarray(split.keep, dtype=bool)
+    n_models, n_audit = keep.shape
+    try:
+        keep_ref = ray.put(keep)
+        with store.table_writer("scores.parquet", scores_schema(attacks), **scores_write_options(attacks)) as writer:
+            for paradigm in config.paradigms:
+                rows = models[models.paradigm == paradigm]
+                check_recipes(config, paradigm, rows)
+                per_model = _score_paradigm(config, store, split, paradigm, keep_ref, engine_elements, stage)
+                entry = paradigm_entry(rows)
+                delta = entry.get("info", {}).get("delta", 0.0)
+                refs = per_model.to_arrow_refs()
+                task = ray.remote(**_task_args(config))(_metrics_task)
+                results = ray.get([task.remote(refs, attack, keep_ref, delta) for attack in attacks])
+                for attack, (values, curve) in zip(attacks, results):
+                    entry[attack], curves.setdefault(paradigm, {})[attack] = values, curve
+                metrics[paradigm] = entry
+                group = max(1, ROWS_PER_GROUP // max(n_audit, 1))  # write_scores' row groups
+                first = 0
+                for batch in per_model.iter_batches(batch_size=group, batch_format="numpy", prefetch_batches=0):
+                    count = len(batch["model_id"])
+                    values = {a: np.stack([np.frombuffer(v, dtype=np.float32) for v in batch[a]]) for a in attacks}
+                    writer.write_table(scores_table(paradigm, first, keep[first : first + count], values))
+                    first += count
+                stage("scores")
+    except (RayError, Exception) as exc:
+        found = _user_error(exc)
+        if found is None:
+            raise
+        raise type(found)(str(found).split("\n", 1)[0]) from None  # one line: Ray Data appends its retry hints
+    finally:
+        data_log.setLevel(level)
+        if started:
+            ray.shutdown()
+    write_metrics_outputs(config, store, metrics, curves, n_models, n_audit)
+    return metrics
+
+
+def logits_dataset(run_dir: str, paradigm: str | None = None) -> "ray.data.Dataset":
+    """A ``ray.data.Dataset`` over a run's logits, one row per (model, sample, query), with the ``paradigm`` partition.
+
+    Columns: ``paradigm`` (from the ``logits/paradigm=<p>/`` folders),
+    ``model_id``, ``sample_id``, ``query_id``, ``label``, ``logits`` (float32
+    per class) and, in runs with a population set, ``population``.  Join
+    ``keep.npy`` and ``audit.parquet`` on ``model_id``/``sample_id`` for
+    membership and canaries (``analysis/07_canary_confidence.py``).
+    ``paradigm``: read only that paradigm's folder.  Starts a local Ray if
+    none is running (never a stale cluster that ``/tmp/ray`` still records).
+    """
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        from raypriv.execution import _init_ray
+
+        _init_ray(ExperimentConfig())  # RAY_ADDRESS if set, else a fresh local instance
+    store = RunStore(run_dir)
+    folders = [f"logits/paradigm={paradigm}"] if paradigm is not None else ["logits"]
+    files = [store.path(f) for folder in folders for f in store.list_files(folder, ".parquet")]  # no temporaries
+    if not files:
+        raise RayprivError(f"{store.path(folders[0])} holds no logits files; give the run directory of a `raypriv audit`")
+    from ray.data.datasource import Partitioning
+
+    hive = Partitioning("hive", base_dir=store.path("logits"), filesystem=store.fs)  # paradigm=<p> folders
+    return ray.data.read_parquet(files, filesystem=store.fs, partitioning=hive)

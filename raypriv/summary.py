@@ -1,0 +1,99 @@
+"""What ``raypriv audit`` prints at the end: one row per (paradigm, attack) and a line per paradigm.
+
+:func:`format_summary` is the text block the audit driver prints (and saves
+as summary.txt); the comparison report of finished runs is
+:mod:`raypriv.report`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from raypriv.config import ExperimentConfig
+
+
+def summary_frame(metrics: dict[str, Any]) -> pd.DataFrame:
+    """One row per (paradigm, attack): AUC, TPR at 1% and 0.1% FPR, test accuracy."""
+    rows = []
+    for paradigm, entry in metrics.items():
+        for attack, result in entry.items():
+            if not (isinstance(result, dict) and "auc" in result):
+                continue  # test_acc, timings, the paradigm's info
+            rows.append(
+                {
+                    "paradigm": paradigm,
+                    "attack": attack,
+                    "AUC": result["auc"],
+                    "TPR@1%FPR": result["tpr@1%fpr"],
+                    "TPR@0.1%FPR": result["tpr@0.1%fpr"],
+                    "bal.acc": result["balanced_acc"],
+                    "test acc": entry["test_acc"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+TIDY_METRICS = ("auc", "tpr@0.1%fpr", "tpr@1%fpr", "balanced_acc", "eps_lower_bound")
+
+
+def tidy_metrics(metrics: dict[str, Any]) -> pd.DataFrame:
+    """metrics.json as one row per (paradigm, attack, metric): columns paradigm, attack, metric, value, ci_low, ci_high.
+
+    TPR rows carry the 95% Clopper-Pearson interval of the TPR count on the
+    attack's IN pairs (:func:`raypriv.metrics.tpr_interval`: pairs treated as
+    independent, so narrower than the report's bootstrap over audit
+    samples); other rows have no interval (NaN).  Per-paradigm numbers
+    (``test_acc``, ``test_acc_std``, ``n_models``, the paradigm's reported
+    ``info`` such as an accounted ``epsilon``) have attack None.
+    """
+    from raypriv.metrics import tpr_interval
+
+    rows = []
+    for paradigm, entry in metrics.items():
+        scalars = {k: v for k, v in entry.items() if k in ("test_acc", "test_acc_std", "n_models")}
+        scalars.update(entry.get("info", {}))
+        for name, value in scalars.items():
+            rows.append((paradigm, None, name, float(value), float("nan"), float("nan")))
+        for attack, result in entry.items():
+            if not (isinstance(result, dict) and "auc" in result):
+                continue
+            for name in TIDY_METRICS:
+                low, high = tpr_interval(result[name], result["n_in"]) if name.startswith("tpr@") else (float("nan"),) * 2
+                rows.append((paradigm, attack, name, float(result[name]), low, high))
+    return pd.DataFrame(rows, columns=["paradigm", "attack", "metric", "value", "ci_low", "ci_high"])
+
+
+def format_summary(config: ExperimentConfig, metrics: dict[str, Any], models: pd.DataFrame, wall_seconds: float) -> str:
+    """The text block ``raypriv audit`` prints at the end (also saved as summary.txt)."""
+    frame = summary_frame(metrics)
+    table = frame.to_string(
+        index=False,
+        formatters={
+            "AUC": "{:.3f}".format,
+            "TPR@1%FPR": "{:.2%}".format,
+            "TPR@0.1%FPR": "{:.2%}".format,
+            "bal.acc": "{:.3f}".format,
+            "test acc": "{:.3f}".format,
+        },
+    )
+    lines = [
+        f"raypriv audit '{config.name}': {config.dataset.name}, {config.n_models} models x "
+        f"{config.audit.n_audit} audit samples (canary={config.audit.canary}), queries={','.join(config.queries)}",
+        "",
+        table,
+        "",
+    ]
+    for paradigm, entry in metrics.items():
+        rows = models[models.paradigm == paradigm]
+        info = entry.get("info", {})
+        accounted = f"; accounted ε={info['epsilon']:.2f} (δ={info['delta']:.1e})" if "epsilon" in info else ""
+        lines.append(
+            f"{paradigm}: test acc {entry['test_acc']:.3f} ± {entry['test_acc_std']:.3f}; per model "
+            f"{rows.synth_seconds.mean():.2f}s synthesis + {rows.train_seconds.mean():.2f}s training "
+            f"({(rows.synth_seconds + rows.train_seconds).sum():.0f}s of worker time in all){accounted}"
+        )
+    lines.append(f"total time: {wall_seconds:.1f}s")
+    return "\n".join(lines) + "\n"

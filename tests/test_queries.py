@@ -1,0 +1,137 @@
+"""Shift queries and presets, attack settings (lira.center, rmia.gamma), and RMIA offline."""
+
+import numpy as np
+import pytest
+import torch
+
+from raypriv.attacks import run_attacks, score_attacks
+from raypriv.rmia import OFFLINE_A_GRID, fit_offline_a, rmia_ranks
+from raypriv.errors import RayprivError
+from raypriv.experiment import config_from_dict, protocol_hash, recipe_hash
+from raypriv.metrics import roc_metrics
+from raypriv.queries import apply_query, expand_queries, image_queries, pad_for_crop
+from raypriv.reference import lira_scores_from_logits
+from raypriv.split import balanced_keep
+
+
+def test_shift_queries_are_the_training_crop_at_fixed_offsets():
+    x = torch.rand(3, 2, 8, 8)
+    padded = pad_for_crop(x, 4)
+    for dx, dy in [(-4, 4), (4, 0), (0, -3), (1, 2)]:
+        crop = padded[:, :, 4 + dy : 4 + dy + 8, 4 + dx : 4 + dx + 8]  # what random_crop takes at that offset
+        assert torch.equal(apply_query(x, f"shift({dx},{dy})"), crop)
+        assert torch.equal(apply_query(x, f"hflip+shift({dx},{dy})"), pad_for_crop(x.flip(-1), 4)[:, :, 4 + dy : 12 + dy, 4 + dx : 12 + dx])
+    assert torch.equal(apply_query(x, "shift(0,0)"), x)
+
+
+def test_presets_expand_in_the_config_and_enter_the_protocol():
+    reference = config_from_dict({"queries": ["flip-shift-18"], "train": {"crop_padding": 4}})
+    assert len(reference.queries) == 18 == len(set(reference.queries)) and reference.queries[0] == "identity"
+    assert sum(q.startswith("hflip") for q in reference.queries) == 9
+    assert {q for q in reference.queries if "shift" in q and "hflip" not in q} == {
+        f"shift({dx},{dy})" for dx in (-4, 0, 4) for dy in (-4, 0, 4) if (dx, dy) != (0, 0)
+    }
+    assert config_from_dict({"queries": ["flip-2"]}).queries == ["identity", "hflip"]
+    assert expand_queries(["shift(0,0)", "hflip+shift(0,0)"], 4) == ["identity", "hflip"]
+    assert protocol_hash(reference) != protocol_hash(config_from_dict({"queries": ["flip-2"]}))
+    assert image_queries(reference.queries) == reference.queries[1:]
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"queries": ["rotate"]}, "query 'rotate' is not known"),
+        ({"queries": ["shift(5,0)"], "train": {"crop_padding": 4}}, "shifts further than train.crop_padding=4"),
+        ({"queries": ["flip-shift-18"], "train": {"crop_padding": 0}}, "train.crop_padding is 0"),
+        ({"queries": ["identity", "flip-2"]}, "more than once (after expanding presets)"),
+        ({"rmia": {"gamma": 0}}, "rmia.gamma=0.0 must be a positive number"),
+        ({"rmia": {"gamma": -1.5}}, "rmia.gamma=-1.5 must be a positive number"),
+        ({"lira": {"center": "mode"}}, "lira.center='mode' is not allowed"),
+    ],
+)
+def test_bad_queries_and_attack_settings_are_named(raw, expected):
+    with pytest.raises(RayprivError) as error:
+        config_from_dict(raw)
+    assert expected in str(error.value)
+
+
+def test_image_queries_refuse_tabular_batches():
+    with pytest.raises(RayprivError, match="images only"):
+        apply_query(torch.zeros(4, 30), "shift(1,0)")
+
+
+def test_attack_settings_keep_every_fingerprint():
+    base = config_from_dict({})
+    tuned = config_from_dict({"lira": {"center": "mean"}, "rmia": {"gamma": 2.0}})
+    assert protocol_hash(base) == protocol_hash(tuned) and recipe_hash(base, "real") == recipe_hash(tuned, "real")
+
+
+def _signal_logits(rng, n_models=12, n_samples=60, n_queries=2, strength=2.0):
+    keep = balanced_keep(n_models, n_samples, 3)
+    logits = rng.normal(size=(n_models, n_samples, n_queries, 3)) * 2
+    labels = rng.integers(0, 3, n_samples)
+    logits[np.arange(n_models)[:, None], np.arange(n_samples)[None, :], :, labels[None, :]] += strength * keep[:, :, None]
+    return logits.astype(np.float32), labels, keep
+
+
+def test_lira_mean_center_is_the_leave_one_out_mean():
+    rng = np.random.default_rng(1)
+    logits, labels, keep = _signal_logits(rng, n_samples=15)
+    engine = run_attacks(logits, labels, keep, ["lira_online", "lira_offline"], center="mean")
+    scores = lira_scores_from_logits(logits, labels).astype(np.float32).astype(np.float64)
+    n_models, n_samples, _ = scores.shape
+    expected = np.zeros((n_models, n_samples))
+    for m in range(n_models):
+        for n in range(n_samples):
+            log_pdf = {}
+            for side, member in ((True, keep[:, n]), (False, ~keep[:, n])):
+                group = [j for j in range(n_models) if member[j]]
+                shadows = [j for j in group if j != (m if member[m] else group[-1])]
+                values = scores[shadows, n]
+                mean, std = values.mean(axis=0), values.std(axis=0) + 1e-30
+                log_pdf[side] = -0.5 * ((scores[m, n] - mean) / std) ** 2 - np.log(std)
+            expected[m, n] = (log_pdf[True] - log_pdf[False]).mean()
+    np.testing.assert_allclose(engine["lira_online"], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    median = run_attacks(logits, labels, keep, ["lira_online"])["lira_online"]
+    assert not np.allclose(median, engine["lira_online"])  # the setting reaches the engine
+
+
+def test_rmia_offline_finds_members_and_fits_a_on_the_other_fold():
+    rng = np.random.default_rng(2)
+    logits, labels, keep = _signal_logits(rng, n_models=16, n_samples=200)
+    result = run_attacks(logits, labels, keep, ["rmia_offline", "rmia"], gamma=2.0)
+    assert roc_metrics(keep, result["rmia_offline"])[0]["auc"] > 0.7
+    probs = np.random.default_rng(3).random(keep.shape)
+    a = fit_offline_a(probs, keep)
+    assert set(a) <= set(OFFLINE_A_GRID) and len(set(a[::2])) == 1 and len(set(a[1::2])) == 1
+    changed = probs.copy()
+    changed[0] = 1.0 - changed[0]  # model 0 (fold 0) cannot change the a of fold-0 targets
+    assert (fit_offline_a(changed, keep)[::2] == a[::2]).all()
+    blank = run_attacks(np.zeros_like(logits), labels, keep, ["rmia_offline"])["rmia_offline"]
+    assert np.isfinite(blank).all()
+
+
+def test_rmia_with_a_population_set_counts_population_samples():
+    rng = np.random.default_rng(4)
+    logits, labels, keep = _signal_logits(rng, n_models=8, n_samples=120)
+    scores = lira_scores_from_logits(logits, labels).astype(np.float32)
+    population = rng.normal(size=(8, 50, 2)).astype(np.float32)  # LiRA scores of 50 samples no model trained on
+    with_z = score_attacks(scores, None, keep, ["rmia", "rmia_offline"], population=population, gamma=2.0)
+    without = score_attacks(scores, None, keep, ["rmia"], gamma=2.0)["rmia"]
+    assert not np.allclose(with_z["rmia"], without)
+    # every score is a share of the 50 population samples
+    assert np.allclose(with_z["rmia"] * 50, np.round(with_z["rmia"] * 50), atol=1e-4)
+    for attack in with_z:
+        assert roc_metrics(keep, with_z[attack])[0]["auc"] > 0.7, attack
+    # by definition: x beats z when ratio_x / ratio_z > gamma
+    x, z = np.array([[0.0, 1.0, 2.0]]), np.array([[-1.0, 0.5, 0.0, 1.5]])
+    np.testing.assert_array_equal(rmia_ranks(x, 1.0, z), [[0.25, 0.75, 1.0]])
+    np.testing.assert_array_equal(rmia_ranks(x, np.e, z), [[0.0, 0.25, 0.75]])
+
+
+def test_rmia_alone_runs_with_four_models_lira_does_not():
+    assert config_from_dict({"n_models": 4, "attacks": ["loss", "rmia", "rmia_offline"]}).n_models == 4
+    with pytest.raises(RayprivError, match="too few for RMIA"):
+        config_from_dict({"n_models": 2, "attacks": ["rmia"]})
+    with pytest.raises(RayprivError, match="too few for LiRA"):
+        config_from_dict({"n_models": 4, "attacks": ["rmia", "lira_online"]})

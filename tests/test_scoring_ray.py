@@ -1,0 +1,161 @@
+"""scoring.backend: ray gives the local backend's files: on a local Ray, on a 3-node cluster, with a node lost, on bad input."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from raypriv.data import load_dataset
+from raypriv.errors import RayprivError
+from raypriv.experiment import config_from_dict, config_hash, protocol_hash
+from raypriv.scoring import score_run
+from raypriv.scoring_ray import choose_backend, logits_dataset, score_run_ray
+from raypriv.split import make_audit_split
+from raypriv.store import RunStore, logits_path
+from tests.conftest import tiny_config_dict
+
+try:  # the module is being renamed raypriv.driver
+    from raypriv.driver import run_audit
+except ImportError:
+    from raypriv.driver import run_audit
+
+RUNS = {"default": {"train.epochs": 2}, "paradigms": {"train.epochs": 2, "paradigms": ["real", "coreset"]}}
+
+
+def config(out_dir, name, backend="local"):
+    return config_from_dict(tiny_config_dict(out_dir, **RUNS[name], **{"scoring.backend": backend}))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Each run trained once (no Ray) and scored by the local backend: the reference files."""
+    root = tmp_path_factory.mktemp("scoring-ray")
+    for name in RUNS:
+        run_audit(config(root / name, name), use_ray=False, show_progress=False)
+    return root
+
+
+def inputs(cfg):
+    """score_run's arguments for a finished run directory, as the audit builds them."""
+    split = make_audit_split(load_dataset(cfg.dataset), cfg.audit.n_audit, cfg.audit.canary, cfg.n_models, cfg.seed)
+    return RunStore(cfg.out_dir), split, pd.read_parquet(f"{cfg.out_dir}/models.parquet")
+
+
+def rescore(runs, name, dest, **kwargs):
+    """A copy of the run with its scores deleted, scored again by the Ray backend."""
+    shutil.copytree(runs / name, dest)
+    for written in ("metrics.json", "scores.parquet", "metrics.csv"):
+        (dest / written).unlink()
+    cfg = config(dest, name, "ray")
+    score_run_ray(cfg, *inputs(cfg), **kwargs)
+    return dest
+
+
+def assert_same_files(reference, other):
+    assert (other / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
+    assert (other / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_parquet(other / "scores.parquet"), pd.read_parquet(reference / "scores.parquet"))
+
+
+def test_backend_choice_and_hashes(tmp_path):
+    local, ray_cfg = config(tmp_path, "default"), config(tmp_path, "default", "ray")
+    assert config_hash(local) == config_hash(ray_cfg) and protocol_hash(local) == protocol_hash(ray_cfg)
+    store = RunStore(str(tmp_path))
+    assert choose_backend(local, store) == "local" and choose_backend(ray_cfg, store) == "ray"
+    auto = config_from_dict(tiny_config_dict(tmp_path, **{"scoring.backend": "auto"}))
+    assert choose_backend(auto, store) == "local"  # 8 x 40 scores
+    auto.scoring.driver_memory_gb = 1e-6
+    assert choose_backend(auto, store) == "ray"
+    with pytest.raises(RayprivError, match="scoring.num_cpus"):
+        config_from_dict(tiny_config_dict(tmp_path, **{"scoring.num_cpus": 0}))
+
+
+class TestLocalRay:
+    @pytest.fixture(scope="class", autouse=True)
+    def local_ray(self):
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        yield
+        ray.shutdown()
+
+    @pytest.mark.parametrize("name", list(RUNS))
+    def test_same_files_as_the_local_backend(self, runs, tmp_path, name):
+        assert_same_files(runs / name, rescore(runs, name, tmp_path / name))
+
+    def test_audit_with_backend_ray_scores_on_ray(self, runs, tmp_path, monkeypatch):
+        dest = tmp_path / "run"
+        shutil.copytree(runs / "default", dest)
+        (dest / "metrics.json").unlink()
+        called = []
+        monkeypatch.setattr("raypriv.scoring_ray._configure_ray_data", lambda show: called.append(show))
+        run_audit(config(dest, "default", "ray"), use_ray=False, show_progress=False)
+        assert called and (dest / "metrics.json").read_bytes() == (runs / "default" / "metrics.json").read_bytes()
+
+    def test_corrupt_logits_give_the_local_error(self, runs, tmp_path):
+        shutil.copytree(runs / "default", tmp_path / "run")
+        broken = tmp_path / "run" / logits_path("real", 3)
+        broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+        errors = {}
+        for backend in ("local", "ray"):
+            cfg = config(tmp_path / "run", "default", backend)
+            with pytest.raises(RayprivError) as caught:
+                score_run(cfg, *inputs(cfg))
+            errors[backend] = caught.value
+        assert type(errors["ray"]) is RayprivError and str(errors["ray"]) == str(errors["local"])
+        assert str(broken) in str(errors["ray"]) and "Traceback" not in str(errors["ray"])
+
+    def test_logits_dataset_and_the_analysis_script(self, runs, tmp_path):
+        dataset = logits_dataset(str(runs / "paradigms"))
+        frame = dataset.to_pandas()
+        assert sorted(frame.paradigm.unique()) == ["coreset", "real"] and len(frame) == 2 * 8 * 40
+        script = Path(__file__).parents[1] / "analysis" / "cluster_canary_confidence.py"
+        env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # this test's Ray, as a user's cluster
+        done = subprocess.run([sys.executable, str(script), str(runs / "paradigms"), str(tmp_path)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        table = pd.read_csv(tmp_path / "canary_confidence.csv")
+        # The same statistic with pandas on the raw rows.
+        keep = np.load(runs / "paradigms" / "keep.npy")
+        logits = np.stack(frame.logits.to_numpy()).astype(np.float64)
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        frame["confidence"] = (p / p.sum(axis=1, keepdims=True))[np.arange(len(frame)), frame.label.to_numpy()]
+        frame["is_in"] = keep[frame.model_id, frame.sample_id]
+        expected = frame.groupby(["paradigm", "sample_id", "is_in"]).confidence.mean().unstack()
+        got = table.set_index(["paradigm", "sample_id"])
+        np.testing.assert_allclose(got.conf_in, expected[True].loc[got.index], rtol=1e-12)
+        np.testing.assert_allclose(got.conf_out, expected[False].loc[got.index], rtol=1e-12)
+
+
+class TestCluster:
+    @pytest.fixture(scope="class")
+    def cluster(self):
+        """A head with no CPUs (as the cluster configs start it) and two 1-CPU worker nodes."""
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        yield cluster, workers
+        ray.shutdown()
+        cluster.shutdown()
+
+    def test_same_files_on_a_cluster_with_a_cpu_less_head(self, cluster, runs, tmp_path):
+        for name in RUNS:
+            assert_same_files(runs / name, rescore(runs, name, tmp_path / name))
+
+    def test_a_worker_node_removed_mid_scoring(self, cluster, runs, tmp_path):
+        cluster, workers = cluster
+        removed = []
+
+        def remove_a_worker(stage):  # after the sample blocks are materialized, half of them on this node
+            if stage == "blocks" and not removed:
+                cluster.remove_node(workers[0])
+                removed.append(stage)
+
+        assert_same_files(runs / "paradigms", rescore(runs, "paradigms", tmp_path / "run", on_stage=remove_a_worker))
+        assert removed
