@@ -151,6 +151,8 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(tmp_path):
         [sys.executable, "-m", "raypriv.cli", "audit", "--config", str(config)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        # A background job (nohup, `&`) ignores SIGINT and its children inherit that: give Ctrl-C back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     rows = tmp_path / "run" / "models" / "real"
     deadline = time.time() + 240

@@ -90,7 +90,14 @@ def submit_job_to_a_fresh_head(tmp_path: Path, entrypoint: str, runtime_env: dic
                 if time.time() > deadline or head.poll() is not None:
                     raise AssertionError((tmp_path / "head.log").read_text()) from None
                 time.sleep(1)
-        job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        job, deadline = None, time.time() + 120
+        while job is None:  # on a loaded machine the head's job agent can take a while to come up
+            try:
+                job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            except RuntimeError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(2)
         deadline = time.time() + 300
         while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
             assert time.time() < deadline, client.get_job_logs(job)

@@ -189,7 +189,7 @@ def test_bins_come_from_the_public_normaliser_not_from_the_records():
     [
         ({"epsilon": 0}, r"dpgen-marginals.epsilon=0.0: the privacy budget must be a positive number"),
         ({"epsilon": -1.0}, r"epsilon=-1.0: the privacy budget must be a positive number"),
-        ({"epsilon": float("nan")}, r"the privacy budget must be a positive number"),
+        ({"epsilon": float("nan")}, r"epsilon=nan is not a finite number"),
         ({"delta": 0.0}, r"delta=0.0: delta must lie strictly between 0 and 1"),
         ({"mechanism": "exponential"}, r"mechanism='exponential' is not allowed; choose one of \['gaussian', 'laplace'\]"),
         ({"bins": 1}, r"bins=1: at least 2 bins"),

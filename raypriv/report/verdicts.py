@@ -177,12 +177,14 @@ def frontier_verdict(
             dominating.append((d, d_tpr))
         elif point.acc <= d.acc and tpr >= d_tpr:
             ahead.append(d)
-    name = lambda d: f"DP-SGD (ε={d.epsilon:g})" if d.epsilon is not None else "DP-SGD (clipping only, no noise)"
+    name = lambda d: f"DP-SGD (ε={d.epsilon:.2f})" if d.epsilon is not None else "DP-SGD (clipping only, no noise)"
     if dominating:
         d, d_tpr = min(dominating, key=lambda pair: np.inf if pair[0].epsilon is None else pair[0].epsilon)
         return "dominated", (
             f"dominated by {name(d)}: no more accurate ({point.acc:.3f} vs {d.acc:.3f}), leaks at least as much "
-            f"({fpr_label} {percent(tpr)} vs {percent(d_tpr)}); {cost} vs {d.seconds:.1f} s/model"
+            f"({fpr_label} {percent(tpr)} vs {percent(d_tpr)}"
+            + (": neither measurable at this FPR, so this rests on accuracy" if tpr == 0 and d_tpr == 0 else "")
+            + f"); {cost} vs {d.seconds:.1f} s/model"
         )
     text = f"not dominated by DP-SGD ({len(frontier)} points); {cost}"
     if ahead:

@@ -249,3 +249,10 @@ class Quantizer:
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
+
+
+def tabular_records(private: Any, context: Any, levels: int, clip: float) -> tuple[Quantizer, np.ndarray, np.ndarray]:
+    """What every ``dpgen-*`` paradigm starts from: the public quantizer, and the private features and labels as NumPy."""
+    require_tabular(context.paradigm, context.input_shape)
+    quantizer = Quantizer.from_normalizer(context.normalizer, levels, clip)
+    return quantizer, to_numpy(private.x), to_numpy(private.y).astype(np.int64)

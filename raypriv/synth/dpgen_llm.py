@@ -103,7 +103,7 @@ import torch
 
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
-from raypriv.synth.dpgen_common import NoiseCalibration, Quantizer, calibrate, check_budget, require_tabular, to_numpy
+from raypriv.synth.dpgen_common import NoiseCalibration, calibrate, check_budget, tabular_records
 from raypriv.synth.language_models import TINY_MODEL, LanguageModel, load_language_model, tiny_language_model
 
 log = logging.getLogger("raypriv")
@@ -388,10 +388,8 @@ class DPGenLLM(Paradigm):
 
     def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
         opts: DPGenLLMOptions = self.options
-        require_tabular(context.paradigm, context.input_shape)
+        quantizer, x, y = tabular_records(private, context, opts.levels, opts.clip)
         lm = _language_model(opts, context)
-        quantizer = Quantizer.from_normalizer(context.normalizer, opts.levels, opts.clip)
-        x, y = to_numpy(private.x), to_numpy(private.y).astype(np.int64)
         n_features, num_classes = x.shape[1], context.num_classes
         if opts.decoding == "schema" and num_classes > 10:
             raise RayprivError(f"{_WHERE}: decoding: schema handles at most 10 classes (one digit); use decoding: free")

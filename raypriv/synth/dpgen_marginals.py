@@ -58,7 +58,7 @@ import torch
 
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
-from raypriv.synth.dpgen_common import NoiseCalibration, Quantizer, calibrate, check_budget, require_tabular, to_numpy
+from raypriv.synth.dpgen_common import NoiseCalibration, calibrate, check_budget, tabular_records
 
 _WHERE = "paradigm_options.dpgen-marginals"
 
@@ -160,9 +160,7 @@ class DPGenMarginals(Paradigm):
 
     def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
         opts: DPGenMarginalsOptions = self.options
-        require_tabular(context.paradigm, context.input_shape)
-        quantizer = Quantizer.from_normalizer(context.normalizer, opts.bins, opts.clip)
-        x, y = to_numpy(private.x), to_numpy(private.y).astype(np.int64)
+        quantizer, x, y = tabular_records(private, context, opts.bins, opts.clip)
         n_features = x.shape[1]
         noise = calibrate(opts.mechanism, opts.epsilon, opts.delta, n_features + 1, 1.0, 1.0)
         noisy = measure(quantizer.bin(x), y, context.num_classes, opts.bins, noise, context.rng("measure"))
