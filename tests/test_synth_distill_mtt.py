@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from raypriv.errors import RayprivError
-from raypriv.synth import LabeledSet, ShadowContext, build_options
+from raypriv.synth import build_options
 from raypriv.synth.distill import ConvNet, Distill, DistillOptions
 from raypriv.synth.distill_mtt import (
     ParameterLayout,
@@ -18,9 +18,7 @@ from raypriv.synth.distill_mtt import (
     train_expert,
     trajectory_matching,
 )
-from raypriv.training import Normalizer
-from raypriv.experiment import config_from_dict
-from tests.conftest import tiny_config_dict
+from tests.test_synth_distill import digits_private  # noqa: F401  (the shared 300-digit fixture)
 
 SHAPE = (1, 8, 8)
 
@@ -162,20 +160,6 @@ def test_datm_start_range_rises_at_both_ends():
 # ------------------------------------------------------- the paradigm, digits
 
 
-@pytest.fixture(scope="module")
-def digits_private():
-    from raypriv.config import DatasetConfig
-    from raypriv.data import load_dataset
-
-    data = load_dataset(DatasetConfig())
-    private = LabeledSet(torch.tensor(data.x_train[:300]), torch.tensor(data.y_train[:300]))
-    normalizer = Normalizer.fit(data.x_train)
-    config = config_from_dict(tiny_config_dict("/tmp/unused", paradigms=["distill"]))
-
-    def context(model_id: int = 0) -> ShadowContext:
-        return ShadowContext(config, "distill", model_id, 10, SHAPE, normalizer, torch.device("cpu"))
-
-    return private, context
 
 
 CHEAP = {"ipc": 2, "embed_width": 8, "n_experts": 2, "expert_train_epochs": 3, "expert_epochs": 1,
