@@ -143,13 +143,74 @@ def unplaceable(config: ExperimentConfig, synthesis_workers: int) -> list[str]:
     ]
 
 
+def cluster_can_add_nodes() -> bool | None:
+    """Whether the connected Ray cluster can grow: True, False (fixed size), or None (cannot tell).
+
+    Ray has no public call for this; two signals in the cluster's GCS say it:
+
+    * Platforms with autoscaler v2 report a cluster config.  A node group whose
+      ``max_count`` exceeds its ``min_count`` (or is -1) can grow, the rule of
+      Ray Data's own ``is_autoscaling_enabled``.
+    * The head's v1 monitor writes a status every few seconds.  On a cluster
+      started by hand (``ray start`` on each machine, or KubeRay without
+      autoscaling) it runs a read-only provider whose node types are the live
+      nodes themselves, named ``node_<node id>``: nothing can be launched.  A
+      cluster launcher or KubeRay autoscaler names its node types instead.
+
+    Anything else (no status yet, a v2 autoscaler without a config) is None,
+    and the caller waits and warns instead of refusing.
+    """
+    import json
+
+    import ray
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        groups = ray._private.state.state.get_cluster_config()
+        if groups is not None and any(
+            g.max_count == -1 or g.max_count > g.min_count for g in groups.node_group_configs if g.resources
+        ):
+            return True
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        report = json.loads(raw).get("autoscaler_report", {}) if raw else {}
+    except Exception:  # noqa: BLE001 - private state of another Ray version: no signal
+        return None
+    mapping = report.get("node_type_mapping") or {}
+    if not mapping:
+        return None
+    if report.get("pending_launches") or report.get("pending_nodes"):
+        return True
+    read_only = all(node_type == f"node_{node_id}" for node_id, node_type in mapping.items())
+    return False if read_only else True
+
+
+AUTOSCALER_STATUS_WAIT_SECONDS = 15.0  # the v1 monitor writes its status every 5 s; a fresh head may not have yet
+
+
 def _check_placeable(config: ExperimentConfig, synthesis_workers: int) -> list[str]:
-    """Refuse, on a local instance, a request no node can fit (it would wait forever); return them for a cluster."""
+    """Refuse a request no node can fit where no node can be added (it would wait forever); return them otherwise.
+
+    On a local instance, or a cluster :func:`cluster_can_add_nodes` finds fixed
+    in size, that is an error now.  On an autoscaling cluster, or one that
+    cannot be told apart, the problems are returned for the warning after
+    :data:`PLACEMENT_WARN_SECONDS`.
+    """
     problems = unplaceable(config, synthesis_workers)
-    if problems and not (config.ray.address or os.environ.get("RAY_ADDRESS")):
+    if not problems:
+        return problems
+    if not (config.ray.address or os.environ.get("RAY_ADDRESS")):
         raise RayprivError(
             "; ".join(problems) + ". This local Ray instance can never run it: lower the request, or run on a "
             "cluster with larger nodes (ray.address)"
+        )
+    deadline = time.monotonic() + AUTOSCALER_STATUS_WAIT_SECONDS
+    while (can_grow := cluster_can_add_nodes()) is None and time.monotonic() < deadline:
+        time.sleep(1.0)
+    if can_grow is False:
+        raise RayprivError(
+            "; ".join(problems) + ". This cluster has a fixed size (its autoscaler has no node type it can "
+            "launch), so it can never run it: lower the request, or add a node that fits"
         )
     return problems
 

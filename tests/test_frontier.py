@@ -15,7 +15,7 @@ def test_dominated_only_when_both_intervals_support_it():
     candidate = point("distill", 0.90, seconds=6.3)
     strong = [(point("dpsgd@eps4", 0.95, seconds=6.2, epsilon=4.0), 0.002, (0.01, 0.03))]
     kind, text = frontier_verdict(candidate, 0.02, strong, "TPR@0.1%FPR")
-    assert kind == "dominated" and "DP-SGD (ε=4)" in text and "0.900 vs 0.950" in text and "6.3 s/model vs 6.2" in text
+    assert kind == "dominated" and "DP-SGD (ε=4.00)" in text and "0.900 vs 0.950" in text and "6.3 s/model vs 6.2" in text
     # the TPR interval reaches below 0: "leaks at least as much" is not supported
     kind, text = frontier_verdict(candidate, 0.02, [(strong[0][0], 0.002, (-0.001, 0.03))], "TPR@0.1%FPR")
     assert kind == "not-dominated" and "intervals do not support dominance" in text
@@ -32,7 +32,7 @@ def test_the_most_private_dominating_point_is_named_and_clip_only_is_worded():
     frontier = [(point("dpsgd@eps16", 0.95, epsilon=16.0), 0.0, (0.0, 0.02)),
                 (point("dpsgd@eps1", 0.90, epsilon=1.0), 0.0, (0.0, 0.02)),
                 (point("dpsgd@clip", 0.97), 0.0, (0.0, 0.02))]
-    assert "DP-SGD (ε=1)" in frontier_verdict(candidate, 0.01, frontier, "TPR@0.1%FPR")[1]
+    assert "DP-SGD (ε=1.00)" in frontier_verdict(candidate, 0.01, frontier, "TPR@0.1%FPR")[1]
     assert "clipping only" in frontier_verdict(candidate, 0.01, frontier[2:], "TPR@0.1%FPR")[1]
     assert is_frontier("dpsgd") and is_frontier("dpsgd@eps1") and not is_frontier("dpgen-marginals@eps1")
 

@@ -229,6 +229,60 @@ def test_7_a_request_no_local_node_can_fit_is_an_error_not_a_hang(tmp_path):
     assert "a shadow-model actor asks for 1024 CPUs" in done.stderr and "largest of the cluster's 1 nodes has" in done.stderr
 
 
+@pytest.mark.slow
+def test_7_on_a_fixed_size_cluster_the_same_request_is_an_error(tmp_path, monkeypatch):
+    """A two-node cluster started by hand (no autoscaler node types): refused at once, nothing trained."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from raypriv.execution import cluster_can_add_nodes
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, logging_level="ERROR")
+        deadline = time.time() + 30
+        while cluster_can_add_nodes() is None and time.time() < deadline:  # the monitor's first status
+            time.sleep(0.5)
+        assert cluster_can_add_nodes() is False
+        config = config_from_dict(tiny_config_dict(tmp_path / "run", **{"ray.num_cpus_per_actor": 4,
+                                                                         "ray.address": cluster.address}))
+        started = time.time()
+        with pytest.raises(RayprivError, match="fixed size .* can never run it") as refused:
+            run_audit(config, use_ray=True, show_progress=False)
+        assert time.time() - started < 60  # not the autoscaling warning's wait
+        assert "a shadow-model actor asks for 4 CPUs" in str(refused.value) and "cluster's 2 nodes has 1 CPUs" in str(refused.value)
+        assert not list((tmp_path / "run" / "models").rglob("model-*.parquet"))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.parametrize("mapping, pending, groups, expected", [
+    ({"ab12": "node_ab12", "cd34": "node_cd34"}, {}, None, False),  # read-only provider: the nodes themselves
+    ({"10.0.0.1": "head", "10.0.0.2": "gpu-workers"}, {}, None, True),  # cluster launcher / KubeRay node types
+    ({"ab12": "node_ab12"}, {"gpu-workers": 1}, None, True),  # a launch is under way
+    ({}, {}, None, None),  # no status yet: cannot tell
+    ({"ab12": "node_ab12"}, {}, [(0, -1)], True),  # autoscaler v2 config: an unbounded group
+    ({"ab12": "node_ab12"}, {}, [(2, 2)], False),  # v2 config with fixed groups, read-only status
+])
+def test_7_the_fixed_size_rule_reads_the_autoscalers_state(monkeypatch, mapping, pending, groups, expected):
+    import ray
+    from ray.core.generated import autoscaler_pb2
+
+    from raypriv import execution
+
+    status = {"autoscaler_report": {"node_type_mapping": mapping, "pending_launches": pending, "pending_nodes": []}}
+    config = None if groups is None else autoscaler_pb2.ClusterConfig(node_group_configs=[
+        autoscaler_pb2.NodeGroupConfig(name=f"g{i}", min_count=lo, max_count=hi, resources={"CPU": 8})
+        for i, (lo, hi) in enumerate(groups)])
+    monkeypatch.setattr(ray._private.state.state, "get_cluster_config", lambda: config)
+    monkeypatch.setattr("ray.experimental.internal_kv._internal_kv_get",
+                        lambda key: json.dumps(status).encode() if mapping else None)
+    assert execution.cluster_can_add_nodes() is expected
+
+
 # 8. Environment problems: one error line each, never a traceback.
 
 
