@@ -1,4 +1,9 @@
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -42,3 +47,77 @@ def metric_values(metrics):
 @pytest.fixture
 def tiny_config(tmp_path):
     return config_from_dict(tiny_config_dict(tmp_path / "run"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_jobs_head(tmp_path_factory):
+    """A throwaway Ray head on loopback without token authentication, shared by the tests that submit jobs.
+
+    Yields ``submit(entrypoint, runtime_env) -> logs``: one job through the Jobs
+    API, returning its logs once it succeeded.  Starting the head and its job
+    agent is most of such a test's time, so the session pays it once.
+    """
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    log_path = tmp_path_factory.mktemp("ray-head") / "head.log"
+    dashboard = _free_port()
+    # Every port Ray would otherwise take at its default: the suite runs two workers (pytest-xdist), and
+    # another test's Ray may hold 52365 (the job agent) or 10001 (the client server).
+    ports = [f"--{name}={_free_port()}" for name in (
+        "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "ray-client-server-port",
+        "metrics-export-port", "runtime-env-agent-port")]
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", *ports,
+         "--num-cpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+        stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+
+    def submit(entrypoint: str, runtime_env: dict) -> str:
+        client, deadline = None, time.time() + 90
+        while client is None:
+            try:
+                client = JobSubmissionClient(f"http://127.0.0.1:{dashboard}")
+            except Exception:  # noqa: BLE001 - the head is still starting
+                if time.time() > deadline or head.poll() is not None:
+                    raise AssertionError(log_path.read_text()) from None
+                time.sleep(1)
+        job, deadline = None, time.time() + 120
+        while job is None:  # on a loaded machine the head's job agent can take a while to come up
+            try:
+                job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            except RuntimeError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(2)
+        deadline = time.time() + 300
+        while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            assert time.time() < deadline, client.get_job_logs(job)
+            time.sleep(1)
+        logs = client.get_job_logs(job)
+        assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs
+        return logs
+
+    try:
+        yield submit
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+            head.wait(timeout=60)
+
+
+def stop_cluster(cluster) -> None:
+    """Stop a ``ray.cluster_utils.Cluster`` at once: its graceful shutdown waits tens of seconds per node here."""
+    import ray
+
+    for node in list(cluster.worker_nodes):
+        cluster.remove_node(node, allow_graceful=False)
+    if cluster.head_node is not None:
+        cluster.remove_node(cluster.head_node, allow_graceful=False)
+    ray.experimental.internal_kv._internal_kv_reset()

@@ -1,24 +1,17 @@
-"""Ray on a real (local) cluster: losing a node mid-run, and `ray job submit` through the Jobs API."""
+"""Ray on a real (local) cluster: losing a node mid-run, the synthesis pool, status (`ray job submit`: test_plugins.py)."""
 
-import json
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from raypriv.experiment import config_from_dict
 from raypriv.driver import run_audit
 from raypriv.rundir import RunDirectory
-from tests.conftest import metric_values, tiny_config_dict
+from tests.conftest import metric_values, stop_cluster, tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +48,7 @@ def test_losing_a_worker_node_mid_run_loses_and_duplicates_nothing(tmp_path, cap
     finally:
         killer.join(timeout=5)
         ray.shutdown()
-        cluster.shutdown()
+        stop_cluster(cluster)
     assert removed.is_set()
     assert "worker lost on real" in caplog.text  # the requeue path really ran
     models = pd.read_parquet(tmp_path / "run" / "models.parquet")
@@ -65,67 +58,8 @@ def test_losing_a_worker_node_mid_run_loses_and_duplicates_nothing(tmp_path, cap
     assert metric_values(result.metrics_json) == metric_values(reference.metrics_json)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def submit_job_to_a_fresh_head(tmp_path: Path, entrypoint: str, runtime_env: dict) -> str:
-    """Start a throwaway Ray head on loopback, run one job through the Jobs API, and return its logs once it succeeded."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    dashboard = _free_port()
-    head = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={_free_port()}",
-         "--num-cpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
-        stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
-    )
-    try:
-        client, deadline = None, time.time() + 90
-        while client is None:
-            try:
-                client = JobSubmissionClient(f"http://127.0.0.1:{dashboard}")
-            except Exception:  # noqa: BLE001 - the head is still starting
-                if time.time() > deadline or head.poll() is not None:
-                    raise AssertionError((tmp_path / "head.log").read_text()) from None
-                time.sleep(1)
-        job, deadline = None, time.time() + 120
-        while job is None:  # on a loaded machine the head's job agent can take a while to come up
-            try:
-                job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-            except RuntimeError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(2)
-        deadline = time.time() + 300
-        while client.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-            assert time.time() < deadline, client.get_job_logs(job)
-            time.sleep(1)
-        logs = client.get_job_logs(job)
-        assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs
-        return logs
-    finally:
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGTERM)
-            head.wait(timeout=60)
-
-
-@pytest.mark.slow
-def test_ray_job_submit_runs_the_audit_entrypoint(tmp_path, monkeypatch):
-    # A throwaway head on loopback, without token authentication.
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump(tiny_config_dict(tmp_path / "run")))
-    logs = submit_job_to_a_fresh_head(
-        tmp_path, f"{sys.executable} jobs/audit.py --config {config} --quiet",
-        {"working_dir": str(ROOT), "excludes": [".venv", ".git", "runs", "*.pyc"]},
-    )
-    assert "lira_online" in logs  # the summary table reached the job's logs
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert set(metrics["real"]) >= {"loss", "lira_online", "lira_offline"}
-    assert len(pd.read_parquet(tmp_path / "run" / "models.parquet")) == 8
+# `ray job submit` through the Jobs API runs in tests/test_plugins.py::test_ray_job_runs_the_entrypoint_and_ships_a_plugin:
+# one job checks the entrypoint and a py_modules plugin (a job costs most of a minute here).
 
 
 def test_status_reports_complete_missing_and_mismatch(tmp_path):

@@ -144,17 +144,18 @@ def test_bad_plugins_get_one_error_line(plugin_site, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ray_job_ships_a_plugin_in_py_modules(tmp_path, monkeypatch):
-    from tests.test_cluster import submit_job_to_a_fresh_head
-
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+def test_ray_job_runs_the_entrypoint_and_ships_a_plugin(tmp_path, monkeypatch, ray_jobs_head):
+    """`ray job submit` of jobs/audit.py with the repository as working_dir, and a plugin only in py_modules."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the head runs without token authentication
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump(_fast(tmp_path / "run", paradigms=[REFERENCE])))
-    submit_job_to_a_fresh_head(tmp_path, f"{sys.executable} jobs/audit.py --config {config} --quiet", {
+    config.write_text(yaml.safe_dump(_fast(tmp_path / "run", paradigms=["real", REFERENCE])))
+    logs = ray_jobs_head(f"{sys.executable} jobs/audit.py --config {config} --quiet", {
         "working_dir": str(ROOT), "excludes": [".venv", ".git", "runs", "*.pyc", "examples"],
         "py_modules": [str(PLUGIN_DIR / "raypriv_mixup")],  # the plugin exists only in the job
     })
+    assert "lira_online" in logs  # the summary table reached the job's logs
     result = raypriv.load_run(tmp_path / "run")
-    assert set(result.metrics.paradigm) == {REFERENCE} and len(result.models) == 8
+    assert set(result.metrics.paradigm) == {"real", REFERENCE} and len(result.models) == 16
+    assert set(result.metrics.attack) >= {"loss", "lira_online", "lira_offline"}
     assert result.metrics.query("attack == 'lira_online' and metric == 'auc'").value.between(0, 1).all()

@@ -30,7 +30,7 @@ from raypriv.experiment import config_from_dict
 from raypriv.rundir import LOCK_FILE, RunDirectory
 from raypriv.store import RunStore, logits_path, model_row_path
 from raypriv.synth import PARADIGMS, build_options
-from tests.conftest import metric_values, tiny_config_dict
+from tests.conftest import metric_values, stop_cluster, tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -230,14 +230,14 @@ def test_7_a_request_no_local_node_can_fit_is_an_error_not_a_hang(tmp_path):
 
 
 @pytest.mark.slow
-def test_7_on_a_fixed_size_cluster_the_same_request_is_an_error(tmp_path, monkeypatch):
+def test_7_on_a_fixed_size_cluster_the_same_request_is_an_error(tmp_path):
     """A two-node cluster started by hand (no autoscaler node types): refused at once, nothing trained."""
     import ray
     from ray.cluster_utils import Cluster
 
     from raypriv.execution import cluster_can_add_nodes
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # Token authentication stays on: this process caches Ray's auth mode, and later tests start token-auth GCSes.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     try:
@@ -256,7 +256,7 @@ def test_7_on_a_fixed_size_cluster_the_same_request_is_an_error(tmp_path, monkey
         assert not list((tmp_path / "run" / "models").rglob("model-*.parquet"))
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        stop_cluster(cluster)
 
 
 @pytest.mark.parametrize("mapping, pending, groups, expected", [

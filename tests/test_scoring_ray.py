@@ -19,7 +19,7 @@ from raypriv.scoring import score_run
 from raypriv.scoring_ray import choose_backend, logits_dataset, score_run_ray
 from raypriv.split import make_audit_split
 from raypriv.store import RunStore, logits_path
-from tests.conftest import tiny_config_dict
+from tests.conftest import stop_cluster, tiny_config_dict
 
 try:  # the module is being renamed raypriv.driver
     from raypriv.driver import run_audit
@@ -142,7 +142,7 @@ class TestCluster:
         cluster.wait_for_nodes()
         yield cluster, workers
         ray.shutdown()
-        cluster.shutdown()
+        stop_cluster(cluster)
 
     def test_same_files_on_a_cluster_with_a_cpu_less_head(self, cluster, runs, tmp_path):
         for name in RUNS:
