@@ -47,6 +47,9 @@ First Principles", S&P 2022):
   other audit samples*, ``Pr(z)`` from the same target's leave-one-out
   shadows: nothing the attacker could not know, but about half of those
   ``z`` are members, a harder comparison set than pure non-members.
+  ``audit.n_population`` gives the paper's population set instead.  ``Pr(x)``
+  is a plain mean over the shadows; the authors' code uses a trimmed mean,
+  which raypriv does not.
 * **RMIA offline** (``rmia_offline``): the paper's linear approximation
   ``Pr(x) = ((1 + a) Pr_OUT(x) + 1 - a) / 2`` from the leave-one-out OUT mean.
   ``a`` is fitted as in the paper: reference models attacked with OUT
