@@ -1,8 +1,8 @@
 """Benchmark: scoring.backend ray against local: driver peak RSS, wall time, and the speed-up from a second worker node.
 
-    python benchmarks/bench_scoring_ray.py [--models M] [--samples N] [--out DIR] [--data DIR]
+    python benchmarks/bench_scoring_ray.py [--models M] [--samples N] [--queries Q] [--out DIR] [--data DIR]
 
-Synthetic logits (10 classes, 2 queries, a planted membership signal;
+Synthetic logits (10 classes, Q queries (default 2), a planted membership signal;
 :func:`bench_scoring.make_store`) in a real run-directory layout, scored by
 :func:`raypriv.scoring.score_run` (backend local) and by
 :func:`raypriv.scoring_ray.score_run_ray` on
@@ -35,8 +35,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-ATTACKS = ["loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed", "rmia"]
+ATTACKS = ["loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed", "rmia", "rmia_offline"]
 DRIVER_TARGET_GB, WALL_RATIO_TARGET, SPEEDUP_TARGET = 1.0, 2.0, 1.6
+SHIFTS = [(dx, dy) for dx in (-2, -1, 1, 2) for dy in (-2, -1, 1, 2)]
 
 
 def vm_hwm_gb() -> float:
@@ -59,9 +60,10 @@ def worker(job: dict) -> dict:
     store_dir = Path(job["store"])
     keep, labels = np.load(store_dir / "keep.npy"), np.load(store_dir / "labels.npy")
     n_models, n_samples = keep.shape
+    queries = ["identity", "hflip"] + [f"shift({dx},{dy})" for dx, dy in SHIFTS[: job["queries"] - 2]]  # only their count matters
     config = config_from_dict({
         "name": "bench", "out_dir": str(store_dir), "n_models": n_models, "audit": {"n_audit": n_samples, "canary": "none"},
-        "queries": ["identity", "hflip"], "attacks": ATTACKS, "scoring": {"backend": job["backend"]},
+        "queries": queries, "attacks": ATTACKS, "scoring": {"backend": job["backend"]},
     })
     split = AuditSplit(audit_index=np.arange(n_samples), true_labels=labels, labels=labels, keep=keep)
     models = pd.DataFrame({"paradigm": "real", "model_id": np.arange(n_models), "recipe_hash": recipe_hash(config, "real"),
@@ -109,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=1024)
     parser.add_argument("--samples", type=int, default=50_000)
+    parser.add_argument("--queries", type=int, default=2, choices=range(2, 19), metavar="2..18")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--data", default=None, help="where to write the synthetic run (default: a temporary folder)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -116,24 +119,25 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    from bench_scoring import make_store
+    import bench_scoring
 
+    bench_scoring.QUERIES = args.queries
     root = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="bench-scoring-ray-"))
     start = time.perf_counter()
-    store = make_store(root, args.models, args.samples)
+    store = bench_scoring.make_store(root, args.models, args.samples)
     made = time.perf_counter() - start
     jobs = [("local", {"backend": "local", "nodes": 0}), ("ray, local Ray (2 CPUs)", {"backend": "ray", "nodes": 0}),
             ("ray, cluster: 1 worker node x 1 CPU", {"backend": "ray", "nodes": 1}),
             ("ray, cluster: 2 worker nodes x 1 CPU", {"backend": "ray", "nodes": 2})]
     results = {}
     for name, job in jobs:
-        results[name] = run_worker({**job, "store": str(store)})
+        results[name] = run_worker({**job, "store": str(store), "queries": args.queries})
         print(f"{name}: {results[name]['wall_s']:.1f}s, driver {results[name]['driver_peak_gb']:.2f} GB", flush=True)
     local = results["local"]
     lines = [
-        f"### Ray Data scoring: {args.models} models x {args.samples} samples x 2 queries, {len(ATTACKS)} attacks",
+        f"### Ray Data scoring: {args.models} models x {args.samples} samples x {args.queries} queries, {len(ATTACKS)} attacks",
         "",
-        f"`python benchmarks/bench_scoring_ray.py --models {args.models} --samples {args.samples}` "
+        f"`python benchmarks/bench_scoring_ray.py --models {args.models} --samples {args.samples} --queries {args.queries}` "
         f"({os.cpu_count()} cores; synthetic run written in {made:.0f}s).",
         "",
         "| backend | scoring wall (s) | Ray start-up (s) | driver peak RSS (GB) | of which before scoring (GB) "

@@ -26,6 +26,8 @@ with FPR < ``t``, which under-reads the TPR whenever the grid is coarse.)
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.stats import beta
 
@@ -56,6 +58,18 @@ def clopper_pearson_upper(successes, trials, alpha: float):
     return np.where(successes >= trials, 1.0, beta.ppf(1 - alpha, successes + 1, trials - successes))
 
 
+def value_keys(score: np.ndarray) -> np.ndarray:
+    """uint32 keys in the order of the float32 ``score``: equal keys are equal scores (-0.0 is 0.0)."""
+    bits = (np.asarray(score, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
+    return np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+
+
+def key_values(keys: np.ndarray) -> np.ndarray:
+    """The float32 scores of :func:`value_keys`' keys (its inverse)."""
+    keys = np.asarray(keys, dtype=np.uint32)
+    return np.where(keys & np.uint32(0x80000000), keys & np.uint32(0x7FFFFFFF), ~keys).view(np.float32)
+
+
 def _sorted_keys(is_in: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ascending score order as ``(value keys, labels)``: equal keys are equal scores.
 
@@ -64,9 +78,7 @@ def _sorted_keys(is_in: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.n
     8-byte keys does it; other dtypes fall back to an argsort.
     """
     if score.dtype == np.float32:
-        bits = (score + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into 0.0: one key per value
-        keys = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
-        del bits
+        keys = value_keys(score).astype(np.uint64)
         keys <<= np.uint64(1)
         keys |= is_in.view(np.uint8)
         keys.sort()
@@ -85,17 +97,103 @@ def _count_grid(n: int) -> np.ndarray:
     return np.union1d(half, n - half)
 
 
+def run_ends(values: np.ndarray, following: Any = None) -> np.ndarray:
+    """Bool mask of the last pair of each run of equal ``values`` (descending scores): one operating point each.
+    ``following``: the value after the last one, if any (None: the last pair ends a run)."""
+    end = np.empty(len(values), dtype=bool)
+    end[:-1] = values[:-1] != values[1:]
+    if len(values):
+        end[-1] = following is None or values[-1] != following
+    return end
+
+
+class RocWalk:
+    """The running sums of :func:`roc_metrics`, fed one slice of operating points at a time, from the top.
+
+    :meth:`add` takes the cumulative ``(tp, fp)`` at each operating point of a
+    slice (descending scores), starting after the point ``(start_tp,
+    start_fp)``; a slice may be a chunk of one sort (:func:`roc_metrics`) or
+    one range partition of the scores on a worker
+    (:mod:`raypriv.metrics_partitioned`).  :meth:`merge` appends a later
+    slice's walk; the sums are integers and maxima, so any cut of the curve
+    into slices gives the same numbers.
+    """
+
+    def __init__(self, n_in: int, n_out: int, keep_all: bool) -> None:
+        self.n_in, self.n_out, self.keep_all = n_in, n_out, keep_all
+        self.twice_area = 0  # sum of (fp_i - fp_{i-1}) * (tp_i + tp_{i-1}): exact in integers
+        self.balanced = -np.inf
+        self.below: dict[str, tuple[float, float] | None] = {key: None for key in LOW_FPRS}  # last point at FPR <= target
+        self.above: dict[str, tuple[float, float] | None] = {key: None for key in LOW_FPRS}  # first point above it
+        self.curve_fpr: list[np.ndarray] = []
+        self.curve_tpr: list[np.ndarray] = []
+
+    def add(self, tp: np.ndarray, fp: np.ndarray, start_tp: int, start_fp: int) -> "RocWalk":
+        if len(tp) == 0:
+            return self
+        fpr, tpr = fp / self.n_out, tp / self.n_in
+        previous_fp = np.concatenate([[start_fp], fp[:-1]]).astype(np.int64)
+        previous_tp = np.concatenate([[start_tp], tp[:-1]]).astype(np.int64)
+        self.twice_area += int(np.sum((fp - previous_fp) * (tp + previous_tp)))
+        self.balanced = max(self.balanced, float(np.max(1.0 - (fpr + (1.0 - tpr)) / 2.0)))
+        for key, target in LOW_FPRS.items():
+            at_or_below = np.flatnonzero(fpr <= target)  # a prefix: fpr is non-decreasing
+            if len(at_or_below):
+                self.below[key] = (fpr[at_or_below[-1]], tpr[at_or_below[-1]])
+            if self.above[key] is None and len(at_or_below) < len(fpr):
+                first = at_or_below[-1] + 1 if len(at_or_below) else 0
+                self.above[key] = (fpr[first], tpr[first])
+        if self.keep_all:
+            self.curve_fpr.append(fpr)
+            self.curve_tpr.append(tpr)
+        else:  # exact points on a log- and a linear-spaced FPR grid
+            grid = np.unique(np.concatenate([np.geomspace(1.0 / self.n_out, 1.0, 2000), np.linspace(0.0, 1.0, 1001)]))
+            index = np.searchsorted(fpr, grid, side="right") - 1
+            index = np.unique(np.concatenate([index, index + 1, [len(fpr) - 1]]))
+            index = index[(index >= 0) & (index < len(fpr))]
+            self.curve_fpr.append(fpr[index])
+            self.curve_tpr.append(tpr[index])
+        return self
+
+    def merge(self, later: "RocWalk") -> "RocWalk":
+        """Append the walk of the slice that follows this one's (lower scores)."""
+        self.twice_area += later.twice_area
+        self.balanced = max(self.balanced, later.balanced)
+        for key in LOW_FPRS:
+            if later.below[key] is not None:
+                self.below[key] = later.below[key]
+            if self.above[key] is None:
+                self.above[key] = later.above[key]
+        self.curve_fpr += later.curve_fpr
+        self.curve_tpr += later.curve_tpr
+        return self
+
+    def result(self) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
+        """:func:`roc_metrics`' return value, once every slice is in."""
+        metrics: dict[str, float] = {
+            "auc": self.twice_area / (2.0 * self.n_in * self.n_out),
+            "balanced_acc": max(0.5, self.balanced),  # 0.5 at the (0, 0) point
+        }
+        for key, target in LOW_FPRS.items():
+            points = [self.below[key] or (0.0, 0.0)] + ([self.above[key]] if self.above[key] is not None else [])
+            metrics[key] = tpr_at_fpr(np.array([p[0] for p in points]), np.array([p[1] for p in points]), target)
+        metrics["n_in"] = self.n_in
+        metrics["n_out"] = self.n_out
+        return metrics, (np.concatenate([np.zeros(1), *self.curve_fpr]), np.concatenate([np.zeros(1), *self.curve_tpr]))
+
+
 def roc_metrics(
     is_in: np.ndarray, score: np.ndarray, *, chunk: int = 1 << 22, max_curve_points: int = 200_000
 ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
     """AUC, balanced accuracy and TPR at low FPR in bounded memory, and the ROC curve to plot.
 
     Walks the ROC operating points (one per distinct score, from the highest
-    threshold down) ``chunk`` pairs at a time, keeping running sums: AUC as
-    the exact trapezoid sum in integer counts, balanced accuracy as a running
-    maximum, TPR at each low FPR from the two operating points around it.
-    Values equal :func:`raypriv.reference.attack_metrics`' (sklearn's full
-    curve; AUC to rounding).  The epsilon lower bound is
+    threshold down) ``chunk`` pairs at a time, keeping running sums
+    (:class:`RocWalk`): AUC as the exact trapezoid sum in integer counts,
+    balanced accuracy as a running maximum, TPR at each low FPR from the two
+    operating points around it.  Values equal
+    :func:`raypriv.reference.attack_metrics`' (sklearn's full curve; AUC to
+    rounding).  The epsilon lower bound is
     :func:`epsilon_lower_bound_from_scores`: the best threshold of this curve
     would be an optimistic, invalid bound.  The returned ``(fpr, tpr)``
     is every operating point when there are at most ``max_curve_points``
@@ -115,18 +213,8 @@ def roc_metrics(
         raise ValueError(f"ROC metrics need IN and OUT pairs; got {n_in} IN and {n_out} OUT")
     keys, labels = _sorted_keys(is_in, score)
     packed = labels is None
-
-    targets = dict(LOW_FPRS)
-    below = {key: (0.0, 0.0) for key in targets}  # last operating point with FPR <= target
-    above: dict[str, tuple[float, float] | None] = {key: None for key in targets}
-    keep_all = n <= max_curve_points
-    grid = np.unique(np.concatenate([np.geomspace(1.0 / n_out, 1.0, 2000), np.linspace(0.0, 1.0, 1001)]))
-    curve_fpr, curve_tpr = [np.zeros(1)], [np.zeros(1)]
-    balanced = 0.5  # at the (0, 0) point
-    twice_area = 0  # sum of (fp_i - fp_{i-1}) * (tp_i + tp_{i-1}): exact in int64
-    last_fp, last_tp = np.zeros(1, np.int64), np.zeros(1, np.int64)  # the previous operating point
-    tp_before, seen = 0, 0
-
+    walk = RocWalk(n_in, n_out, keep_all=n <= max_curve_points)
+    last_tp, last_fp, tp_before, seen = 0, 0, 0, 0  # the previous operating point; pairs walked so far
     for stop in range(n, 0, -chunk):
         start = max(0, stop - chunk)
         part = keys[start:stop][::-1]  # descending scores
@@ -136,52 +224,16 @@ def roc_metrics(
         else:
             values, label = part, labels[start:stop][::-1].astype(np.int64)
             following = keys[start - 1] if start > 0 else None
-        run_end = np.empty(len(values), dtype=bool)  # last pair of each run of equal scores
-        run_end[:-1] = values[:-1] != values[1:]
-        run_end[-1] = following is None or values[-1] != following
+        end = run_ends(values, following)
         cumulative = tp_before + np.cumsum(label)
-        tp = cumulative[run_end]
-        fp = seen + 1 + np.flatnonzero(run_end) - tp
+        tp = cumulative[end]
+        fp = seen + 1 + np.flatnonzero(end) - tp
         tp_before, seen = int(cumulative[-1]), seen + len(values)
-        if len(tp) == 0:
-            continue
-        fpr, tpr = fp / n_out, tp / n_in
-
-        previous_fp = np.concatenate([last_fp, fp[:-1]])
-        previous_tp = np.concatenate([last_tp, tp[:-1]])
-        twice_area += int(np.sum((fp - previous_fp) * (tp + previous_tp)))
-        balanced = max(balanced, float(np.max(1.0 - (fpr + (1.0 - tpr)) / 2.0)))
-        for key, target in targets.items():
-            at_or_below = np.flatnonzero(fpr <= target)
-            if len(at_or_below):
-                below[key] = (fpr[at_or_below[-1]], tpr[at_or_below[-1]])
-            if above[key] is None and (len(at_or_below) < len(fpr)):
-                first = at_or_below[-1] + 1 if len(at_or_below) else 0
-                above[key] = (fpr[first], tpr[first])
-
-        last_fp, last_tp = fp[-1:], tp[-1:]
-
-        if keep_all:
-            curve_fpr.append(fpr)
-            curve_tpr.append(tpr)
-        else:
-            index = np.searchsorted(fpr, grid, side="right") - 1
-            index = np.unique(np.concatenate([index, index + 1, [len(fpr) - 1]]))
-            index = index[(index >= 0) & (index < len(fpr))]
-            curve_fpr.append(fpr[index])
-            curve_tpr.append(tpr[index])
+        walk.add(tp, fp, last_tp, last_fp)
+        if len(tp):
+            last_tp, last_fp = int(tp[-1]), int(fp[-1])
     del keys, labels
-
-    metrics: dict[str, float] = {
-        "auc": twice_area / (2.0 * n_in * n_out),
-        "balanced_acc": balanced,
-    }
-    for key, target in targets.items():
-        points = [below[key]] + ([above[key]] if above[key] is not None else [])
-        metrics[key] = tpr_at_fpr(np.array([p[0] for p in points]), np.array([p[1] for p in points]), target)
-    metrics["n_in"] = n_in
-    metrics["n_out"] = n_out
-    return metrics, (np.concatenate(curve_fpr), np.concatenate(curve_tpr))
+    return walk.result()
 
 
 # ------------------------------------------------------- uncertainty of the metrics
@@ -344,6 +396,31 @@ def _epsilon_candidates(tp, n_in, fp, n_out, delta: float, alpha: float) -> np.n
     return np.where(np.isfinite(forms), forms, np.nan)
 
 
+def grid_points(fp: np.ndarray, n_out: int) -> np.ndarray:
+    """Indices of the operating points ``_choose_threshold`` considers: per :func:`_count_grid` count, the last
+    point at or below it (only its highest-TP point can win).  Applied to any subsequence that keeps those
+    points, in order, it picks the same points (how the partitioned metrics merge)."""
+    point = np.unique(np.searchsorted(fp, _count_grid(n_out), side="right") - 1)
+    return point[point >= 0]
+
+
+def best_threshold(tp: np.ndarray, fp: np.ndarray, values: np.ndarray, n_in: int, n_out: int, delta: float, alpha: float,
+                   held_in: int, held_out: int) -> tuple[float, int, int]:
+    """``(threshold, inequality, index into the points)`` of largest bound, ``(inf, 0, -1)`` if none.
+
+    ``tp``, ``fp``, ``values``: cumulative counts and score at operating points
+    (descending scores) of the selection half (``n_in`` IN, ``n_out`` OUT
+    pairs), all of them or any subsequence holding :func:`grid_points`'; rates
+    are scaled to the held-out counts."""
+    point = grid_points(fp, n_out)
+    tp_held, fp_held = tp[point] * (held_in / n_in), fp[point] * (held_out / n_out)
+    candidates = _epsilon_candidates(tp_held, held_in, fp_held, held_out, delta, alpha)
+    if np.isnan(candidates).all():
+        return np.inf, 0, -1
+    form, best = np.unravel_index(np.nanargmax(candidates), candidates.shape)
+    return float(values[point[best]]), int(form), int(point[best])
+
+
 def _choose_threshold(
     is_in: np.ndarray, scores: np.ndarray, delta: float, alpha: float, held_in: int, held_out: int
 ) -> tuple[float, int]:
@@ -355,16 +432,23 @@ def _choose_threshold(
         return np.inf, 0
     order = np.argsort(-scores)  # the order within ties is irrelevant: only each run's end is an operating point
     ordered, labels = scores[order], is_in[order]
-    last = np.append(ordered[1:] != ordered[:-1], True)  # one operating point per distinct score
+    last = run_ends(ordered)  # one operating point per distinct score
     tp, fp = np.cumsum(labels)[last], np.cumsum(~labels)[last]
-    point = np.unique(np.searchsorted(fp, _count_grid(n_out), side="right") - 1)  # last point at or below each count
-    point = point[point >= 0]
-    tp_held, fp_held = tp[point] * (held_in / n_in), fp[point] * (held_out / n_out)
-    candidates = _epsilon_candidates(tp_held, held_in, fp_held, held_out, delta, alpha)
-    if np.isnan(candidates).all():
-        return np.inf, 0
-    form, best = np.unravel_index(np.nanargmax(candidates), candidates.shape)
-    return float(ordered[last][point[best]]), int(form)
+    threshold, form, _ = best_threshold(tp, fp, ordered[last], n_in, n_out, delta, alpha, held_in, held_out)
+    return threshold, form
+
+
+def split_halves(units: np.ndarray, n_units: int, rng: np.random.Generator, one_per_unit: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The bound's random halves: ``select`` (bool per pair: the threshold-choice half, a random half of the
+    units) and ``held`` (indices of the held-out pairs; with ``one_per_unit`` one per held-out unit, its pair
+    drawn at random)."""
+    select = (rng.permutation(n_units) < n_units // 2)[units]
+    held = np.flatnonzero(~select)
+    if one_per_unit:
+        shuffled, chosen = rng.permutation(held), np.full(n_units, -1, dtype=np.int64)
+        chosen[units[shuffled]] = shuffled  # one pair per unit (the one written last): fixed by the shuffle alone
+        held = chosen[chosen >= 0]
+    return select, held
 
 
 def epsilon_lower_bound_from_scores(
@@ -401,21 +485,21 @@ def epsilon_lower_bound_from_scores(
         small_ids = groups.dtype.kind in "iu" and len(groups) and groups.min() >= 0 and groups.max() < len(groups)
         units = groups.astype(np.int64) if small_ids else np.unique(groups, return_inverse=True)[1]  # ids as they are
     n_units = int(units.max()) + 1 if len(units) else 0
-    select = (rng.permutation(n_units) < n_units // 2)[units]
+    select, held = split_halves(units, n_units, rng, one_per_unit=groups is not None)
     alpha = (1.0 - confidence) / 2.0
-    held = np.flatnonzero(~select)
-    if groups is not None:  # one pair per held-out sample, its model drawn at random
-        shuffled, chosen = rng.permutation(held), np.full(n_units, -1, dtype=np.int64)
-        chosen[units[shuffled]] = shuffled  # one pair per unit (the one written last): fixed by the shuffle alone
-        held = chosen[chosen >= 0]
     held_in = is_in[held]
     n_in, n_out = int(held_in.sum()), int((~held_in).sum())
     # The choice sees only the selected half and the held-out counts (not which held-out pair is IN).
     threshold, form = _choose_threshold(is_in[select], scores[select], delta, alpha, max(n_in, 1), max(n_out, 1))
     guess = scores[held] >= threshold
+    return held_out_bound(int(np.sum(guess & held_in)), n_in, int(np.sum(guess & ~held_in)), n_out, threshold, form, delta, alpha)
+
+
+def held_out_bound(tp: int, n_in: int, fp: int, n_out: int, threshold: float, form: int, delta: float, alpha: float) -> float:
+    """The bound from the held-out half's counts at the chosen threshold and inequality (0 if none)."""
     if n_in == 0 or n_out == 0 or not np.isfinite(threshold):
         return 0.0
-    value = _epsilon_candidates(np.sum(guess & held_in), n_in, np.sum(guess & ~held_in), n_out, delta, alpha)[form]
+    value = _epsilon_candidates(tp, n_in, fp, n_out, delta, alpha)[form]
     return float(max(0.0, value)) if np.isfinite(value) else 0.0
 
 

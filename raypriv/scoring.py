@@ -150,7 +150,7 @@ def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, mode
     attacks = list(config.attacks)
     needs_scores = any(a != "loss" for a in attacks)
     workers = scoring_workers()
-    with store.table_writer("scores.parquet", scores_schema(attacks), **scores_write_options(attacks)) as writer:
+    with store.table_writer("scores.parquet", scores_schema(attacks), replaces=True, **scores_write_options(attacks)) as writer:
         for paradigm in config.paradigms:
             rows = models[models.paradigm == paradigm]
             check_recipes(config, paradigm, rows)

@@ -64,13 +64,14 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
+from raypriv import metrics_partitioned
 from raypriv.attacks import ATTACKS, SampleBlock, _group_size, check_attacks, reduce_logits, to_float32
 from raypriv.config import ExperimentConfig
 from raypriv.errors import RayprivError
-from raypriv.rmia import fit_offline_a
-from raypriv.scoring import attack_metrics, check_recipes, paradigm_entry, write_metrics_outputs
+from raypriv.rmia import fit_offline_a, population_log_ratio
+from raypriv.scoring import check_recipes, paradigm_entry, write_metrics_outputs
 from raypriv.split import AuditSplit
-from raypriv.store import RunStore, iter_logits, scores_schema, scores_table, scores_write_options
+from raypriv.store import RunStore, iter_logits, scores_schema, scores_table, scores_write_options, versioned_schema
 
 if TYPE_CHECKING:
     import ray.data
@@ -80,20 +81,35 @@ log = logging.getLogger("raypriv")
 ENGINE_BLOCK_ELEMENTS = 1 << 20  # score_attacks' default block_elements: the sub-blocks the pooled sums follow
 TASK_SCORES = 1 << 22  # scores per attack task when scoring.block_samples is null
 ROWS_PER_GROUP = 1 << 20  # write_scores' default row group
+PAIRS_PER_PARTITION = 1 << 22  # (model, sample) pairs per score range of the metrics: 32 MB of keys
+READ_TASKS_PER_CPU = 4  # enough tasks to balance the nodes and to retry a lost one cheaply
+MAX_CURVE_POINTS = 200_000  # roc_metrics' default: every operating point up to this many pairs
 
 
 def score_array_gb(config: ExperimentConfig) -> float:
-    """GB of one paradigm's float32 (models x samples x queries) score array, what the local driver holds."""
+    """GB of one paradigm's float32 (models x samples x queries) LiRA score array, population rows included."""
     return config.n_models * (config.audit.n_audit + config.audit.n_population) * len(config.queries) * 4 / 2**30
 
 
+def local_scoring_gb(config: ExperimentConfig) -> float:
+    """GB of the arrays the local backend holds at once for one paradigm: the score array, the label
+    log-probabilities and every attack's (models x samples) output, float32, plus float64 for the RMIA
+    variants until they are ranked.  Its measured peak RSS is this plus about 1.5 GB (interpreter, torch,
+    per-block copies; benchmarks/RESULTS.md)."""
+    attacks = check_attacks(config.attacks)
+    staged = sum(ATTACKS[a].finish is not None for a in attacks)
+    pair_bytes = 4 + 4 * len(attacks) + 8 * staged
+    return score_array_gb(config) + config.n_models * config.audit.n_audit * pair_bytes / 2**30
+
+
 def choose_backend(config: ExperimentConfig, store: RunStore) -> str:
-    """``scoring.backend``, with ``auto`` resolved: ray for a cloud run directory or above ``driver_memory_gb``."""
+    """``scoring.backend``, with ``auto`` resolved: ray for a cloud run directory or when the local backend's
+    arrays (:func:`local_scoring_gb`) would exceed ``scoring.driver_memory_gb``."""
     backend = config.scoring.backend
     if backend != "auto":
         return backend
     cloud = "://" in store.uri and not store.uri.startswith("file://")
-    return "ray" if cloud or score_array_gb(config) > config.scoring.driver_memory_gb else "local"
+    return "ray" if cloud or local_scoring_gb(config) > config.scoring.driver_memory_gb else "local"
 
 
 def _user_error(exc: BaseException) -> RayprivError | None:
@@ -190,11 +206,13 @@ def _variance_partials(row: dict[str, Any], keep: Any, n_queries: int, task_bloc
 
 
 def _attack_block(batch: dict[str, np.ndarray], keep: Any, attacks: list[str], n_queries: int, task_block: int, sub: int,
-                  pooled: dict, center: str, offline_a: np.ndarray | None) -> dict[str, list]:
+                  pooled: Any, center: str, offline_a: Any) -> dict[str, list]:
     """Stage 2c: every attack on one sample block, per engine sub-block -> one row per (model, block)."""
     import ray
 
     keep = ray.get(keep)
+    pooled = ray.get(pooled) if isinstance(pooled, ray.ObjectRef) else pooled
+    offline_a = ray.get(offline_a) if isinstance(offline_a, ray.ObjectRef) else offline_a
     out: dict[str, list] = {"model_id": [], "block": [], **{a: [] for a in attacks}}
     for row in ({k: v[i] for k, v in batch.items()} for i in range(len(batch["block"]))):
         block, scores, log_p = _unpack(row, n_queries)
@@ -217,22 +235,28 @@ def _attack_block(batch: dict[str, np.ndarray], keep: Any, attacks: list[str], n
     return out
 
 
-def _finish_model(group: dict[str, np.ndarray], attacks: list[str], gamma: float) -> dict[str, list]:
-    """Stage 3: one target's blocks in sample order -> its float32 score row per attack (RMIA ranks the whole row)."""
+def _finish_model(group: dict[str, np.ndarray], attacks: list[str], gamma: float, versus: Any = None) -> dict[str, list]:
+    """Stage 3: one target's blocks in sample order -> its float32 score row per attack (RMIA ranks the whole row,
+    against the population set's ratios ``versus`` when the run has one)."""
+    import ray
+
+    versus = ray.get(versus) if versus is not None else None
     order = np.argsort(group["block"], kind="stable")
-    out: dict[str, list] = {"model_id": [int(group["model_id"][0])]}
+    model_id = int(group["model_id"][0])
+    out: dict[str, list] = {"model_id": [model_id]}
     for name in attacks:
         finish = ATTACKS[name].finish
         dtype = np.float64 if finish is not None else np.float32
         row = np.concatenate([np.frombuffer(group[name][i], dtype=dtype) for i in order])
         if finish is not None:
-            row = np.asarray(finish(row[None, :], gamma, None)[0], dtype=np.float32)  # as the local float32 assignment casts
+            z = None if versus is None else versus[name][model_id : model_id + 1]
+            row = np.asarray(finish(row[None, :], gamma, z)[0], dtype=np.float32)  # as the local float32 assignment casts
         out[name] = [row.tobytes()]
     return out
 
 
 def _gather(refs: list, column: str, shape: tuple[int, ...], dtype: type, task_block: int = 0) -> np.ndarray:
-    """One column of per-model (or stacked per-block) rows, from Ray Data's block refs, into a ``shape`` array."""
+    """One column of per-model (or stacked per-block) rows, from Ray Data's block refs, into a ``shape`` array (on a worker)."""
     import ray
 
     out = np.empty(shape, dtype=dtype)
@@ -248,20 +272,142 @@ def _gather(refs: list, column: str, shape: tuple[int, ...], dtype: type, task_b
     return out
 
 
-def _fit_offline(refs: list, keep: np.ndarray, n_queries: int, task_block: int, gamma: float, rows: int) -> np.ndarray:
-    """RMIA offline's ``a`` per target, on a worker: Pr(x|theta) of every pair as score_attacks computes it."""
-    scores = _gather(refs, "scores", (*keep.shape, n_queries), np.float32, task_block)
-    probs = np.concatenate([expit(scores[i : i + rows].astype(np.float64)).mean(axis=2) for i in range(0, len(scores), rows)])
-    del scores
-    return fit_offline_a(probs, keep, gamma)
+def _pool_variances(refs: list, sides: list[bool], n_queries: int, n_models: int, n_audit: int) -> dict[bool, np.ndarray]:
+    """The fixed-variance attacks' pooled variances from every sub-block's partial sums, added in the local order."""
+    import ray
+
+    rows = [row for ref in refs for row in ray.get(ref).to_pylist()]
+    partial = [part for row in sorted(rows, key=lambda r: r["block"])
+               for part in np.frombuffer(row["partials"], dtype=np.float64).reshape(-1, len(sides), n_queries, n_models)]
+    return {side: sum(part[i] for part in partial) / n_audit for i, side in enumerate(sides)}
 
 
-def _metrics_task(refs: list, attack: str, keep: np.ndarray, delta: float) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
-    """One attack's metrics.json entry and ROC curve, on a worker."""
-    return attack_metrics(keep, _gather(refs, attack, keep.shape, np.float32), delta)
+def _label_probabilities(row: dict[str, Any], n_queries: int) -> dict[str, Any]:
+    """Stage 2b (RMIA offline only): one sample block's Pr(x|theta), as SampleBlock.label_probability computes it."""
+    block, scores, _ = _unpack(row, n_queries)
+    probs = expit(scores.astype(np.float64)).mean(axis=2)  # per pair: the mean over its queries, however rows are cut
+    return {"block": block, "n_models": scores.shape[0], "probs": probs.tobytes()}
+
+
+def _fit_offline(refs: list, keep: np.ndarray, task_block: int, gamma: float) -> np.ndarray:
+    """RMIA offline's ``a`` per target from every pair's Pr(x|theta) (float64, models x samples), on a worker."""
+    return fit_offline_a(_gather(refs, "probs", keep.shape, np.float64, task_block), keep, gamma)
+
+
+def _population_ratios(refs: list, shape: tuple[int, int, int], names: list[str], offline_a: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Each RMIA variant's ``(M, P)`` population log ratios (:func:`raypriv.rmia.population_log_ratio`), on a worker."""
+    scores = _gather(refs, "scores", shape, np.float32)
+    return {name: population_log_ratio(scores, offline_a if name == "rmia_offline" else None) for name in names}
+
+
+def _reduce_population(batch: dict[str, np.ndarray], uri: str, paradigm: str, n_audit: int, n_queries: int,
+                       n_population: int, labels: np.ndarray) -> dict[str, list]:
+    """Each model's population-set logits -> float32 LiRA scores (P, Q): RMIA's ``z`` (as the local path reads them)."""
+    store = RunStore(uri)
+    out: dict[str, list] = {"model_id": [], "scores": []}
+    for model_id in batch["model_id"]:
+        scores = np.empty((n_population, n_queries), dtype=np.float32)
+        for sample, query, logits in iter_logits(store, paradigm, int(model_id), n_audit, n_queries,
+                                                 n_population=n_population, population=True):
+            scores[sample, query] = to_float32(reduce_logits(logits, labels[sample])[0])
+        out["model_id"].append(int(model_id))
+        out["scores"].append(scores.tobytes())
+    return out
+
+
+def _matrix(table: Any, column: str, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """``(model ids, (rows, N) values)`` of one binary column of per-model rows (an Arrow table)."""
+    ids = table.column("model_id").to_numpy().astype(np.int64)
+    values = np.stack([np.frombuffer(value.as_buffer(), dtype=dtype) for value in table.column(column)])
+    return ids, values
+
+
+def _sample_scores(table: Any, attacks: list[str]) -> dict[str, np.ndarray]:
+    """Metrics pass 1, per block of targets: a few scores per attack, to place the partitions' boundaries."""
+    return {attack: metrics_partitioned.sample_values(_matrix(table, attack)[1]) for attack in attacks}
+
+
+def _split_scores(table: Any, attack: str, keep: np.ndarray, halves: tuple[np.ndarray, np.ndarray],
+                  boundaries: np.ndarray) -> tuple:
+    """Metrics pass 2, per block of targets and attack: its sorted keys cut into score ranges, and their counts."""
+    ids, scores = _matrix(table, attack)
+    keys = metrics_partitioned.pack_keys(scores, keep[ids], *halves, ids)
+    pieces, counts = metrics_partitioned.split_keys(keys, boundaries)
+    return (*pieces, counts)
+
+
+def _walk(above: np.ndarray, totals: np.ndarray, keep_all: bool, *pieces: np.ndarray) -> metrics_partitioned.PartitionWalk:
+    """Metrics pass 3, per attack and score range: the range's ROC walk and bound candidates."""
+    return metrics_partitioned.walk_partition(list(pieces), above, totals, keep_all)
+
+
+def _scores_rows(batch: Any, paradigm: str, keep: Any, attacks: list[str]) -> Any:
+    """Per-model rows (sorted by model) -> the rows of ``scores.parquet`` (:func:`raypriv.store.scores_table`)."""
+    import ray
+
+    keep = ray.get(keep)
+    ids = batch.column("model_id").to_numpy().astype(np.int64)
+    if len(ids) and not np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))):
+        raise RuntimeError(f"scores.parquet rows out of model order: {ids[:8]}")  # an internal invariant, never user input
+    values = {attack: _matrix(batch, attack)[1] for attack in attacks}
+    return scores_table(paradigm, int(ids[0]) if len(ids) else 0, keep[ids], values)
+
+
+class _ScoresFiles:
+    """Ray Data file names that sort as the local file's rows: paradigm (in config order), then write task."""
+
+    def __init__(self, paradigm_index: int) -> None:
+        self.paradigm_index = paradigm_index
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        return f"part-{self.paradigm_index:03d}-{task_index:06d}-{write_uuid}"
+
+    def get_filename_for_block(self, block: Any, *args: Any) -> str:  # Ray versions that name files per block
+        return f"part-{self.paradigm_index:03d}-{args[-1]:06d}-{args[0]}.parquet"
 
 
 # ------------------------------------------------------------------ the driver
+
+
+def _read_tasks(n_models: int) -> int:
+    """Read tasks: READ_TASKS_PER_CPU per CPU of the cluster (each reads its models one after another), at most
+    one per model.  One task per model file costs Ray's per-task overhead 1,024 times at the reference size."""
+    import ray
+
+    return max(1, min(n_models, READ_TASKS_PER_CPU * max(int(ray.cluster_resources().get("CPU", 1)), 1)))
+
+
+def _n_partitions(n_pairs: int) -> int:
+    """Score ranges per attack: about PAIRS_PER_PARTITION pairs each, and at least two per CPU of the cluster."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(-(-n_pairs // PAIRS_PER_PARTITION), 2 * max(cpus, 1))
+
+
+def _attack_metrics(per_model: Any, attacks: list[str], keep_ref: Any, halves_ref: Any, n_pairs: int, delta: float,
+                    args: dict[str, Any]) -> dict[str, tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]]:
+    """Every attack's metrics.json entry and ROC curve, exactly as the local path's, from range partitions
+    (:mod:`raypriv.metrics_partitioned`); the driver holds block refs, counts and curve points only."""
+    import ray
+
+    refs = per_model.to_arrow_refs()
+    sample = ray.remote(**args)(_sample_scores)
+    samples = ray.get([sample.remote(ref, attacks) for ref in refs])
+    n_partitions = _n_partitions(n_pairs)
+    boundaries = {a: metrics_partitioned.choose_boundaries([s[a] for s in samples], n_partitions) for a in attacks}
+    del samples
+    split = ray.remote(**args)(_split_scores)
+    splits = {a: [split.options(num_returns=len(boundaries[a]) + 2).remote(ref, a, keep_ref, halves_ref, boundaries[a])
+                  for ref in refs] for a in attacks}
+    walk = ray.remote(**args)(_walk)
+    walks = {}
+    for attack in attacks:
+        counts = sum(ray.get([parts[-1] for parts in splits[attack]]))
+        above, totals = metrics_partitioned.counts_above(counts), counts.sum(axis=0)
+        walks[attack] = (totals, [walk.remote(above[i], totals, n_pairs <= MAX_CURVE_POINTS, *[parts[i] for parts in splits[attack]])
+                                  for i in reversed(range(len(counts)))])  # highest scores first
+    return {a: metrics_partitioned.merge_partitions(ray.get(refs_), totals, delta) for a, (totals, refs_) in walks.items()}
 
 
 def _score_paradigm(config: ExperimentConfig, store: RunStore, split: AuditSplit, paradigm: str, keep_ref: Any,
@@ -277,11 +423,12 @@ def _score_paradigm(config: ExperimentConfig, store: RunStore, split: AuditSplit
     args = _task_args(config)
     sub, task_block = _blocks(n_audit, n_models, n_queries, config.scoring.block_samples, engine_elements)
     labels = np.asarray(split.audit_labels, dtype=np.int64)
+    read_args = {"uri": store.uri, "paradigm": paradigm, "n_audit": n_audit, "n_queries": n_queries,
+                 "n_population": config.audit.n_population}
     start = time.perf_counter()
-    reduced = ray.data.from_items([{"model_id": m} for m in range(n_models)], override_num_blocks=n_models).map_batches(
-        _reduce_models, batch_size=1, fn_kwargs={
-            "uri": store.uri, "paradigm": paradigm, "n_audit": n_audit, "n_queries": n_queries,
-            "n_population": config.audit.n_population, "labels": labels, "task_block": task_block}, **args)
+    models = ray.data.from_items([{"model_id": m} for m in range(n_models)], override_num_blocks=_read_tasks(n_models))
+    reduced = models.map_batches(_reduce_models, batch_size=1, fn_kwargs={**read_args, "labels": labels, "task_block": task_block},
+                                 **args)
     blocks = reduced.groupby("block").map_groups(_stack_block, fn_kwargs={"n_queries": n_queries}, batch_format="numpy", **args)
     blocks = blocks.materialize()
     n_blocks = -(-n_audit // task_block)
@@ -291,24 +438,27 @@ def _score_paradigm(config: ExperimentConfig, store: RunStore, split: AuditSplit
 
     blocked = [a for a in attacks if ATTACKS[a].block is not None]
     sides = sorted({side for a in blocked for side in ATTACKS[a].pooled_variance})
-    pooled: dict[bool, np.ndarray] = {}
-    if sides:
-        rows = blocks.map(_variance_partials, fn_kwargs={"keep": keep_ref, "n_queries": n_queries, "task_block": task_block,
-                                                           "sub": sub, "sides": sides}, **args).take_all()
-        partial = [p for row in sorted(rows, key=lambda r: r["block"])
-                   for p in np.frombuffer(row["partials"], dtype=np.float64).reshape(-1, len(sides), n_queries, n_models)]
-        for i, side in enumerate(sides):
-            pooled[side] = sum(p[i] for p in partial) / n_audit  # the local order of additions
+    pooled: Any = {}
+    if sides:  # partial sums per sub-block on the workers, added in one worker task: the driver gets a ref
+        partials = blocks.map(_variance_partials, fn_kwargs={"keep": keep_ref, "n_queries": n_queries, "task_block": task_block,
+                                                               "sub": sub, "sides": sides}, **args).materialize()
+        pooled = ray.remote(**args)(_pool_variances).remote(partials.to_arrow_refs(), sides, n_queries, n_models, n_audit)
     offline_a = None
-    if "rmia_offline" in blocked:
-        rows_per = max(1, ENGINE_BLOCK_ELEMENTS // (n_audit * n_queries))  # as score_attacks chunks its expit
-        fit = ray.remote(**args)(_fit_offline)
-        offline_a = ray.get(fit.remote(blocks.to_arrow_refs(), keep_ref, n_queries, task_block, config.rmia.gamma, rows_per))
+    if "rmia_offline" in blocked:  # one float64 per pair gathered on one worker, not the (M, N, Q) scores
+        probs = blocks.map(_label_probabilities, fn_kwargs={"n_queries": n_queries}, **args).materialize()
+        offline_a = ray.remote(**args)(_fit_offline).remote(probs.to_arrow_refs(), keep_ref, task_block, config.rmia.gamma)
+    versus = None
+    rmia = [a for a in attacks if ATTACKS[a].finish is not None]
+    if config.audit.n_population and rmia:  # RMIA's z from the population set, as the local path reads it
+        population = models.map_batches(_reduce_population, batch_size=1, fn_kwargs={
+            **read_args, "labels": np.asarray(split.population_labels, dtype=np.int64)}, **args).materialize()
+        versus = ray.remote(**args)(_population_ratios).remote(
+            population.to_arrow_refs(), (n_models, config.audit.n_population, n_queries), rmia, offline_a)
     attacked = blocks.map_batches(_attack_block, batch_size=1, fn_kwargs={
         "keep": keep_ref, "attacks": attacks, "n_queries": n_queries, "task_block": task_block, "sub": sub,
         "pooled": pooled, "center": config.lira.center, "offline_a": offline_a}, **args)
     per_model = attacked.groupby("model_id").map_groups(
-        _finish_model, fn_kwargs={"attacks": attacks, "gamma": config.rmia.gamma}, batch_format="numpy", **args)
+        _finish_model, fn_kwargs={"attacks": attacks, "gamma": config.rmia.gamma, "versus": versus}, batch_format="numpy", **args)
     per_model = per_model.sort("model_id").materialize()
     log.info("scoring %s on Ray Data: %d attacks on %d blocks in %.1fs", paradigm, len(attacks), n_blocks, time.perf_counter() - start)
     stage("attacks")
@@ -328,9 +478,6 @@ def score_run_ray(config: ExperimentConfig, store: RunStore, split: AuditSplit, 
     from ray.exceptions import RayError
 
     attacks = check_attacks(config.attacks)
-    if config.audit.n_population and any(ATTACKS[a].family == "rmia" for a in attacks):
-        raise RayprivError("RMIA with a population set (audit.n_population > 0) is not implemented on scoring.backend: ray "
-                           "yet; use scoring.backend: local, or audit.n_population: 0")
     _group_size(split.keep, attacks)
     started = False
     if not ray.is_initialized():
@@ -347,28 +494,30 @@ def score_run_ray(config: ExperimentConfig, store: RunStore, split: AuditSplit, 
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     keep = np.asarray(split.keep, dtype=bool)
     n_models, n_audit = keep.shape
+    args = _task_args(config)
     try:
         keep_ref = ray.put(keep)
-        with store.table_writer("scores.parquet", scores_schema(attacks), **scores_write_options(attacks)) as writer:
-            for paradigm in config.paradigms:
+        halves_ref = ray.remote(**args)(metrics_partitioned.bound_halves).remote(n_models, n_audit)  # on a worker: O(M N) draws
+        with store.dataset_writing("scores.parquet") as folder:
+            for index, paradigm in enumerate(config.paradigms):
                 rows = models[models.paradigm == paradigm]
                 check_recipes(config, paradigm, rows)
                 per_model = _score_paradigm(config, store, split, paradigm, keep_ref, engine_elements, stage)
                 entry = paradigm_entry(rows)
                 delta = entry.get("info", {}).get("delta", 0.0)
-                refs = per_model.to_arrow_refs()
-                task = ray.remote(**_task_args(config))(_metrics_task)
-                results = ray.get([task.remote(refs, attack, keep_ref, delta) for attack in attacks])
-                for attack, (values, curve) in zip(attacks, results):
+                start = time.perf_counter()
+                for attack, (values, curve) in _attack_metrics(per_model, attacks, keep_ref, halves_ref, n_models * n_audit,
+                                                               delta, args).items():
                     entry[attack], curves.setdefault(paradigm, {})[attack] = values, curve
                 metrics[paradigm] = entry
-                group = max(1, ROWS_PER_GROUP // max(n_audit, 1))  # write_scores' row groups
-                first = 0
-                for batch in per_model.iter_batches(batch_size=group, batch_format="numpy", prefetch_batches=0):
-                    count = len(batch["model_id"])
-                    values = {a: np.stack([np.frombuffer(v, dtype=np.float32) for v in batch[a]]) for a in attacks}
-                    writer.write_table(scores_table(paradigm, first, keep[first : first + count], values))
-                    first += count
+                log.info("scoring %s on Ray Data: metrics of %d attacks in %.1fs", paradigm, len(attacks), time.perf_counter() - start)
+                stage("metrics")
+                group = max(1, ROWS_PER_GROUP // max(n_audit, 1))  # write_scores' row groups of whole targets
+                per_model.map_batches(_scores_rows, batch_size=group, batch_format="pyarrow", fn_kwargs={
+                    "paradigm": paradigm, "keep": keep_ref, "attacks": attacks}, **args).write_parquet(
+                    folder, filesystem=store.fs, filename_provider=_ScoresFiles(index),
+                    schema=versioned_schema(scores_schema(attacks)), row_group_size=ROWS_PER_GROUP, ray_remote_args=args,
+                    **scores_write_options(attacks))
                 stage("scores")
     except (RayError, Exception) as exc:
         found = _user_error(exc)

@@ -197,6 +197,11 @@ def _versioned(schema: pa.Schema) -> dict:
     return metadata
 
 
+def versioned_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with the store's version in its metadata, as every table the store writes carries it."""
+    return schema.with_metadata(_versioned(schema))
+
+
 _REWRITE_HINT = "delete it and rerun `raypriv audit` with the same config and --out to recompute it"
 
 
@@ -291,22 +296,45 @@ class RunStore:
             self.fs.delete_file(self.path(relative))
 
     @contextlib.contextmanager
-    def _writing(self, relative: str) -> Iterator[str]:
+    def _writing(self, relative: str, folder: bool = False, replaces: bool = False) -> Iterator[str]:
         """A temporary path beside ``relative``, renamed to it at the end; on failure deleted, and an OS error
-        (full disk, read-only, a file where a folder should be) becomes one RayprivError naming path and fix."""
+        (full disk, read-only, a file where a folder should be) becomes one RayprivError naming path and fix.
+
+        ``folder``: the temporary is a folder (a Parquet dataset of several files).  ``replaces``: a file or
+        folder already at ``relative`` is removed just before the rename (``scores.parquet`` is a file from
+        the local scoring backend and a folder from the Ray one)."""
         final = self.path(relative)
         parent = final.rsplit("/", 1)[0]
         temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
         try:
             self.fs.create_dir(parent, recursive=True)
+            if folder:
+                self.fs.create_dir(temporary, recursive=True)
             yield temporary
+            if replaces:
+                self._remove(final)
             self.fs.move(temporary, final)
         except BaseException as exc:
             with contextlib.suppress(OSError):
-                self.fs.delete_file(temporary)
+                self._remove(temporary)
             if isinstance(exc, OSError):
                 raise write_error(final, exc) from None
             raise
+
+    def _remove(self, path: str) -> None:
+        kind = self.fs.get_file_info(path).type
+        if kind == pafs.FileType.Directory:
+            self.fs.delete_dir(path)
+        elif kind != pafs.FileType.NotFound:
+            self.fs.delete_file(path)
+
+    @contextlib.contextmanager
+    def dataset_writing(self, relative: str) -> Iterator[str]:
+        """A temporary folder for a Parquet dataset (e.g. Ray Data's ``write_parquet``), renamed to ``relative``
+        at the end, replacing what was there (on a local disk the rename is atomic; on object stores a
+        folder "rename" copies the files, so a reader may see a partial folder while it runs)."""
+        with self._writing(relative, folder=True, replaces=True) as temporary:
+            yield temporary
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         with self._writing(relative) as temporary, self.fs.open_output_stream(temporary) as stream:
@@ -324,15 +352,16 @@ class RunStore:
         self.write_bytes(relative, parquet_bytes(table, **parquet_options))
 
     @contextlib.contextmanager
-    def table_writer(self, relative: str, schema: pa.Schema, **parquet_options: Any) -> Iterator[pq.ParquetWriter]:
+    def table_writer(self, relative: str, schema: pa.Schema, replaces: bool = False,
+                     **parquet_options: Any) -> Iterator[pq.ParquetWriter]:
         """A ParquetWriter for a large table written in row groups (``writer.write_table`` per group).
 
         It streams to a temporary file that is renamed to ``relative`` when
         the block ends, so the table never has to fit in memory and a failure
-        leaves no file under the final name.
+        leaves no file under the final name.  ``replaces``: see :meth:`_writing`.
         """
-        schema = schema.with_metadata(_versioned(schema))
-        with self._writing(relative) as temporary, self.fs.open_output_stream(temporary) as stream, \
+        schema = versioned_schema(schema)
+        with self._writing(relative, replaces=replaces) as temporary, self.fs.open_output_stream(temporary) as stream, \
                 pq.ParquetWriter(stream, schema, **parquet_options) as writer:
             yield writer
 
@@ -349,7 +378,12 @@ class RunStore:
             raise RayprivError(f"{self.path(relative)} is corrupt or truncated ({exc}); {_REWRITE_HINT}") from None
 
     def read_table(self, relative: str) -> pa.Table:
-        """Read a Parquet file, or raise a RayprivError saying which file is bad and what to do."""
+        """Read a Parquet file (or a folder of them), or raise a RayprivError saying which file is bad and what to do."""
+        if self.fs.get_file_info(self.path(relative)).type == pafs.FileType.Directory:  # a Ray Data scores.parquet
+            try:
+                return pq.read_table(self.path(relative), filesystem=self.fs)
+            except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+                raise RayprivError(f"{self.path(relative)} is corrupt or truncated ({exc}); {_REWRITE_HINT}") from None
         data = self.read_bytes(relative)
         try:
             return pq.read_table(pa.BufferReader(data))

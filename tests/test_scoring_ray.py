@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import ray
 from ray.cluster_utils import Cluster
@@ -26,7 +27,9 @@ try:  # the module is being renamed raypriv.driver
 except ImportError:
     from raypriv.driver import run_audit
 
-RUNS = {"default": {"train.epochs": 2}, "paradigms": {"train.epochs": 2, "paradigms": ["real", "coreset"]}}
+RUNS = {"default": {"train.epochs": 2}, "paradigms": {"train.epochs": 2, "paradigms": ["real", "coreset"]},
+        "population": {"train.epochs": 2, "audit.n_population": 25}}  # RMIA's z from a population set
+CLUSTER_RUNS = ("default", "paradigms")  # the issue's two runs
 
 
 def config(out_dir, name, backend="local"):
@@ -44,7 +47,8 @@ def runs(tmp_path_factory):
 
 def inputs(cfg):
     """score_run's arguments for a finished run directory, as the audit builds them."""
-    split = make_audit_split(load_dataset(cfg.dataset), cfg.audit.n_audit, cfg.audit.canary, cfg.n_models, cfg.seed)
+    split = make_audit_split(load_dataset(cfg.dataset), cfg.audit.n_audit, cfg.audit.canary, cfg.n_models, cfg.seed,
+                             n_population=cfg.audit.n_population)
     return RunStore(cfg.out_dir), split, pd.read_parquet(f"{cfg.out_dir}/models.parquet")
 
 
@@ -61,7 +65,32 @@ def rescore(runs, name, dest, **kwargs):
 def assert_same_files(reference, other):
     assert (other / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
     assert (other / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+    assert (other / "scores.parquet").is_dir() and not (reference / "scores.parquet").is_dir()  # Ray Data's write_parquet
     pd.testing.assert_frame_equal(pd.read_parquet(other / "scores.parquet"), pd.read_parquet(reference / "scores.parquet"))
+
+
+def test_a_ray_scores_folder_reads_as_the_local_file(runs, tmp_path):
+    """The report's and the Python API's readers take scores.parquet as a file or a folder, schema version included."""
+    import pyarrow.dataset as pads
+
+    from raypriv import load_run
+    from raypriv.report.build import load_run as load_report_run, load_scores
+
+    local = runs / "paradigms" / "scores.parquet"
+    folder = tmp_path / "run"
+    shutil.copytree(runs / "paradigms", folder)
+    (folder / "scores.parquet").unlink()
+    (folder / "scores.parquet").mkdir()
+    table = pq.read_table(local)
+    for part, (start, stop) in enumerate([(0, 100), (100, len(table))]):  # two files, as write_parquet's tasks leave them
+        pq.write_table(table.slice(start, stop - start), folder / "scores.parquet" / f"part-000-{part:06d}-x-0.parquet")
+    pd.testing.assert_frame_equal(load_run(folder).scores(), load_run(runs / "paradigms").scores())
+    attacks = ["loss", "rmia"]
+    for got, expected in zip(load_scores(load_report_run(str(folder)), "coreset", attacks),
+                             load_scores(load_report_run(str(runs / "paradigms")), "coreset", attacks)):
+        np.testing.assert_array_equal(got, expected) if isinstance(got, np.ndarray) else \
+            [np.testing.assert_array_equal(got[a], expected[a]) for a in attacks]
+    assert pads.dataset(folder / "scores.parquet").schema.names == table.schema.names
 
 
 def test_backend_choice_and_hashes(tmp_path):
@@ -86,7 +115,10 @@ class TestLocalRay:
 
     @pytest.mark.parametrize("name", list(RUNS))
     def test_same_files_as_the_local_backend(self, runs, tmp_path, name):
-        assert_same_files(runs / name, rescore(runs, name, tmp_path / name))
+        dest = rescore(runs, name, tmp_path / name)
+        assert_same_files(runs / name, dest)
+        written = pq.read_schema(next((dest / "scores.parquet").iterdir()))
+        assert written.metadata[b"raypriv_schema_version"] == b"2"  # the store's version, as the local file has
 
     def test_audit_with_backend_ray_scores_on_ray(self, runs, tmp_path, monkeypatch):
         dest = tmp_path / "run"
@@ -145,7 +177,7 @@ class TestCluster:
         stop_cluster(cluster)
 
     def test_same_files_on_a_cluster_with_a_cpu_less_head(self, cluster, runs, tmp_path):
-        for name in RUNS:
+        for name in CLUSTER_RUNS:
             assert_same_files(runs / name, rescore(runs, name, tmp_path / name))
 
     def test_a_worker_node_removed_mid_scoring(self, cluster, runs, tmp_path):

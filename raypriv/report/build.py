@@ -105,11 +105,12 @@ def load_scores(run: RunData, paradigm: str, attacks: list[str]) -> tuple[np.nda
     Read by column name and placed by ``(model_id, sample_id)``, so neither
     the row order nor the row groups of scores.parquet matter.
     """
+    import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
     n_models, n_audit = run.keep.shape
     path = run.store.path("scores.parquet")
-    available = pq.read_schema(path, filesystem=run.store.fs).names
+    available = pads.dataset(path, filesystem=run.store.fs, format="parquet").schema.names  # a file, or the Ray backend's folder
     missing = [a for a in attacks if a not in available]
     if missing:
         raise RayprivError(f"{path} has no column for attack(s) {missing}; rerun `raypriv audit` to rescore")
