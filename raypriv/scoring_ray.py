@@ -1,35 +1,41 @@
 """Scoring on Ray Data (``scoring.backend: ray``): the local path's functions, run as tasks on the workers.
 
 The local backend (:mod:`raypriv.scoring`) reads every model's logits into
-the driver.  This one keeps the driver to small arrays and moves each step
-to Ray Data tasks, calling the *same* functions, so the numbers are the same
-by construction (``metrics.json`` byte-identical, ``scores.parquet`` equal):
+the driver.  This one keeps every large array off the driver and moves each
+step to Ray Data tasks (or plain Ray tasks for the small cross-block steps),
+calling the *same* functions, so the numbers are the same by construction
+(``metrics.json`` byte-identical, ``scores.parquet`` an equal table):
 
-1. **Read and reduce** (one task per model): :func:`raypriv.store.iter_logits`
-   (its checks, so a corrupt file gives the local path's error, naming the
-   file) and :func:`raypriv.attacks.reduce_logits`; each model's reduced rows
-   leave the task cut into blocks of audit samples.
+1. **Read and reduce** (``READ_TASKS_PER_CPU`` tasks per CPU, each reading
+   its model files in turn): :func:`raypriv.store.iter_logits` (its checks,
+   so a corrupt file gives the local path's error, naming the file) and
+   :func:`raypriv.attacks.reduce_logits`; each model's reduced rows leave the
+   task cut into blocks of audit samples.
 2. **Per-sample statistics**: ``groupby("block").map_groups`` puts every
    model's rows of one sample block in one task (a leave-one-out median needs
    all models of a sample).  The blocks are whole multiples of
    :func:`raypriv.attacks.score_attacks`' own sample blocks, and each task
    walks those sub-blocks with :class:`raypriv.attacks.SampleBlock`, so
-   every float is computed as locally.  Cross-block steps: the fixed-variance
-   attacks' pooled variances (a pre-pass returns one ``(Q, M)`` partial sum
-   per sub-block; the driver adds them in the local order), RMIA offline's
-   ``a`` (:func:`raypriv.rmia.fit_offline_a` in one worker task), and RMIA's
-   ranks over each target's whole row (``groupby("model_id")``, then the
-   attack's ``finish``).
-3. **Metrics**: one worker task per attack gathers that attack's scores and
-   runs :func:`raypriv.scoring.attack_metrics` (``roc_metrics`` and the
-   epsilon bound), so the driver receives only the metrics and the ROC points.
-4. **scores.parquet**: the driver streams the per-model rows, sorted by
-   model, into the local path's writer (same schema, row groups and
-   encodings), holding one row group at a time.
-
-Not yet on this backend: a population set for RMIA (``audit.n_population``),
-refused with a clear error.  The metrics tasks hold one attack's
-``(models x samples)`` scores on a worker, not on the driver.
+   every float is computed as locally.  Cross-block steps, each in one worker
+   task whose result the driver only passes on as a reference: the
+   fixed-variance attacks' pooled variances (partial sums per sub-block,
+   added in the local order), RMIA offline's ``a``
+   (:func:`raypriv.rmia.fit_offline_a` on every pair's ``Pr(x|theta)``), the
+   population set's RMIA ratios (``audit.n_population``), and RMIA's ranks
+   over each target's whole row (``groupby("model_id")``, then the attack's
+   ``finish``).
+3. **Metrics**, exact, from range partitions of each attack's scores
+   (:mod:`raypriv.metrics_partitioned`): a sample of scores per block places
+   the boundaries, a task per block cuts its packed (score, labels) keys at
+   them, and a task per score range walks its part of the ROC and of the
+   epsilon bound's threshold search.  The driver holds block references,
+   counts and curve points: O(blocks x ranges + curve points).
+4. **scores.parquet**: ``write_parquet`` from the workers, into a temporary
+   folder renamed to ``scores.parquet`` at the end (the local backend writes
+   one file there; readers take either: ``pandas.read_parquet``,
+   ``pyarrow.parquet.read_table``).  Same schema, version metadata, zstd and
+   byte-stream-split encodings, row groups of whole targets; the files are
+   named so that their sorted order is the local file's row order.
 
 Ray Data settings, and why:
 
@@ -37,8 +43,10 @@ Ray Data settings, and why:
   tasks.  Ray 2.60's default hash shuffle starts aggregator *actors* that
   hold CPUs for the whole job, which can starve the map tasks on a 2-core
   machine or on small worker nodes.
-* ``from_items(..., override_num_blocks=n_models)``: one read task per model
-  file, so reads spread over all workers instead of Ray Data's guess.
+* ``from_items(..., override_num_blocks=4 x CPUs)``: Ray Data's guess is one
+  block per item here; one task per model file costs Ray's per-task overhead
+  (about 0.2 s on 2 cores) 1,024 times, and the driver's executor state grew
+  with it (``benchmarks/RESULTS.md``).
 * every task requests ``num_cpus = scoring.num_cpus`` and ``num_gpus = 0``:
   scoring runs beside or after training, never on a GPU.
 * ``raise_original_map_exception = True``: a RayprivError raised in a task
@@ -69,12 +77,12 @@ from raypriv.attacks import ATTACKS, SampleBlock, _group_size, check_attacks, re
 from raypriv.config import ExperimentConfig
 from raypriv.errors import RayprivError
 from raypriv.rmia import fit_offline_a, population_log_ratio
-from raypriv.scoring import check_recipes, paradigm_entry, write_metrics_outputs
-from raypriv.split import AuditSplit
 from raypriv.store import RunStore, iter_logits, scores_schema, scores_table, scores_write_options, versioned_schema
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not imported at run time: raypriv.split imports torch, which the tasks never need
     import ray.data
+
+    from raypriv.split import AuditSplit
 
 log = logging.getLogger("raypriv")
 
@@ -135,6 +143,7 @@ def _configure_ray_data(show_progress: bool) -> None:
     context = DataContext.get_current()
     context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     context.enable_progress_bars = show_progress
+    context.execution_options.preserve_order = True  # blocks leave each stage in input order: scores.parquet's row order
     context.raise_original_map_exception = True  # a task's RayprivError reaches the driver as itself, not as UserCodeException
 
 
@@ -459,7 +468,7 @@ def _score_paradigm(config: ExperimentConfig, store: RunStore, split: AuditSplit
         "pooled": pooled, "center": config.lira.center, "offline_a": offline_a}, **args)
     per_model = attacked.groupby("model_id").map_groups(
         _finish_model, fn_kwargs={"attacks": attacks, "gamma": config.rmia.gamma, "versus": versus}, batch_format="numpy", **args)
-    per_model = per_model.sort("model_id").materialize()
+    per_model = per_model.materialize()  # sorted by model_id: the sort-based groupby sorted it, preserve_order keeps it
     log.info("scoring %s on Ray Data: %d attacks on %d blocks in %.1fs", paradigm, len(attacks), n_blocks, time.perf_counter() - start)
     stage("attacks")
     return per_model
@@ -476,6 +485,8 @@ def score_run_ray(config: ExperimentConfig, store: RunStore, split: AuditSplit, 
     """
     import ray
     from ray.exceptions import RayError
+
+    from raypriv.scoring import check_recipes, paradigm_entry, write_metrics_outputs  # here: it imports torch, the tasks need not
 
     attacks = check_attacks(config.attacks)
     _group_size(split.keep, attacks)

@@ -13,6 +13,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+import raypriv.scoring_ray
 from raypriv.data import load_dataset
 from raypriv.errors import RayprivError
 from raypriv.experiment import config_from_dict, config_hash, protocol_hash
@@ -125,7 +126,8 @@ class TestLocalRay:
         shutil.copytree(runs / "default", dest)
         (dest / "metrics.json").unlink()
         called = []
-        monkeypatch.setattr("raypriv.scoring_ray._configure_ray_data", lambda show: called.append(show))
+        configure = raypriv.scoring_ray._configure_ray_data
+        monkeypatch.setattr("raypriv.scoring_ray._configure_ray_data", lambda show: (called.append(show), configure(show)))
         run_audit(config(dest, "default", "ray"), use_ray=False, show_progress=False)
         assert called and (dest / "metrics.json").read_bytes() == (runs / "default" / "metrics.json").read_bytes()
 
@@ -180,13 +182,18 @@ class TestCluster:
         for name in CLUSTER_RUNS:
             assert_same_files(runs / name, rescore(runs, name, tmp_path / name))
 
-    def test_a_worker_node_removed_mid_scoring(self, cluster, runs, tmp_path):
+    @pytest.mark.parametrize("when", ["blocks", "attacks"])
+    def test_a_worker_node_removed_mid_scoring(self, cluster, runs, tmp_path, when):
+        """After the sample blocks (then: the per-target rows the metrics and write_parquet read) are
+        materialized, half of them on the node removed; Ray rebuilds them from their lineage."""
         cluster, workers = cluster
+        workers.append(cluster.add_node(num_cpus=1))  # replaces the node this test removes
+        cluster.wait_for_nodes()
         removed = []
 
-        def remove_a_worker(stage):  # after the sample blocks are materialized, half of them on this node
-            if stage == "blocks" and not removed:
-                cluster.remove_node(workers[0])
+        def remove_a_worker(stage):
+            if stage == when and not removed:
+                cluster.remove_node(workers.pop(0))
                 removed.append(stage)
 
         assert_same_files(runs / "paradigms", rescore(runs, "paradigms", tmp_path / "run", on_stage=remove_a_worker))
