@@ -117,7 +117,7 @@ class ScoringConfig:
     """Where the attacks run (raypriv.scoring_ray).  Never changes the results, so it stays out of the fingerprints."""
 
     backend: Literal["local", "ray", "auto"] = "local"  # auto: ray above driver_memory_gb or for a cloud run dir
-    driver_memory_gb: float = 4.0  # auto: ray when the local scoring arrays would exceed this (scoring_ray.local_scoring_gb)
+    driver_memory_gb: float = 4.0  # auto: ray when the local scoring arrays would exceed this (scoring.local_scoring_gb)
     num_cpus: float = 1.0  # CPUs per Ray Data scoring task (never GPUs)
     block_samples: int | None = None  # audit samples per attack task; None: about 2^22 scores per task
 

@@ -64,12 +64,6 @@ def value_keys(score: np.ndarray) -> np.ndarray:
     return np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
 
 
-def key_values(keys: np.ndarray) -> np.ndarray:
-    """The float32 scores of :func:`value_keys`' keys (its inverse)."""
-    keys = np.asarray(keys, dtype=np.uint32)
-    return np.where(keys & np.uint32(0x80000000), keys & np.uint32(0x7FFFFFFF), ~keys).view(np.float32)
-
-
 def _sorted_keys(is_in: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ascending score order as ``(value keys, labels)``: equal keys are equal scores.
 
@@ -98,8 +92,7 @@ def _count_grid(n: int) -> np.ndarray:
 
 
 def run_ends(values: np.ndarray, following: Any = None) -> np.ndarray:
-    """Bool mask of the last pair of each run of equal ``values`` (descending scores): one operating point each.
-    ``following``: the value after the last one, if any (None: the last pair ends a run)."""
+    """Mask of the last pair of each run of equal ``values``, one operating point each (``following``: the next value)."""
     end = np.empty(len(values), dtype=bool)
     end[:-1] = values[:-1] != values[1:]
     if len(values):
@@ -110,14 +103,10 @@ def run_ends(values: np.ndarray, following: Any = None) -> np.ndarray:
 class RocWalk:
     """The running sums of :func:`roc_metrics`, fed one slice of operating points at a time, from the top.
 
-    :meth:`add` takes the cumulative ``(tp, fp)`` at each operating point of a
-    slice (descending scores), starting after the point ``(start_tp,
-    start_fp)``; a slice may be a chunk of one sort (:func:`roc_metrics`) or
-    one range partition of the scores on a worker
-    (:mod:`raypriv.metrics_partitioned`).  :meth:`merge` appends a later
-    slice's walk; the sums are integers and maxima, so any cut of the curve
-    into slices gives the same numbers.
-    """
+    :meth:`add` takes the cumulative ``(tp, fp)`` at each operating point of a slice (descending scores) after
+    the point ``(start_tp, start_fp)``: a chunk of one sort (:func:`roc_metrics`) or a score range on a worker
+    (:mod:`raypriv.metrics_partitioned`).  :meth:`merge` appends a later slice's walk; the sums are integers
+    and maxima, so any cut of the curve into slices gives the same numbers."""
 
     def __init__(self, n_in: int, n_out: int, keep_all: bool) -> None:
         self.n_in, self.n_out, self.keep_all = n_in, n_out, keep_all

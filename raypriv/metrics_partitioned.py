@@ -36,6 +36,7 @@ among those, in order, gives the one-process choice
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,6 @@ from raypriv.metrics import (
     best_threshold,
     grid_points,
     held_out_bound,
-    key_values,
     run_ends,
     split_halves,
     value_keys,
@@ -56,6 +56,12 @@ LABEL_BITS = 3
 COUNTS = ("in", "out", "selected_in", "selected_out", "held_in", "held_out")
 BOUND_CONFIDENCE = 0.95  # audit_epsilon_lower_bound's
 SAMPLE_PER_BLOCK = 1024  # scores per block and attack sent to choose the boundaries
+
+
+def key_values(keys: np.ndarray) -> np.ndarray:
+    """The float32 scores of :func:`value_keys`' keys (its inverse)."""
+    keys = np.asarray(keys, dtype=np.uint32)
+    return np.where(keys & np.uint32(0x80000000), keys & np.uint32(0x7FFFFFFF), ~keys).view(np.float32)
 
 
 def bound_halves(n_models: int, n_audit: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -197,3 +203,70 @@ def merge_partitions(walks: list[PartitionWalk], totals: np.ndarray, delta: floa
             tp_held, fp_held = int(at_in[index]), int(at_out[index])
     metrics["eps_lower_bound"] = held_out_bound(tp_held, held_in, fp_held, held_out, threshold, form, delta, alpha)
     return metrics, curve
+
+
+# ------------------------------------------------------------------ on Ray: the tasks, and the driver's three passes
+
+PAIRS_PER_PARTITION = 1 << 22  # (model, sample) pairs per score range: 32 MB of keys
+MAX_CURVE_POINTS = 200_000  # roc_metrics' default: every operating point up to this many pairs
+
+
+def score_matrix(table: Any, column: str, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """``(model ids, (rows, N) values)`` of one binary column of per-model rows (an Arrow table)."""
+    ids = table.column("model_id").to_numpy().astype(np.int64)
+    values = np.stack([np.frombuffer(value.as_buffer(), dtype=dtype) for value in table.column(column)])
+    return ids, values
+
+
+def _sample_scores(table: Any, attacks: list[str]) -> dict[str, np.ndarray]:
+    """Pass 1, per block of targets: a few scores per attack, to place the ranges' boundaries."""
+    return {attack: sample_values(score_matrix(table, attack)[1]) for attack in attacks}
+
+
+def _split_scores(table: Any, attack: str, keep: np.ndarray, halves: tuple[np.ndarray, np.ndarray],
+                  boundaries: np.ndarray) -> tuple:
+    """Pass 2, per block of targets and attack: its sorted keys cut into score ranges, and their counts."""
+    ids, scores = score_matrix(table, attack)
+    keys = pack_keys(scores, keep[ids], *halves, ids)
+    pieces, counts = split_keys(keys, boundaries)
+    return (*pieces, counts)
+
+
+def _walk(above: np.ndarray, totals: np.ndarray, keep_all: bool, *pieces: np.ndarray) -> PartitionWalk:
+    """Pass 3, per attack and score range: the range's ROC walk and bound candidates."""
+    return walk_partition(list(pieces), above, totals, keep_all)
+
+
+def _n_partitions(n_pairs: int) -> int:
+    """Score ranges per attack: about PAIRS_PER_PARTITION pairs each, and at least two per CPU of the cluster."""
+    import ray
+
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(-(-n_pairs // PAIRS_PER_PARTITION), 2 * max(cpus, 1))
+
+
+def metrics_on_ray(refs: list, attacks: list[str], keep_ref: Any, halves_ref: Any, n_pairs: int, delta: float,
+                   args: dict[str, Any]) -> dict[str, tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]]:
+    """Every attack's metrics.json entry and ROC curve, exactly as the local path's, in the three passes above.
+
+    ``refs``: Ray object refs of Arrow blocks of per-target rows (``model_id`` and one float32 binary column per
+    attack); ``keep_ref`` / ``halves_ref``: refs of ``keep`` and :func:`bound_halves`; ``args``: each task's
+    resources.  The driver holds block refs, per-range counts and curve points only."""
+    import ray
+
+    sample = ray.remote(**args)(_sample_scores)
+    samples = ray.get([sample.remote(ref, attacks) for ref in refs])
+    n_partitions = _n_partitions(n_pairs)
+    boundaries = {a: choose_boundaries([s[a] for s in samples], n_partitions) for a in attacks}
+    del samples
+    split = ray.remote(**args)(_split_scores)
+    splits = {a: [split.options(num_returns=len(boundaries[a]) + 2).remote(ref, a, keep_ref, halves_ref, boundaries[a])
+                  for ref in refs] for a in attacks}
+    walk = ray.remote(**args)(_walk)
+    walks = {}
+    for attack in attacks:
+        counts = sum(ray.get([parts[-1] for parts in splits[attack]]))
+        above, totals = counts_above(counts), counts.sum(axis=0)
+        walks[attack] = (totals, [walk.remote(above[i], totals, n_pairs <= MAX_CURVE_POINTS, *[parts[i] for parts in splits[attack]])
+                                  for i in reversed(range(len(counts)))])  # highest scores first
+    return {a: merge_partitions(ray.get(refs_), totals, delta) for a, (totals, refs_) in walks.items()}

@@ -36,11 +36,11 @@ import pyarrow.parquet as pq
 from raypriv import __version__
 from raypriv.config import ExperimentConfig, dump_config, load_yaml
 from raypriv.data import Dataset
-from raypriv.errors import AuditInterrupted, RayprivError, RunLocked
+from raypriv.errors import AuditInterrupted, RayprivError, RunLocked, write_error
 from raypriv.experiment import config_from_dict, config_hash, differences, protocol_definition, protocol_hash, recipe_hash
 from raypriv.synth import plugin_identity
 from raypriv.split import AuditSplit, keep_digest
-from raypriv.store import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, RunStore, audit_table, logits_path, write_error
+from raypriv.store import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, RunStore, audit_table, logits_path
 
 log = logging.getLogger("raypriv")
 

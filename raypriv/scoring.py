@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from raypriv.attacks import ATTACKS, _map, reduce_logits, score_attacks, to_float32
+from raypriv.attacks import ATTACKS, _map, check_attacks, reduce_logits, score_attacks, to_float32
 from raypriv.config import ExperimentConfig
 from raypriv.errors import RayprivError
 from raypriv.experiment import recipe_hash
@@ -48,6 +48,32 @@ from raypriv.store import (
 )
 
 log = logging.getLogger("raypriv")
+
+
+def score_array_gb(config: ExperimentConfig) -> float:
+    """GB of one paradigm's float32 (models x samples x queries) LiRA score array, population rows included."""
+    return config.n_models * (config.audit.n_audit + config.audit.n_population) * len(config.queries) * 4 / 2**30
+
+
+def local_scoring_gb(config: ExperimentConfig) -> float:
+    """GB of the arrays the local backend holds at once for one paradigm: the score array, the label
+    log-probabilities and every attack's (models x samples) output, float32, plus float64 for the RMIA
+    variants until they are ranked.  Its measured peak RSS is this plus 1.3 to 1.9 GB (interpreter, torch,
+    per-block copies; benchmarks/RESULTS.md)."""
+    attacks = check_attacks(config.attacks)
+    staged = sum(ATTACKS[a].finish is not None for a in attacks)
+    pair_bytes = 4 + 4 * len(attacks) + 8 * staged
+    return score_array_gb(config) + config.n_models * config.audit.n_audit * pair_bytes / 2**30
+
+
+def choose_backend(config: ExperimentConfig, store: RunStore) -> str:
+    """``scoring.backend``, with ``auto`` resolved: ray for a cloud run directory or when the local backend's
+    arrays (:func:`local_scoring_gb`) would exceed ``scoring.driver_memory_gb``."""
+    backend = config.scoring.backend
+    if backend != "auto":
+        return backend
+    cloud = "://" in store.uri and not store.uri.startswith("file://")
+    return "ray" if cloud or local_scoring_gb(config) > config.scoring.driver_memory_gb else "local"
 
 
 def scoring_workers() -> int:
@@ -139,7 +165,7 @@ def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, mode
     audit samples, appended to ``scores.parquet`` in row groups, and
     summarised without materialising full ROC curves.
     """
-    from raypriv.scoring_ray import choose_backend, score_run_ray
+    from raypriv.scoring_ray import score_run_ray
 
     if choose_backend(config, store) == "ray":  # the same functions, run as Ray Data tasks on the workers
         return score_run_ray(config, store, split, models)

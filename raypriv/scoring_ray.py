@@ -73,6 +73,7 @@ import pandas as pd
 from scipy.special import expit
 
 from raypriv import metrics_partitioned
+from raypriv.metrics_partitioned import score_matrix
 from raypriv.attacks import ATTACKS, SampleBlock, _group_size, check_attacks, reduce_logits, to_float32
 from raypriv.config import ExperimentConfig
 from raypriv.errors import RayprivError
@@ -89,35 +90,7 @@ log = logging.getLogger("raypriv")
 ENGINE_BLOCK_ELEMENTS = 1 << 20  # score_attacks' default block_elements: the sub-blocks the pooled sums follow
 TASK_SCORES = 1 << 22  # scores per attack task when scoring.block_samples is null
 ROWS_PER_GROUP = 1 << 20  # write_scores' default row group
-PAIRS_PER_PARTITION = 1 << 22  # (model, sample) pairs per score range of the metrics: 32 MB of keys
 READ_TASKS_PER_CPU = 4  # enough tasks to balance the nodes and to retry a lost one cheaply
-MAX_CURVE_POINTS = 200_000  # roc_metrics' default: every operating point up to this many pairs
-
-
-def score_array_gb(config: ExperimentConfig) -> float:
-    """GB of one paradigm's float32 (models x samples x queries) LiRA score array, population rows included."""
-    return config.n_models * (config.audit.n_audit + config.audit.n_population) * len(config.queries) * 4 / 2**30
-
-
-def local_scoring_gb(config: ExperimentConfig) -> float:
-    """GB of the arrays the local backend holds at once for one paradigm: the score array, the label
-    log-probabilities and every attack's (models x samples) output, float32, plus float64 for the RMIA
-    variants until they are ranked.  Its measured peak RSS is this plus about 1.5 GB (interpreter, torch,
-    per-block copies; benchmarks/RESULTS.md)."""
-    attacks = check_attacks(config.attacks)
-    staged = sum(ATTACKS[a].finish is not None for a in attacks)
-    pair_bytes = 4 + 4 * len(attacks) + 8 * staged
-    return score_array_gb(config) + config.n_models * config.audit.n_audit * pair_bytes / 2**30
-
-
-def choose_backend(config: ExperimentConfig, store: RunStore) -> str:
-    """``scoring.backend``, with ``auto`` resolved: ray for a cloud run directory or when the local backend's
-    arrays (:func:`local_scoring_gb`) would exceed ``scoring.driver_memory_gb``."""
-    backend = config.scoring.backend
-    if backend != "auto":
-        return backend
-    cloud = "://" in store.uri and not store.uri.startswith("file://")
-    return "ray" if cloud or local_scoring_gb(config) > config.scoring.driver_memory_gb else "local"
 
 
 def _user_error(exc: BaseException) -> RayprivError | None:
@@ -324,32 +297,6 @@ def _reduce_population(batch: dict[str, np.ndarray], uri: str, paradigm: str, n_
     return out
 
 
-def _matrix(table: Any, column: str, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """``(model ids, (rows, N) values)`` of one binary column of per-model rows (an Arrow table)."""
-    ids = table.column("model_id").to_numpy().astype(np.int64)
-    values = np.stack([np.frombuffer(value.as_buffer(), dtype=dtype) for value in table.column(column)])
-    return ids, values
-
-
-def _sample_scores(table: Any, attacks: list[str]) -> dict[str, np.ndarray]:
-    """Metrics pass 1, per block of targets: a few scores per attack, to place the partitions' boundaries."""
-    return {attack: metrics_partitioned.sample_values(_matrix(table, attack)[1]) for attack in attacks}
-
-
-def _split_scores(table: Any, attack: str, keep: np.ndarray, halves: tuple[np.ndarray, np.ndarray],
-                  boundaries: np.ndarray) -> tuple:
-    """Metrics pass 2, per block of targets and attack: its sorted keys cut into score ranges, and their counts."""
-    ids, scores = _matrix(table, attack)
-    keys = metrics_partitioned.pack_keys(scores, keep[ids], *halves, ids)
-    pieces, counts = metrics_partitioned.split_keys(keys, boundaries)
-    return (*pieces, counts)
-
-
-def _walk(above: np.ndarray, totals: np.ndarray, keep_all: bool, *pieces: np.ndarray) -> metrics_partitioned.PartitionWalk:
-    """Metrics pass 3, per attack and score range: the range's ROC walk and bound candidates."""
-    return metrics_partitioned.walk_partition(list(pieces), above, totals, keep_all)
-
-
 def _scores_rows(batch: Any, paradigm: str, keep: Any, attacks: list[str]) -> Any:
     """Per-model rows (sorted by model) -> the rows of ``scores.parquet`` (:func:`raypriv.store.scores_table`)."""
     import ray
@@ -358,7 +305,7 @@ def _scores_rows(batch: Any, paradigm: str, keep: Any, attacks: list[str]) -> An
     ids = batch.column("model_id").to_numpy().astype(np.int64)
     if len(ids) and not np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))):
         raise RuntimeError(f"scores.parquet rows out of model order: {ids[:8]}")  # an internal invariant, never user input
-    values = {attack: _matrix(batch, attack)[1] for attack in attacks}
+    values = {attack: score_matrix(batch, attack)[1] for attack in attacks}
     return scores_table(paradigm, int(ids[0]) if len(ids) else 0, keep[ids], values)
 
 
@@ -384,39 +331,6 @@ def _read_tasks(n_models: int) -> int:
     import ray
 
     return max(1, min(n_models, READ_TASKS_PER_CPU * max(int(ray.cluster_resources().get("CPU", 1)), 1)))
-
-
-def _n_partitions(n_pairs: int) -> int:
-    """Score ranges per attack: about PAIRS_PER_PARTITION pairs each, and at least two per CPU of the cluster."""
-    import ray
-
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(-(-n_pairs // PAIRS_PER_PARTITION), 2 * max(cpus, 1))
-
-
-def _attack_metrics(per_model: Any, attacks: list[str], keep_ref: Any, halves_ref: Any, n_pairs: int, delta: float,
-                    args: dict[str, Any]) -> dict[str, tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]]:
-    """Every attack's metrics.json entry and ROC curve, exactly as the local path's, from range partitions
-    (:mod:`raypriv.metrics_partitioned`); the driver holds block refs, counts and curve points only."""
-    import ray
-
-    refs = per_model.to_arrow_refs()
-    sample = ray.remote(**args)(_sample_scores)
-    samples = ray.get([sample.remote(ref, attacks) for ref in refs])
-    n_partitions = _n_partitions(n_pairs)
-    boundaries = {a: metrics_partitioned.choose_boundaries([s[a] for s in samples], n_partitions) for a in attacks}
-    del samples
-    split = ray.remote(**args)(_split_scores)
-    splits = {a: [split.options(num_returns=len(boundaries[a]) + 2).remote(ref, a, keep_ref, halves_ref, boundaries[a])
-                  for ref in refs] for a in attacks}
-    walk = ray.remote(**args)(_walk)
-    walks = {}
-    for attack in attacks:
-        counts = sum(ray.get([parts[-1] for parts in splits[attack]]))
-        above, totals = metrics_partitioned.counts_above(counts), counts.sum(axis=0)
-        walks[attack] = (totals, [walk.remote(above[i], totals, n_pairs <= MAX_CURVE_POINTS, *[parts[i] for parts in splits[attack]])
-                                  for i in reversed(range(len(counts)))])  # highest scores first
-    return {a: metrics_partitioned.merge_partitions(ray.get(refs_), totals, delta) for a, (totals, refs_) in walks.items()}
 
 
 def _score_paradigm(config: ExperimentConfig, store: RunStore, split: AuditSplit, paradigm: str, keep_ref: Any,
@@ -517,8 +431,8 @@ def score_run_ray(config: ExperimentConfig, store: RunStore, split: AuditSplit, 
                 entry = paradigm_entry(rows)
                 delta = entry.get("info", {}).get("delta", 0.0)
                 start = time.perf_counter()
-                for attack, (values, curve) in _attack_metrics(per_model, attacks, keep_ref, halves_ref, n_models * n_audit,
-                                                               delta, args).items():
+                for attack, (values, curve) in metrics_partitioned.metrics_on_ray(
+                        per_model.to_arrow_refs(), attacks, keep_ref, halves_ref, n_models * n_audit, delta, args).items():
                     entry[attack], curves.setdefault(paradigm, {})[attack] = values, curve
                 metrics[paradigm] = entry
                 log.info("scoring %s on Ray Data: metrics of %d attacks in %.1fs", paradigm, len(attacks), time.perf_counter() - start)

@@ -73,7 +73,6 @@ that pyarrow understands.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
@@ -87,7 +86,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raypriv.errors import RayprivError
+from raypriv.errors import RayprivError, write_error
 
 SCHEMA_VERSION = 2
 # Version 1 differs only in scores.parquet (float64, one row group), which every scoring
@@ -205,24 +204,6 @@ def versioned_schema(schema: pa.Schema) -> pa.Schema:
 _REWRITE_HINT = "delete it and rerun `raypriv audit` with the same config and --out to recompute it"
 
 
-def write_error(path: str, exc: OSError) -> RayprivError:
-    """One line for an OS error while writing ``path``: what happened and the fix."""
-    full, denied, file = "free space (or choose another --out) and rerun to resume", "choose a writable --out", \
-        "a file stands where a folder is needed; choose an --out that is a folder (or a new path)"
-    reason = {errno.ENOSPC: f"the disk is full; {full}", errno.EDQUOT: f"the disk quota is exceeded; {full}",
-              errno.EACCES: f"permission denied; {denied}", errno.EPERM: f"permission denied; {denied}",
-              errno.EROFS: f"the file system is read-only; {denied}", errno.ENOTDIR: file, errno.EEXIST: file,
-              errno.EISDIR: "a folder stands where a file is needed; move it away or choose another --out"}.get(exc.errno or 0)
-    phrases = {"no space": errno.ENOSPC, "permission denied": errno.EACCES, "read-only": errno.EROFS,
-               "not a directory": errno.ENOTDIR, "file exists": errno.EEXIST, "is a directory": errno.EISDIR}
-    found = [code for phrase, code in phrases.items() if phrase in str(exc).lower()]
-    if reason is None and found:  # pyarrow raises OSError with the errno only in its message
-        return write_error(path, OSError(found[0], str(exc)))
-    reason = reason or "check that the location is writable and has free space"
-    detail = " ".join(str(exc).split())
-    return RayprivError(f"cannot write {path} ({detail}): {reason}")
-
-
 def parquet_bytes(table: pa.Table, **parquet_options: Any) -> bytes:
     """``table`` as a Parquet file in memory, stamped with the schema version."""
     buffer = io.BytesIO()
@@ -299,10 +280,8 @@ class RunStore:
     def _writing(self, relative: str, folder: bool = False, replaces: bool = False) -> Iterator[str]:
         """A temporary path beside ``relative``, renamed to it at the end; on failure deleted, and an OS error
         (full disk, read-only, a file where a folder should be) becomes one RayprivError naming path and fix.
-
-        ``folder``: the temporary is a folder (a Parquet dataset of several files).  ``replaces``: a file or
-        folder already at ``relative`` is removed just before the rename (``scores.parquet`` is a file from
-        the local scoring backend and a folder from the Ray one)."""
+        ``folder``: the temporary is a folder.  ``replaces``: what is at ``relative`` is removed just before
+        the rename (``scores.parquet`` is a file from the local scoring backend, a folder from the Ray one)."""
         final = self.path(relative)
         parent = final.rsplit("/", 1)[0]
         temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
@@ -323,16 +302,13 @@ class RunStore:
 
     def _remove(self, path: str) -> None:
         kind = self.fs.get_file_info(path).type
-        if kind == pafs.FileType.Directory:
-            self.fs.delete_dir(path)
-        elif kind != pafs.FileType.NotFound:
-            self.fs.delete_file(path)
+        if kind != pafs.FileType.NotFound:
+            self.fs.delete_dir(path) if kind == pafs.FileType.Directory else self.fs.delete_file(path)
 
     @contextlib.contextmanager
     def dataset_writing(self, relative: str) -> Iterator[str]:
-        """A temporary folder for a Parquet dataset (e.g. Ray Data's ``write_parquet``), renamed to ``relative``
-        at the end, replacing what was there (on a local disk the rename is atomic; on object stores a
-        folder "rename" copies the files, so a reader may see a partial folder while it runs)."""
+        """A temporary folder for a Parquet dataset (Ray Data's ``write_parquet``), renamed to ``relative`` at the
+        end, replacing what was there (atomic on a local disk; on object stores a folder "rename" copies files)."""
         with self._writing(relative, folder=True, replaces=True) as temporary:
             yield temporary
 
@@ -379,14 +355,10 @@ class RunStore:
 
     def read_table(self, relative: str) -> pa.Table:
         """Read a Parquet file (or a folder of them), or raise a RayprivError saying which file is bad and what to do."""
-        if self.fs.get_file_info(self.path(relative)).type == pafs.FileType.Directory:  # a Ray Data scores.parquet
-            try:
-                return pq.read_table(self.path(relative), filesystem=self.fs)
-            except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-                raise RayprivError(f"{self.path(relative)} is corrupt or truncated ({exc}); {_REWRITE_HINT}") from None
-        data = self.read_bytes(relative)
+        folder = self.fs.get_file_info(self.path(relative)).type == pafs.FileType.Directory  # a Ray Data scores.parquet
+        source = self.path(relative) if folder else pa.BufferReader(self.read_bytes(relative))
         try:
-            return pq.read_table(pa.BufferReader(data))
+            return pq.read_table(source, filesystem=self.fs if folder else None)
         except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
             raise RayprivError(f"{self.path(relative)} is corrupt or truncated ({exc}); {_REWRITE_HINT}") from None
 

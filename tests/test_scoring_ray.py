@@ -17,8 +17,8 @@ import raypriv.scoring_ray
 from raypriv.data import load_dataset
 from raypriv.errors import RayprivError
 from raypriv.experiment import config_from_dict, config_hash, protocol_hash
-from raypriv.scoring import score_run
-from raypriv.scoring_ray import choose_backend, logits_dataset, score_run_ray
+from raypriv.scoring import choose_backend, local_scoring_gb, score_run
+from raypriv.scoring_ray import logits_dataset, score_run_ray
 from raypriv.split import make_audit_split
 from raypriv.store import RunStore, logits_path
 from tests.conftest import stop_cluster, tiny_config_dict
@@ -103,6 +103,12 @@ def test_backend_choice_and_hashes(tmp_path):
     assert choose_backend(auto, store) == "local"  # 8 x 40 scores
     auto.scoring.driver_memory_gb = 1e-6
     assert choose_backend(auto, store) == "ray"
+    # What the local backend holds: 8 x 40 x 2 float32 LiRA scores, then per pair the loss input, a float32
+    # output per attack and a float64 staging per RMIA variant.
+    n_rmia = sum(a.startswith("rmia") for a in auto.attacks)
+    assert n_rmia >= 1 and local_scoring_gb(auto) * 2**30 == 8 * 40 * 2 * 4 + 8 * 40 * (4 + 4 * len(auto.attacks) + 8 * n_rmia)
+    auto.scoring.driver_memory_gb = local_scoring_gb(auto)
+    assert choose_backend(auto, store) == "local"  # at the threshold, not above it
     with pytest.raises(RayprivError, match="scoring.num_cpus"):
         config_from_dict(tiny_config_dict(tmp_path, **{"scoring.num_cpus": 0}))
 
