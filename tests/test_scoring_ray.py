@@ -103,10 +103,11 @@ def test_backend_choice_and_hashes(tmp_path):
     assert choose_backend(auto, store) == "local"  # 8 x 40 scores
     auto.scoring.driver_memory_gb = 1e-6
     assert choose_backend(auto, store) == "ray"
-    # What the local backend holds: 8 x 40 x 2 float32 LiRA scores, then per pair the loss input, a float32
+    # What the local backend holds: 8 x 40 x Q float32 LiRA scores, then per pair the loss input, a float32
     # output per attack and a float64 staging per RMIA variant.
     n_rmia = sum(a.startswith("rmia") for a in auto.attacks)
-    assert n_rmia >= 1 and local_scoring_gb(auto) * 2**30 == 8 * 40 * 2 * 4 + 8 * 40 * (4 + 4 * len(auto.attacks) + 8 * n_rmia)
+    expected = 8 * 40 * len(auto.queries) * 4 + 8 * 40 * (4 + 4 * len(auto.attacks) + 8 * n_rmia)
+    assert n_rmia == 2 and local_scoring_gb(auto) * 2**30 == expected
     auto.scoring.driver_memory_gb = local_scoring_gb(auto)
     assert choose_backend(auto, store) == "local"  # at the threshold, not above it
     with pytest.raises(RayprivError, match="scoring.num_cpus"):
