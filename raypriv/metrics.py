@@ -109,13 +109,14 @@ class RocWalk:
     and maxima, so any cut of the curve into slices gives the same numbers."""
 
     def __init__(self, n_in: int, n_out: int, keep_all: bool) -> None:
-        self.n_in, self.n_out, self.keep_all = n_in, n_out, keep_all
+        self.n_in, self.n_out = n_in, n_out
         self.twice_area = 0  # sum of (fp_i - fp_{i-1}) * (tp_i + tp_{i-1}): exact in integers
         self.balanced = -np.inf
         self.below: dict[str, tuple[float, float] | None] = {key: None for key in LOW_FPRS}  # last point at FPR <= target
         self.above: dict[str, tuple[float, float] | None] = {key: None for key in LOW_FPRS}  # first point above it
-        self.curve_fpr: list[np.ndarray] = []
-        self.curve_tpr: list[np.ndarray] = []
+        self.curve_fpr, self.curve_tpr = [], []  # the curve's points, one array per slice
+        self.grid = None if keep_all else np.unique(  # the thinned curve's FPR grid, built once, not per slice
+            np.concatenate([np.geomspace(1.0 / n_out, 1.0, 2000), np.linspace(0.0, 1.0, 1001)]))
 
     def add(self, tp: np.ndarray, fp: np.ndarray, start_tp: int, start_fp: int) -> "RocWalk":
         if len(tp) == 0:
@@ -132,12 +133,11 @@ class RocWalk:
             if self.above[key] is None and len(at_or_below) < len(fpr):
                 first = at_or_below[-1] + 1 if len(at_or_below) else 0
                 self.above[key] = (fpr[first], tpr[first])
-        if self.keep_all:
+        if self.grid is None:  # every operating point
             self.curve_fpr.append(fpr)
             self.curve_tpr.append(tpr)
-        else:  # exact points on a log- and a linear-spaced FPR grid
-            grid = np.unique(np.concatenate([np.geomspace(1.0 / self.n_out, 1.0, 2000), np.linspace(0.0, 1.0, 1001)]))
-            index = np.searchsorted(fpr, grid, side="right") - 1
+        else:  # exact points on the FPR grid
+            index = np.searchsorted(fpr, self.grid, side="right") - 1
             index = np.unique(np.concatenate([index, index + 1, [len(fpr) - 1]]))
             index = index[(index >= 0) & (index < len(fpr))]
             self.curve_fpr.append(fpr[index])
