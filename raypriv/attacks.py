@@ -83,6 +83,7 @@ in :mod:`raypriv.reference`, for the tests.  Pass 1 reduces each model's logits,
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -93,6 +94,7 @@ from scipy.special import expit
 
 from raypriv.errors import RayprivError
 from raypriv.rmia import _LOG_FLOOR, RMIA_GAMMA, fit_offline_a, offline_prior, population_log_ratio, rmia_ranks
+from raypriv.store import RunStore, iter_logits
 
 _STD_FLOOR = 1e-30
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
@@ -138,6 +140,35 @@ def to_float32(values: np.ndarray) -> np.ndarray:
     if values.dtype == np.float32:
         return values
     return np.clip(values, -_FLOAT32_MAX, _FLOAT32_MAX).astype(np.float32)
+
+
+def reduce_model(store: RunStore, paradigm: str, model_id: int, n_audit: int, n_queries: int, labels: np.ndarray,
+                 scores: np.ndarray | None, log_p: np.ndarray | None, batch_elements: int = 1 << 22,
+                 n_population: int = 0, population: bool = False) -> tuple[float, float]:
+    """One model's stored logits, read in row batches and reduced as they are read (both scoring backends).
+
+    Fills ``scores`` (``(rows, Q)`` float32 LiRA scores) and ``log_p`` (``(rows,)``
+    float32 label log-probability on query 0); either may be None.  ``labels``:
+    the rows' labels (the audit's, or the population set's with ``population``).
+    Returns the seconds spent reading and reducing.
+    """
+    batches = iter_logits(store, paradigm, model_id, n_audit, n_queries, batch_elements, n_population, population)
+    read = reduce = 0.0
+    while True:
+        start = time.perf_counter()
+        batch = next(batches, None)
+        middle = time.perf_counter()
+        read += middle - start
+        if batch is None:
+            return read, reduce
+        sample, query, logits = batch
+        score, label_log_p = reduce_logits(logits, labels[sample])
+        if scores is not None:
+            scores[sample, query] = to_float32(score)
+        if log_p is not None:
+            first = query == 0
+            log_p[sample[first]] = to_float32(label_log_p[first])
+        reduce += time.perf_counter() - middle
 
 
 # ------------------------------------------------------------------- pass 2: blocks of audit samples

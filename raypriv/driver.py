@@ -156,7 +156,7 @@ def _audit_locked(config: ExperimentConfig, run: RunDirectory, use_ray: bool, sh
 
     models = pa.Table.from_pylist([complete[key] for key in sorted(complete)], schema=MODEL_SCHEMA).to_pandas()
     run.store.write_table("models.parquet", pa.Table.from_pandas(models, schema=MODEL_SCHEMA, preserve_index=False))
-    metrics = score_run(config, run.store, split, models)
+    metrics = score_run(config, run.store, split, models, show_progress)
     wall = time.perf_counter() - start
     summary = format_summary(config, metrics, models, wall)
     run.store.write_bytes("summary.txt", summary.encode())

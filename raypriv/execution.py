@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from typing import Any
 
@@ -29,6 +28,7 @@ from raypriv.data import Dataset
 from raypriv.ensemble import engine_for, group_size
 from raypriv.errors import AuditInterrupted, RayprivError
 from raypriv.pipeline import ShadowTrainer
+from raypriv.progress import Progress
 from raypriv.split import AuditSplit
 from raypriv.store import RunStore, synthetic_record_path
 from raypriv.synth import make_paradigm
@@ -36,45 +36,20 @@ from raypriv.synth import make_paradigm
 log = logging.getLogger("raypriv")
 
 
-class _Progress:
-    """Models done / total with throughput and ETA: a tqdm bar on a terminal, log lines otherwise."""
+class _Progress(Progress):
+    """Shadow models done / total (:class:`raypriv.progress.Progress`), and the failure records."""
 
     def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.start = total, 0, time.perf_counter()
+        super().__init__(total, "shadow models", "models", enabled)
         self.failures: list[dict[str, Any]] = []  # failure records (raypriv.pipeline.failure_record)
-        self.bar = None
-        self.enabled = enabled
-        self.next_log = 0.0
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc="shadow models", unit="model", dynamic_ncols=True)
-
-    def update(self, row: dict[str, Any]) -> None:
-        self.done += 1
+    def update(self, row: dict[str, Any]) -> None:  # type: ignore[override]
         if row.get("status") == "failed":
             self.failures.append(row)
             log.warning("%s #%d failed (it is retried on rerun): %s", row["paradigm"], row["model_id"], row["error"])
-            if self.bar is not None:
-                self.bar.update(1)
+            super().update(1, f"{row['paradigm']} #{row['model_id']} failed")
             return
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{row['paradigm']} #{row['model_id']} acc={row['test_acc']:.3f}")
-            self.bar.update(1)
-            return
-        elapsed = time.perf_counter() - self.start
-        if self.enabled and (elapsed >= self.next_log or self.done == self.total):
-            rate = self.done / elapsed
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            log.info(
-                "models %d/%d (%.1f/min, ETA %.0fs); last: %s #%d acc=%.3f",
-                self.done, self.total, 60 * rate, eta, row["paradigm"], row["model_id"], row["test_acc"],
-            )
-            self.next_log = elapsed + 10.0
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        super().update(1, f"{row['paradigm']} #{row['model_id']} acc={row['test_acc']:.3f}")
 
 
 def _init_ray(config: ExperimentConfig) -> bool:

@@ -49,6 +49,7 @@ from raypriv.metrics import (
     split_halves,
     value_keys,
 )
+from raypriv.progress import Progress
 
 IN, SELECTED, HELD = 1, 2, 4  # a key's label bits
 LABEL_BITS = 3
@@ -237,36 +238,59 @@ def _walk(above: np.ndarray, totals: np.ndarray, keep_all: bool, *pieces: np.nda
     return walk_partition(list(pieces), above, totals, keep_all)
 
 
-def _n_partitions(n_pairs: int) -> int:
-    """Score ranges per attack: about PAIRS_PER_PARTITION pairs each, and at least two per CPU of the cluster."""
+def cluster_cpus() -> int:
+    """The running Ray cluster's CPUs (at least 1): what the Ray backend sizes its task counts by."""
     import ray
 
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(-(-n_pairs // PAIRS_PER_PARTITION), 2 * max(cpus, 1))
+    return max(int(ray.cluster_resources().get("CPU", 1)), 1)
+
+
+def _n_partitions(n_pairs: int) -> int:
+    """Score ranges per attack: about PAIRS_PER_PARTITION pairs each, and at least two per CPU of the cluster."""
+    return max(-(-n_pairs // PAIRS_PER_PARTITION), 2 * cluster_cpus())
+
+
+def _get(refs: list, progress: Progress) -> list:
+    """``ray.get(refs)``, counting each task on ``progress`` as it finishes."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0, fetch_local=False)
+        if done:
+            progress.update(len(done))
+    return ray.get(list(refs))
 
 
 def metrics_on_ray(refs: list, attacks: list[str], keep_ref: Any, halves_ref: Any, n_pairs: int, delta: float,
-                   args: dict[str, Any]) -> dict[str, tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]]:
+                   args: dict[str, Any], show_progress: bool = False, desc: str = "metrics"
+                   ) -> dict[str, tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]]:
     """Every attack's metrics.json entry and ROC curve, exactly as the local path's, in the three passes above.
 
     ``refs``: Ray object refs of Arrow blocks of per-target rows (``model_id`` and one float32 binary column per
     attack); ``keep_ref`` / ``halves_ref``: refs of ``keep`` and :func:`bound_halves`; ``args``: each task's
-    resources.  The driver holds block refs, per-range counts and curve points only."""
+    resources.  The driver holds block refs, per-range counts and curve points only.  ``show_progress``: tasks
+    done / total with throughput and ETA under ``desc`` (:class:`raypriv.progress.Progress`)."""
     import ray
 
-    sample = ray.remote(**args)(_sample_scores)
-    samples = ray.get([sample.remote(ref, attacks) for ref in refs])
     n_partitions = _n_partitions(n_pairs)
+    progress = Progress(len(refs) * (1 + len(attacks)) + len(attacks) * n_partitions, desc, "tasks", show_progress)
+    sample = ray.remote(**args)(_sample_scores)
+    samples = _get([sample.remote(ref, attacks) for ref in refs], progress)
     boundaries = {a: choose_boundaries([s[a] for s in samples], n_partitions) for a in attacks}
     del samples
+    progress.set_total(len(refs) * (1 + len(attacks)) + sum(len(b) + 1 for b in boundaries.values()))  # ties can merge ranges
     split = ray.remote(**args)(_split_scores)
     splits = {a: [split.options(num_returns=len(boundaries[a]) + 2).remote(ref, a, keep_ref, halves_ref, boundaries[a])
                   for ref in refs] for a in attacks}
     walk = ray.remote(**args)(_walk)
     walks = {}
     for attack in attacks:
-        counts = sum(ray.get([parts[-1] for parts in splits[attack]]))
+        counts = sum(_get([parts[-1] for parts in splits[attack]], progress))
         above, totals = counts_above(counts), counts.sum(axis=0)
         walks[attack] = (totals, [walk.remote(above[i], totals, n_pairs <= MAX_CURVE_POINTS, *[parts[i] for parts in splits[attack]])
                                   for i in reversed(range(len(counts)))])  # highest scores first
-    return {a: merge_partitions(ray.get(refs_), totals, delta) for a, (totals, refs_) in walks.items()}
+    # One attack's walks on the driver at a time.
+    results = {a: merge_partitions(_get(attack_walks, progress), totals, delta) for a, (totals, attack_walks) in walks.items()}
+    progress.close()
+    return results

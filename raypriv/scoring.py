@@ -6,7 +6,7 @@ The audit never holds them:
 
 1. :func:`load_attack_inputs` reads each model's Parquet file in row
    batches and reduces every row at once to the LiRA score ``s`` and the
-   label's log-probability (:func:`raypriv.attacks.reduce_logits`), kept as
+   label's log-probability (:func:`raypriv.attacks.reduce_model`), kept as
    float32 ``(M, N, Q)`` and ``(M, N)``: 0.6 GB at that size.
 2. :func:`raypriv.attacks.score_attacks` computes the attacks in blocks of
    audit samples; each attack is a float32 ``(M, N)`` array (0.2 GB).
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from raypriv.attacks import ATTACKS, _map, check_attacks, reduce_logits, score_attacks, to_float32
+from raypriv.attacks import ATTACKS, _map, check_attacks, reduce_model, score_attacks
 from raypriv.config import ExperimentConfig
 from raypriv.errors import RayprivError
 from raypriv.experiment import recipe_hash
@@ -41,7 +41,6 @@ from raypriv.metrics import audit_epsilon_lower_bound, roc_metrics
 from raypriv.split import AuditSplit
 from raypriv.store import (
     RunStore,
-    iter_logits,
     scores_schema,
     scores_table,
     scores_write_options,
@@ -115,22 +114,9 @@ def load_attack_inputs(
     spent = np.zeros((n_models, 2))
 
     def load(model_id: int) -> None:
-        batches = iter_logits(store, paradigm, model_id, n_audit, n_queries, batch_elements, n_population, population)
-        while True:
-            start = time.perf_counter()
-            batch = next(batches, None)
-            middle = time.perf_counter()
-            spent[model_id, 0] += middle - start
-            if batch is None:
-                return
-            sample, query, logits = batch
-            score, label_log_p = reduce_logits(logits, labels[sample])
-            if scores is not None:
-                scores[model_id, sample, query] = to_float32(score)
-            if log_p is not None:
-                first = query == 0
-                log_p[model_id, sample[first]] = to_float32(label_log_p[first])
-            spent[model_id, 1] += time.perf_counter() - middle
+        spent[model_id] = reduce_model(store, paradigm, model_id, n_audit, n_queries, labels,
+                                       None if scores is None else scores[model_id], None if log_p is None else log_p[model_id],
+                                       batch_elements, n_population, population)
 
     _map(load, range(n_models), workers)
     if timings is not None:
@@ -157,7 +143,8 @@ def scores_summary(path: str) -> dict[str, Any]:
 # ------------------------------------------------------------------ a whole run
 
 
-def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, models: pd.DataFrame) -> dict[str, Any]:
+def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, models: pd.DataFrame,
+              show_progress: bool = False) -> dict[str, Any]:
     """Run the attacks on the stored logits; write scores, metrics and the ROC plot.
 
     Streams in bounded memory (see :mod:`raypriv.scoring`): each paradigm's
@@ -168,7 +155,7 @@ def score_run(config: ExperimentConfig, store: RunStore, split: AuditSplit, mode
     from raypriv.scoring_ray import score_run_ray
 
     if choose_backend(config, store) == "ray":  # the same functions, run as Ray Data tasks on the workers
-        return score_run_ray(config, store, split, models)
+        return score_run_ray(config, store, split, models, show_progress=show_progress)
     metrics: dict[str, Any] = {}
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     n_models, n_audit = split.keep.shape

@@ -7,9 +7,10 @@ calling the *same* functions, so the numbers are the same by construction
 (``metrics.json`` byte-identical, ``scores.parquet`` an equal table):
 
 1. **Read and reduce** (``READ_TASKS_PER_CPU`` tasks per CPU, each reading
-   its model files in turn): :func:`raypriv.store.iter_logits` (its checks,
-   so a corrupt file gives the local path's error, naming the file) and
-   :func:`raypriv.attacks.reduce_logits`; each model's reduced rows leave the
+   its model files in turn): :func:`raypriv.attacks.reduce_model`, as the
+   local path reads a model (:func:`raypriv.store.iter_logits`' checks, so a
+   corrupt file gives the local path's error, naming the file, and
+   :func:`raypriv.attacks.reduce_logits`); each model's reduced rows leave the
    task cut into blocks of audit samples.
 2. **Per-sample statistics**: ``groupby("block").map_groups`` puts every
    model's rows of one sample block in one task (a leave-one-out median needs
@@ -74,11 +75,11 @@ from scipy.special import expit
 
 from raypriv import metrics_partitioned
 from raypriv.metrics_partitioned import score_matrix
-from raypriv.attacks import ATTACKS, SampleBlock, _group_size, check_attacks, reduce_logits, to_float32
+from raypriv.attacks import ATTACKS, SampleBlock, _group_size, check_attacks, reduce_model, to_float32
 from raypriv.config import ExperimentConfig
 from raypriv.errors import RayprivError
 from raypriv.rmia import fit_offline_a, population_log_ratio
-from raypriv.store import RunStore, iter_logits, scores_schema, scores_table, scores_write_options, versioned_schema
+from raypriv.store import RunStore, scores_schema, scores_table, scores_write_options, versioned_schema
 
 if TYPE_CHECKING:  # not imported at run time: raypriv.split imports torch, which the tasks never need
     import ray.data
@@ -142,11 +143,7 @@ def _reduce_models(batch: dict[str, np.ndarray], uri: str, paradigm: str, n_audi
     for model_id in batch["model_id"]:
         scores = np.empty((n_audit, n_queries), dtype=np.float32)
         log_p = np.empty(n_audit, dtype=np.float32)
-        for sample, query, logits in iter_logits(store, paradigm, int(model_id), n_audit, n_queries, n_population=n_population):
-            score, label_log_p = reduce_logits(logits, labels[sample])
-            scores[sample, query] = to_float32(score)
-            first = query == 0
-            log_p[sample[first]] = to_float32(label_log_p[first])
+        reduce_model(store, paradigm, int(model_id), n_audit, n_queries, labels, scores, log_p, n_population=n_population)
         for block, start in enumerate(range(0, n_audit, task_block)):
             out["model_id"].append(int(model_id))
             out["block"].append(block)
@@ -289,9 +286,8 @@ def _reduce_population(batch: dict[str, np.ndarray], uri: str, paradigm: str, n_
     out: dict[str, list] = {"model_id": [], "scores": []}
     for model_id in batch["model_id"]:
         scores = np.empty((n_population, n_queries), dtype=np.float32)
-        for sample, query, logits in iter_logits(store, paradigm, int(model_id), n_audit, n_queries,
-                                                 n_population=n_population, population=True):
-            scores[sample, query] = to_float32(reduce_logits(logits, labels[sample])[0])
+        reduce_model(store, paradigm, int(model_id), n_audit, n_queries, labels, scores, None, n_population=n_population,
+                     population=True)
         out["model_id"].append(int(model_id))
         out["scores"].append(scores.tobytes())
     return out
@@ -328,9 +324,7 @@ class _ScoresFiles:
 def _read_tasks(n_models: int) -> int:
     """Read tasks: READ_TASKS_PER_CPU per CPU of the cluster (each reads its models one after another), at most
     one per model.  One task per model file costs Ray's per-task overhead 1,024 times at the reference size."""
-    import ray
-
-    return max(1, min(n_models, READ_TASKS_PER_CPU * max(int(ray.cluster_resources().get("CPU", 1)), 1)))
+    return max(1, min(n_models, READ_TASKS_PER_CPU * metrics_partitioned.cluster_cpus()))
 
 
 def _score_paradigm(config: ExperimentConfig, store: RunStore, split: AuditSplit, paradigm: str, keep_ref: Any,
@@ -432,7 +426,8 @@ def score_run_ray(config: ExperimentConfig, store: RunStore, split: AuditSplit, 
                 delta = entry.get("info", {}).get("delta", 0.0)
                 start = time.perf_counter()
                 for attack, (values, curve) in metrics_partitioned.metrics_on_ray(
-                        per_model.to_arrow_refs(), attacks, keep_ref, halves_ref, n_models * n_audit, delta, args).items():
+                        per_model.to_arrow_refs(), attacks, keep_ref, halves_ref, n_models * n_audit, delta, args,
+                        show_progress, f"scoring {paradigm}: metrics").items():
                     entry[attack], curves.setdefault(paradigm, {})[attack] = values, curve
                 metrics[paradigm] = entry
                 log.info("scoring %s on Ray Data: metrics of %d attacks in %.1fs", paradigm, len(attacks), time.perf_counter() - start)

@@ -1,6 +1,8 @@
 """scoring.backend: ray gives the local backend's files: on a local Ray, on a 3-node cluster, with a node lost, on bad input."""
 
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,15 +130,20 @@ class TestLocalRay:
         written = pq.read_schema(next((dest / "scores.parquet").iterdir()))
         assert written.metadata[b"raypriv_schema_version"] == b"2"  # the store's version, as the local file has
 
-    def test_audit_with_backend_ray_scores_on_ray(self, runs, tmp_path, monkeypatch):
+    def test_audit_with_backend_ray_scores_on_ray(self, runs, tmp_path, monkeypatch, caplog):
+        """The audit's scoring runs on Ray with the audit's progress: Ray Data's bars, and the metrics tasks' count."""
         dest = tmp_path / "run"
         shutil.copytree(runs / "default", dest)
         (dest / "metrics.json").unlink()
         called = []
         configure = raypriv.scoring_ray._configure_ray_data
         monkeypatch.setattr("raypriv.scoring_ray._configure_ray_data", lambda show: (called.append(show), configure(show)))
-        run_audit(config(dest, "default", "ray"), use_ray=False, show_progress=False)
-        assert called and (dest / "metrics.json").read_bytes() == (runs / "default" / "metrics.json").read_bytes()
+        caplog.set_level(logging.INFO, logger="raypriv")
+        run_audit(config(dest, "default", "ray"), use_ray=False, show_progress=True)
+        assert called == [True] and (dest / "metrics.json").read_bytes() == (runs / "default" / "metrics.json").read_bytes()
+        counts = [re.fullmatch(r"scoring real: metrics: (\d+)/(\d+) \([\d.]+ tasks/min, ETA \d+s\)", r.getMessage())
+                  for r in caplog.records if r.getMessage().startswith("scoring real: metrics:")]
+        assert counts and all(counts) and counts[-1][1] == counts[-1][2]  # the last line: every task done
 
     def test_corrupt_logits_give_the_local_error(self, runs, tmp_path):
         shutil.copytree(runs / "default", tmp_path / "run")

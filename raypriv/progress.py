@@ -1,0 +1,64 @@
+"""Progress of a long step: items done / total, throughput and ETA.
+
+On a terminal it is a tqdm bar; otherwise (``ray job submit`` logs, files) a
+log line on the ``raypriv`` logger at most every ``log_every`` seconds, and
+one at the end.  Training counts models with it, the Ray scoring backend's
+metrics stage counts tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("raypriv")
+
+
+class Progress:
+    """Count ``total`` items of ``unit`` under ``desc``; ``enabled=False`` keeps the count and prints nothing."""
+
+    def __init__(self, total: int, desc: str, unit: str, enabled: bool, log_every: float = 10.0) -> None:
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.desc, self.unit, self.enabled, self.log_every = desc, unit, enabled, log_every
+        self.next_log = 0.0
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+
+    def set_total(self, total: int) -> None:
+        """The total, once it is known (e.g. after a first pass)."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def rate(self) -> float:
+        """Items per second so far."""
+        return self.done / max(time.perf_counter() - self.start, 1e-9)
+
+    def eta(self) -> float:
+        """Seconds left at the rate so far (inf before the first item)."""
+        rate = self.rate()
+        return (self.total - self.done) / rate if rate > 0 else float("inf")
+
+    def update(self, n: int = 1, note: str = "") -> None:
+        """``n`` more items done; ``note`` (e.g. the last item) goes on the bar or the log line."""
+        self.done += n
+        if self.bar is not None:
+            if note:
+                self.bar.set_postfix_str(note)
+            self.bar.update(n)
+            return
+        elapsed = time.perf_counter() - self.start
+        if self.enabled and (elapsed >= self.next_log or self.done >= self.total):
+            per_minute = 60 * self.rate()
+            log.info("%s: %d/%d (%.1f %s/min, ETA %.0fs)%s", self.desc, self.done, self.total, per_minute, self.unit,
+                     self.eta(), f"; last: {note}" if note else "")
+            self.next_log = elapsed + self.log_every
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
