@@ -1,6 +1,7 @@
 """Benchmark: scoring.backend ray against local: driver peak RSS, wall time, and the speed-up from a second worker node.
 
-    python benchmarks/bench_scoring_ray.py [--models M] [--samples N] [--queries Q] [--out DIR] [--data DIR]
+    python benchmarks/bench_scoring_ray.py [--models M] [--samples N] [--queries Q] [--jobs local,ray,cluster1,cluster2]
+                                           [--node-store-gb G] [--no-pin] [--out DIR] [--data DIR]
 
 Synthetic logits (10 classes, Q queries (default 2), a planted membership signal;
 :func:`bench_scoring.make_store`) in a real run-directory layout, scored by
@@ -11,11 +12,19 @@ Synthetic logits (10 classes, Q queries (default 2), a planted membership signal
 * a ``ray.cluster_utils.Cluster`` whose head has ``num_cpus=0`` with 1 worker
   node of 1 CPU, and with 2 such nodes (the speed-up from the second node),
 
-each in a fresh subprocess, in the same run.  Reported per job: scoring wall
+each in a fresh subprocess, in the same run (``--jobs`` picks some of them).
+A cluster's worker node stands for half of this 2-core machine: 1 CPU, and
+half the object store Ray gives this machine by default (``--node-store-gb``;
+``ray.cluster_utils.Cluster`` would give each node 150 MiB, and everything
+would spill to disk), its raylet and worker processes pinned to a core of
+their own (``--no-pin`` to let them float: then the 1-node cluster's Ray
+processes use the second core, which a node of 1 CPU does not have).  The
+driver and the CPU-less head share the cores.  Reported per job: scoring wall
 time (Ray start-up excluded, reported apart), the driver process's peak
 resident memory (``VmHWM``: the driver alone, not Ray's workers), the load
 average before and after (the machine is shared), and whether
-``metrics.json`` is byte-identical to the local backend's.  Writes
+``metrics.json`` is byte-identical to the local backend's, and what Ray
+spilled to disk.  Writes
 ``scoring_ray.md`` to ``--out`` (default ``benchmarks/results``).  Targets
 (issue 15): the Ray driver under 1 GB at any size; Ray wall time within 2x of
 local on 2 cores; 2 nodes at least 1.6x faster than 1.
@@ -45,6 +54,33 @@ def vm_hwm_gb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 2**20
     return float("nan")
+
+
+def default_node_store_gb() -> float:
+    """Half of Ray's default object store for this machine (30% of its memory): a worker node that is half of it."""
+    from ray._private.ray_constants import DEFAULT_OBJECT_STORE_MEMORY_PROPORTION
+    from ray._private.utils import get_system_memory
+
+    return DEFAULT_OBJECT_STORE_MEMORY_PROPORTION * get_system_memory() / 2 / 2**30
+
+
+def pin_node(node, core: int) -> None:
+    """Pin a ``Cluster`` node's raylet and its processes to one core; the workers it starts later inherit it."""
+    import psutil
+
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+    for process in [raylet, *raylet.children(recursive=True)]:
+        process.cpu_affinity([core])
+
+
+def spilled_mib() -> float:
+    """MiB the running Ray has spilled to disk so far (its memory summary's aggregate line)."""
+    import re
+
+    from ray._private.internal_api import memory_summary
+
+    found = re.search(r"Spilled (\d+) MiB", memory_summary(stats_only=True))
+    return float(found.group(1)) if found else 0.0
 
 
 def worker(job: dict) -> dict:
@@ -79,8 +115,10 @@ def worker(job: dict) -> dict:
             from ray.cluster_utils import Cluster
 
             cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-            for _ in range(job["nodes"]):
-                cluster.add_node(num_cpus=1)
+            for core in range(job["nodes"]):
+                node = cluster.add_node(num_cpus=1, object_store_memory=int(job["node_store_gb"] * 2**30))
+                if job["pin"]:
+                    pin_node(node, core % os.cpu_count())
             ray.init(address=cluster.address, logging_level="ERROR")
             cluster.wait_for_nodes()
         else:
@@ -91,13 +129,14 @@ def worker(job: dict) -> dict:
     score_run(config, RunStore(str(store_dir)), split, models)
     wall = time.perf_counter() - start
     metrics = (store_dir / "metrics.json").read_bytes()
+    spilled = spilled_mib() if job["backend"] == "ray" else 0.0
     if cluster is not None:
         import ray
 
         ray.shutdown()
         cluster.shutdown()
     return {"wall_s": wall, "startup_s": startup, "driver_peak_gb": vm_hwm_gb(), "driver_before_gb": baseline, "load_before": load_before,
-            "load_after": os.getloadavg()[0], "metrics": metrics.decode()}
+            "load_after": os.getloadavg()[0], "spilled_mib": spilled, "metrics": metrics.decode()}
 
 
 def run_worker(job: dict) -> dict:
@@ -112,6 +151,10 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=1024)
     parser.add_argument("--samples", type=int, default=50_000)
     parser.add_argument("--queries", type=int, default=2, choices=range(2, 19), metavar="2..18")
+    parser.add_argument("--jobs", default="local,ray,cluster1,cluster2", help="which scorings to run (comma-separated)")
+    parser.add_argument("--node-store-gb", type=float, default=None, help="object store of each cluster worker node "
+                        "(default: half of Ray's default for this machine)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin each cluster node's processes to a core")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--data", default=None, help="where to write the synthetic run (default: a temporary folder)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -126,33 +169,39 @@ def main() -> None:
     start = time.perf_counter()
     store = bench_scoring.make_store(root, args.models, args.samples)
     made = time.perf_counter() - start
-    jobs = [("local", {"backend": "local", "nodes": 0}), ("ray, local Ray (2 CPUs)", {"backend": "ray", "nodes": 0}),
-            ("ray, cluster: 1 worker node x 1 CPU", {"backend": "ray", "nodes": 1}),
-            ("ray, cluster: 2 worker nodes x 1 CPU", {"backend": "ray", "nodes": 2})]
+    every_job = {"local": ("local", {"backend": "local", "nodes": 0}), "ray": ("ray, local Ray (2 CPUs)", {"backend": "ray", "nodes": 0}),
+                 "cluster1": ("ray, cluster: 1 worker node x 1 CPU", {"backend": "ray", "nodes": 1}),
+                 "cluster2": ("ray, cluster: 2 worker nodes x 1 CPU", {"backend": "ray", "nodes": 2})}
+    chosen = args.jobs.split(",")
+    if "local" not in chosen or set(chosen) - set(every_job):
+        raise SystemExit(f"--jobs: a comma-separated subset of {','.join(every_job)} that includes local (the baseline)")
+    node_store_gb = args.node_store_gb or default_node_store_gb()
     results = {}
-    for name, job in jobs:
-        results[name] = run_worker({**job, "store": str(store), "queries": args.queries})
+    for key in chosen:
+        name, job = every_job[key]
+        results[name] = run_worker({**job, "store": str(store), "queries": args.queries, "node_store_gb": node_store_gb,
+                                    "pin": not args.no_pin})
         print(f"{name}: {results[name]['wall_s']:.1f}s, driver {results[name]['driver_peak_gb']:.2f} GB", flush=True)
     local = results["local"]
+    pinned = "not pinned" if args.no_pin else "each pinned to a core of its own"
     lines = [
         f"### Ray Data scoring: {args.models} models x {args.samples} samples x {args.queries} queries, {len(ATTACKS)} attacks",
         "",
-        f"`python benchmarks/bench_scoring_ray.py --models {args.models} --samples {args.samples} --queries {args.queries}` "
-        f"({os.cpu_count()} cores; synthetic run written in {made:.0f}s).",
+        f"`python benchmarks/bench_scoring_ray.py --models {args.models} --samples {args.samples} --queries {args.queries} "
+        f"--jobs {args.jobs}{' --no-pin' if args.no_pin else ''}` "
+        f"({os.cpu_count()} cores; synthetic run written in {made:.0f}s; cluster worker nodes: 1 CPU, "
+        f"{node_store_gb:.1f} GiB object store, {pinned}).",
         "",
         "| backend | scoring wall (s) | Ray start-up (s) | driver peak RSS (GB) | of which before scoring (GB) "
-        "| load avg before / after | metrics.json = local |",
-        "|---|---|---|---|---|---|---|",
+        "| load avg before / after | spilled (MiB) | metrics.json = local |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         same = "yes" if r["metrics"] == local["metrics"] else "NO"
         lines.append(f"| {name} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | {r['driver_peak_gb']:.2f} | {r['driver_before_gb']:.2f} | "
-                     f"{r['load_before']:.1f} / {r['load_after']:.1f} | {same} |")
-    ray_local = results["ray, local Ray (2 CPUs)"]
-    one, two = results["ray, cluster: 1 worker node x 1 CPU"], results["ray, cluster: 2 worker nodes x 1 CPU"]
-    ratio, speedup = ray_local["wall_s"] / local["wall_s"], one["wall_s"] / two["wall_s"]
-    driver = max(r["driver_peak_gb"] for n, r in results.items() if n != "local")
-    growth = max(r["driver_peak_gb"] - r["driver_before_gb"] for n, r in results.items() if n != "local")
+                     f"{r['load_before']:.1f} / {r['load_after']:.1f} | {r['spilled_mib']:.0f} | {same} |")
+    driver = max((r["driver_peak_gb"] for n, r in results.items() if n != "local"), default=float("nan"))
+    growth = max((r["driver_peak_gb"] - r["driver_before_gb"] for n, r in results.items() if n != "local"), default=float("nan"))
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
@@ -161,9 +210,14 @@ def main() -> None:
         "",
         f"* Ray driver peak RSS {driver:.2f} GB (target < {DRIVER_TARGET_GB:.0f} GB): {verdict(driver < DRIVER_TARGET_GB)}; "
         f"growth during scoring {growth:.2f} GB (local: {local['driver_peak_gb'] - local['driver_before_gb']:.2f} GB).",
-        f"* Ray / local wall time {ratio:.2f}x (target <= {WALL_RATIO_TARGET:.0f}x): {verdict(ratio <= WALL_RATIO_TARGET)}.",
-        f"* 2 nodes vs 1 node speed-up {speedup:.2f}x (target >= {SPEEDUP_TARGET}x): {verdict(speedup >= SPEEDUP_TARGET)}.",
     ]
+    if "ray, local Ray (2 CPUs)" in results:
+        ratio = results["ray, local Ray (2 CPUs)"]["wall_s"] / local["wall_s"]
+        lines.append(f"* Ray / local wall time {ratio:.2f}x (target <= {WALL_RATIO_TARGET:.0f}x): {verdict(ratio <= WALL_RATIO_TARGET)}.")
+    one, two = (results.get(every_job[k][0]) for k in ("cluster1", "cluster2"))
+    if one and two:
+        speedup = one["wall_s"] / two["wall_s"]
+        lines.append(f"* 2 nodes vs 1 node speed-up {speedup:.2f}x (target >= {SPEEDUP_TARGET}x): {verdict(speedup >= SPEEDUP_TARGET)}.")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "scoring_ray.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
