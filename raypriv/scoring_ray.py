@@ -394,7 +394,7 @@ def score_run_ray(config: ExperimentConfig, store: RunStore, split: AuditSplit, 
     import ray
     from ray.exceptions import RayError
 
-    from raypriv.scoring import check_recipes, paradigm_entry, write_metrics_outputs  # here: it imports torch, the tasks need not
+    from raypriv.scoring_outputs import check_recipes, paradigm_entry, write_metrics_outputs  # here: it imports torch
 
     attacks = check_attacks(config.attacks)
     _group_size(split.keep, attacks)

@@ -38,3 +38,83 @@ def test_no_module_of_the_package_is_over_500_lines():
     root = Path(__file__).resolve().parents[1] / "raypriv"
     long = {str(p.relative_to(root)): n for p in root.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
     assert not long, f"modules over 500 lines: {long}"
+
+
+def import_graph(root: "Path") -> dict[str, set[str]]:
+    """Module -> the package's modules it imports anywhere in its source (top level, in functions, for type checks).
+
+    A package's ``__init__`` is a facade over its modules, so an import of it is not an edge."""
+    import ast
+
+    files = {".".join(p.relative_to(root.parent).with_suffix("").parts): p for p in root.rglob("*.py")}
+    modules = {name.removesuffix(".__init__") for name in files}
+    packages = {name.removesuffix(".__init__") for name in files if name.endswith(".__init__")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        module = name.removesuffix(".__init__")
+        package = module if name.endswith(".__init__") else module.rpartition(".")[0]
+        edges = graph.setdefault(module, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+            else:
+                continue
+            edges.update(t for t in targets if t in modules and t not in packages and t != module)
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycles_among_the_package_modules():
+    """Deferred and type-only imports count: a cycle through them still ties two modules' designs together."""
+    from pathlib import Path
+
+    graph = import_graph(Path(__file__).resolve().parents[1] / "raypriv")
+    assert "raypriv.scoring_outputs" in graph["raypriv.scoring_ray"]  # a function-level import is read
+    assert import_cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from pkg.a import f\n")
+    (package / "a.py").write_text("def f():\n    from pkg import b\n")
+    (package / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.a import f\n")
+    (package / "c.py").write_text("from . import a\n")
+    graph = import_graph(package)
+    assert graph["pkg.c"] == {"pkg.a"} and import_cycles(graph) == [["pkg.a", "pkg.b"]]

@@ -12,14 +12,12 @@ neighbours, and the plots.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from raypriv.attacks import headline_order
-from raypriv.config import ExperimentConfig
 from raypriv.errors import RayprivError
 from raypriv.experiment import config_from_dict
 from raypriv.metrics import (
@@ -31,33 +29,17 @@ from raypriv.metrics import (
     tpr_interval,
 )
 from raypriv.report.figures import headline_figures, neighbour_figure, png_bytes
+from raypriv.report.results import Comparison, ParadigmResult, Report, RunData
 from raypriv.report.samples import TOP_SAMPLES, nearest_neighbours, vulnerable_samples
 from raypriv.report.verdicts import FrontierPoint, LevelEvidence, VerdictInput, frontier_verdict, is_frontier, verdict
 from raypriv.rundir import RunDirectory
 from raypriv.seeding import numpy_rng
-from raypriv.store import RunStore
 
 HISTOGRAM_PREFERENCE = ("lira_online",)  # "per-sample LiRA scores", whatever the headline attack
 _SCORE_KEYS = ("paradigm", "model_id", "sample_id", "is_in")
 
 
 # ------------------------------------------------------------- loading runs
-
-
-@dataclass
-class RunData:
-    """One finished run directory, as the report reads it."""
-
-    uri: str
-    name: str
-    store: RunStore
-    config: ExperimentConfig | None  # None if the stored config no longer validates
-    raw_config: dict[str, Any]
-    manifest: dict[str, Any]
-    keep: np.ndarray
-    audit: pd.DataFrame  # indexed by sample_id order
-    models: pd.DataFrame
-    metrics: dict[str, Any]
 
 
 def load_run(run_dir: str) -> RunData:
@@ -157,64 +139,6 @@ def audit_split_mismatch(a: RunData, b: RunData) -> str | None:
 
 
 # ------------------------------------------------------------ the computations
-
-
-@dataclass
-class ParadigmResult:
-    """One paradigm of one run, with everything the report shows about it."""
-
-    label: str
-    run: RunData
-    paradigm: str
-    entry: dict[str, Any]  # its metrics.json entry
-    is_in: np.ndarray
-    scores: dict[str, np.ndarray]
-    bootstrap: dict[str, np.ndarray] = field(default_factory=dict)  # headline attack replicates
-    verdict_kind: str = ""
-    verdict: str = ""
-    frontier_kind: str = ""  # against the run's DP-SGD frontier (verdicts.frontier_verdict); "" without one
-    frontier: str = ""
-
-    @property
-    def models(self) -> pd.DataFrame:
-        return self.run.models[self.run.models.paradigm == self.paradigm]
-
-    @property
-    def accounted(self) -> tuple[float | None, float | None]:
-        info = self.entry.get("info", {})
-        return info.get("epsilon"), info.get("delta")
-
-
-@dataclass
-class Comparison:
-    a: str
-    b: str
-    attack: str
-    results: dict[str, dict[str, float]]  # metric -> paired_bootstrap_difference output
-
-    def reading(self, metric: str = "tpr@1%fpr") -> str:
-        result = self.results[metric]
-        if not np.isfinite(result["low"]):
-            return "not comparable"
-        if result["low"] > 0:
-            return f"{self.a} leaks more (significant)"
-        if result["high"] < 0:
-            return f"{self.b} leaks more (significant)"
-        return "no significant difference"
-
-
-@dataclass
-class Report:
-    runs: list[RunData]
-    results: list[ParadigmResult]
-    attack: str
-    histogram_attack: str
-    n_boot: int
-    comparisons: list[Comparison]
-    skipped_comparisons: list[str]
-    vulnerable: dict[str, pd.DataFrame]
-    figures: dict[str, bytes]  # name -> PNG
-    figure_notes: dict[str, str]
 
 
 def _labels(pairs: list[tuple[RunData, str]]) -> list[str]:

@@ -15,7 +15,7 @@ from raypriv.report.verdicts import is_frontier
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from raypriv.report.build import ParadigmResult
+    from raypriv.report.results import ParadigmResult
 
 
 def png_bytes(figure: Figure) -> bytes:

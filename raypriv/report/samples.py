@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from raypriv.report.build import ParadigmResult
+    from raypriv.report.results import ParadigmResult
 
 TOP_SAMPLES = 20
 

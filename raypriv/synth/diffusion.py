@@ -425,19 +425,20 @@ class Diffusion(Paradigm):
             )
         if private.y.ndim != 1:
             raise RayprivError("paradigm diffusion needs class ids as labels (N,), not soft labels")
+        img2img = options.generation == "img2img"
+        # The private images img2img starts from: one draw, for either pipeline.
+        sources = img2img_sources(len(private), options, context.generator("img2img-sources")) if img2img else None
         if options.pipeline == "stable-diffusion":
             from raypriv.synth.diffusion_sd import synthesize_stable_diffusion
 
-            return synthesize_stable_diffusion(private, context, options)
+            return synthesize_stable_diffusion(private, context, options, sources)
         num_classes = context.num_classes
         channels, height, width = (int(s) for s in private.x.shape[1:])
         device = context.device
 
         # Pixel scale 0..1 (uint8 / 255), then [-1, 1] as in Ho et al.
         x = private.x.float() / 255.0 if private.x.dtype == torch.uint8 else private.x.float()
-        img2img = options.generation == "img2img"
         if img2img:
-            sources = img2img_sources(len(private), options, context.generator("img2img-sources"))
             context.info["n_per_image"] = options.n_per_image
             if img2img_steps(options.strength, options.sample_steps) == 0:
                 # Strength 0: the private images themselves (no model would be used, so none is trained).

@@ -197,12 +197,15 @@ def _sampling_scheduler(components: dict[str, Any], sampler: str):
     return cls.from_config(components["scheduler"].config, clip_sample=False)
 
 
-def synthesize_stable_diffusion(private: LabeledSet, context: ShadowContext, options: Any) -> LabeledSet:
-    """The whole stable-diffusion path of the ``diffusion`` paradigm on one private set."""
+def synthesize_stable_diffusion(private: LabeledSet, context: ShadowContext, options: Any,
+                                sources: torch.Tensor | None = None) -> LabeledSet:
+    """The whole stable-diffusion path of the ``diffusion`` paradigm on one private set.
+
+    ``sources``: with ``generation: img2img``, the indices of the private images to start from
+    (:func:`raypriv.synth.diffusion.img2img_sources`, drawn by the paradigm for both pipelines)."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
     from raypriv.synth import LabeledSet
-    from raypriv.synth.diffusion import img2img_sources
 
     device = context.device
     channels, height, width = (int(s) for s in private.x.shape[1:])
@@ -226,7 +229,9 @@ def synthesize_stable_diffusion(private: LabeledSet, context: ShadowContext, opt
 
     img2img = options.generation == "img2img"
     if img2img:
-        sources = img2img_sources(len(private), options, context.generator("img2img-sources")).to(device)
+        if sources is None:
+            raise ValueError("generation img2img needs the sources drawn by the diffusion paradigm")  # a caller's bug
+        sources = sources.to(device)
         context.info["n_per_image"] = options.n_per_image
         if int(options.sample_steps * options.strength) == 0:  # no denoising step: the private images
             images = private.x.float() / 255.0 if private.x.dtype == torch.uint8 else private.x.float()
