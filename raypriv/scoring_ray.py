@@ -38,7 +38,8 @@ calling the *same* functions, so the numbers are the same by construction
    byte-stream-split encodings, row groups of whole targets; the files are
    named so that their sorted order is the local file's row order.
 
-Ray Data settings, and why:
+Ray Data settings, and why (set on the driver's ``DataContext`` while scoring,
+and put back as they were afterwards):
 
 * ``shuffle_strategy = SORT_SHUFFLE_PULL_BASED``: the groupbys run as plain
   tasks.  Ray 2.60's default hash shuffle starts aggregator *actors* that
@@ -92,6 +93,7 @@ ENGINE_BLOCK_ELEMENTS = 1 << 20  # score_attacks' default block_elements: the su
 TASK_SCORES = 1 << 22  # scores per attack task when scoring.block_samples is null
 ROWS_PER_GROUP = 1 << 20  # write_scores' default row group
 READ_TASKS_PER_CPU = 4  # enough tasks to balance the nodes and to retry a lost one cheaply
+_DATA_SETTINGS = ("shuffle_strategy", "enable_progress_bars", "raise_original_map_exception")  # DataContext fields set
 
 
 def _user_error(exc: BaseException) -> RayprivError | None:
@@ -110,15 +112,29 @@ def _user_error(exc: BaseException) -> RayprivError | None:
     return None
 
 
-def _configure_ray_data(show_progress: bool) -> None:
+def _configure_ray_data(show_progress: bool) -> dict[str, Any]:
+    """Set this module's Ray Data settings (the module docstring says why); returns the previous ones."""
     from ray.data import DataContext
     from ray.data.context import ShuffleStrategy
 
     context = DataContext.get_current()
+    previous = {name: getattr(context, name) for name in _DATA_SETTINGS}
+    previous["preserve_order"] = context.execution_options.preserve_order
     context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     context.enable_progress_bars = show_progress
     context.execution_options.preserve_order = True  # blocks leave each stage in input order: scores.parquet's row order
     context.raise_original_map_exception = True  # a task's RayprivError reaches the driver as itself, not as UserCodeException
+    return previous
+
+
+def _restore_ray_data(previous: dict[str, Any]) -> None:
+    """Put back the driver's Ray Data settings as they were before scoring (a user's own Ray Data work keeps its own)."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    for name in _DATA_SETTINGS:
+        setattr(context, name, previous[name])
+    context.execution_options.preserve_order = previous["preserve_order"]
 
 
 def _task_args(config: ExperimentConfig) -> dict[str, Any]:
@@ -403,7 +419,7 @@ def score_run_ray(config: ExperimentConfig, store: RunStore, split: AuditSplit, 
         from raypriv.execution import _init_ray
 
         started = _init_ray(config)
-    _configure_ray_data(show_progress)
+    previous_settings = _configure_ray_data(show_progress)
     # Ray Data logs a failed task's traceback before raising; a RayprivError is re-raised below as one line.
     data_log = logging.getLogger("ray.data")
     level = data_log.level
@@ -446,6 +462,7 @@ def score_run_ray(config: ExperimentConfig, store: RunStore, split: AuditSplit, 
         raise type(found)(str(found).split("\n", 1)[0]) from None  # one line: Ray Data appends its retry hints
     finally:
         data_log.setLevel(level)
+        _restore_ray_data(previous_settings)
         if started:
             ray.shutdown()
     write_metrics_outputs(config, store, metrics, curves, n_models, n_audit)

@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import ray
+import ray.data
 from ray.cluster_utils import Cluster
 
 import raypriv.scoring_ray
@@ -137,10 +138,14 @@ class TestLocalRay:
         (dest / "metrics.json").unlink()
         called = []
         configure = raypriv.scoring_ray._configure_ray_data
-        monkeypatch.setattr("raypriv.scoring_ray._configure_ray_data", lambda show: (called.append(show), configure(show)))
+        monkeypatch.setattr("raypriv.scoring_ray._configure_ray_data", lambda show: (called.append(show), configure(show))[1])
         caplog.set_level(logging.INFO, logger="raypriv")
+        context = ray.data.DataContext.get_current()
+        before = (context.shuffle_strategy, context.enable_progress_bars, context.execution_options.preserve_order)
         run_audit(config(dest, "default", "ray"), use_ray=False, show_progress=True)
         assert called == [True] and (dest / "metrics.json").read_bytes() == (runs / "default" / "metrics.json").read_bytes()
+        after = (context.shuffle_strategy, context.enable_progress_bars, context.execution_options.preserve_order)
+        assert after == before and before[2] is False  # the user's own Ray Data settings, back as they were
         counts = [re.fullmatch(r"scoring real: metrics: (\d+)/(\d+) \([\d.]+ tasks/min, ETA \d+s\)", r.getMessage())
                   for r in caplog.records if r.getMessage().startswith("scoring real: metrics:")]
         assert counts and all(counts) and counts[-1][1] == counts[-1][2]  # the last line: every task done
