@@ -77,9 +77,11 @@ def spilled_mib() -> float:
     """MiB the running Ray has spilled to disk so far (its memory summary's aggregate line)."""
     import re
 
+    import ray
     from ray._private.internal_api import memory_summary
 
-    found = re.search(r"Spilled (\d+) MiB", memory_summary(stats_only=True))
+    # This Ray's address: without one, Ray looks up the last cluster that /tmp/ray records (maybe a dead one).
+    found = re.search(r"Spilled (\d+) MiB", memory_summary(ray.get_runtime_context().gcs_address, stats_only=True))
     return float(found.group(1)) if found else 0.0
 
 
