@@ -281,25 +281,16 @@ def metrics_on_ray(refs: list, attacks: list[str], keep_ref: Any, halves_ref: An
     del samples
     progress.set_total(len(refs) * (1 + len(attacks)) + sum(len(b) + 1 for b in boundaries.values()))  # ties can merge ranges
     split = ray.remote(**args)(_split_scores)
+    splits = {a: [split.options(num_returns=len(boundaries[a]) + 2).remote(ref, a, keep_ref, halves_ref, boundaries[a])
+                  for ref in refs] for a in attacks}
     walk = ray.remote(**args)(_walk)
-    # Attacks in a pipeline: the next ones' keys are cut while this one's ranges are walked, and only `depth`
-    # attacks' keys (8 bytes a pair each) live in the object store at once, not every attack's.
-    depth = max(2, -(-2 * cluster_cpus() // max(len(refs), 1)))  # enough cut tasks to keep every CPU busy
-
-    def cut(attack: str) -> list:
-        return [split.options(num_returns=len(boundaries[attack]) + 2).remote(ref, attack, keep_ref, halves_ref, boundaries[attack])
-                for ref in refs]
-
-    splits = {a: cut(a) for a in attacks[:depth]}
-    results = {}
-    for position, attack in enumerate(attacks):
+    walks = {}
+    for attack in attacks:
         counts = sum(_get([parts[-1] for parts in splits[attack]], progress))
         above, totals = counts_above(counts), counts.sum(axis=0)
-        walks = [walk.remote(above[i], totals, n_pairs <= MAX_CURVE_POINTS, *[parts[i] for parts in splits[attack]])
-                 for i in reversed(range(len(counts)))]  # highest scores first
-        del splits[attack]  # the walks hold the pieces now; the store frees them as each walk ends
-        results[attack] = merge_partitions(_get(walks, progress), totals, delta)
-        if position + depth < len(attacks):
-            splits[attacks[position + depth]] = cut(attacks[position + depth])
+        walks[attack] = (totals, [walk.remote(above[i], totals, n_pairs <= MAX_CURVE_POINTS, *[parts[i] for parts in splits[attack]])
+                                  for i in reversed(range(len(counts)))])  # highest scores first
+    # One attack's walks on the driver at a time.
+    results = {a: merge_partitions(_get(attack_walks, progress), totals, delta) for a, (totals, attack_walks) in walks.items()}
     progress.close()
     return results
