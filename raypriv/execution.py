@@ -43,13 +43,14 @@ class _Progress(Progress):
         super().__init__(total, "shadow models", "models", enabled)
         self.failures: list[dict[str, Any]] = []  # failure records (raypriv.pipeline.failure_record)
 
-    def update(self, row: dict[str, Any]) -> None:  # type: ignore[override]
+    def record(self, row: dict[str, Any]) -> None:
+        """One model's result row: counted, and kept as a failure record if it failed."""
         if row.get("status") == "failed":
             self.failures.append(row)
             log.warning("%s #%d failed (it is retried on rerun): %s", row["paradigm"], row["model_id"], row["error"])
-            super().update(1, f"{row['paradigm']} #{row['model_id']} failed")
+            self.update(1, f"{row['paradigm']} #{row['model_id']} failed")
             return
-        super().update(1, f"{row['paradigm']} #{row['model_id']} acc={row['test_acc']:.3f}")
+        self.update(1, f"{row['paradigm']} #{row['model_id']} acc={row['test_acc']:.3f}")
 
 
 def _init_ray(config: ExperimentConfig) -> bool:
@@ -366,7 +367,7 @@ def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
                 if done is not None:
                     waiting.discard(done[0])
                     if done[1].get("status") == "failed":  # no set to train on; reported at the end
-                        progress.update(done[1])
+                        progress.record(done[1])
                     else:
                         ready.setdefault(done[0][0], []).append(done[0][1])
                     dispatch_ready(done[0][0])
@@ -376,7 +377,7 @@ def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
                 done = trainers.collect(ref)
                 if done is not None:
                     for row in done[1]:
-                        progress.update(row)
+                        progress.record(row)
             if not (synthesis.queue or synthesis.in_flight or trainers.queue):
                 trainers.release_idle()
     finally:
@@ -401,7 +402,7 @@ def train_pending(config: ExperimentConfig, store: RunStore, dataset: Dataset, s
                 trainer = ShadowTrainer(config.to_dict(), store.uri, dataset, split)
                 for paradigm, model_ids in _make_groups(config, pending, 1, trainer.device.type == "cuda"):
                     for row in trainer.run_group(paradigm, list(model_ids)):
-                        progress.update(row)
+                        progress.record(row)
             finally:
                 torch.set_num_threads(threads)
     except KeyboardInterrupt:
