@@ -64,7 +64,7 @@ class AuditResult:
 
     def logits_dataset(self, paradigm: str | None = None) -> Any:
         """The run's logits as a ``ray.data.Dataset`` with a ``paradigm`` column, for analysis at cluster scale."""
-        from raypriv.scoring_ray import logits_dataset
+        from raypriv.logits_dataset import logits_dataset
 
         return logits_dataset(self.run_dir, paradigm)
 

@@ -16,7 +16,6 @@ import pandas as pd
 
 from raypriv.config import ExperimentConfig
 from raypriv.errors import RayprivError
-from raypriv.experiment import recipe_hash
 from raypriv.store import RunStore
 
 
@@ -38,6 +37,10 @@ def paradigm_entry(rows: pd.DataFrame) -> dict[str, Any]:
 
 def check_recipes(config: ExperimentConfig, paradigm: str, rows: pd.DataFrame) -> None:
     """Refuse to attack models of another recipe than the config's."""
+    # Here, not at the top: raypriv.experiment imports the paradigm and architecture tables (torch), which
+    # the scoring modules' readers (benchmark workers, Ray Data tasks) never need.
+    from raypriv.experiment import recipe_hash
+
     hashes = set(rows.recipe_hash)
     if hashes != {recipe_hash(config, paradigm)}:
         raise RayprivError(

@@ -17,9 +17,12 @@ Streams used:
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # imported where a generator is made: the NumPy-only users (split, scoring) skip torch's 2.5 s
+    import torch
 
 
 def _stream_key(stream: str) -> int:
@@ -51,6 +54,8 @@ def torch_generator(seed: int, stream: str, model_id: int | None = None) -> torc
     Draws are made on the CPU and moved to the device, so a model gets the same
     data order and augmentations on a GPU as on a laptop.
     """
+    import torch
+
     generator = torch.Generator(device="cpu")
     generator.manual_seed(torch_seed(seed, stream, model_id))
     return generator

@@ -21,7 +21,8 @@ from raypriv.data import load_dataset
 from raypriv.errors import RayprivError
 from raypriv.experiment import config_from_dict, config_hash, protocol_hash
 from raypriv.scoring import choose_backend, local_scoring_gb, score_run
-from raypriv.scoring_ray import logits_dataset, score_run_ray
+from raypriv.logits_dataset import logits_dataset
+from raypriv.scoring_ray import score_run_ray
 from raypriv.split import make_audit_split
 from raypriv.store import RunStore, logits_path
 from tests.conftest import stop_cluster, tiny_config_dict
