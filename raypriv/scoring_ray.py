@@ -12,10 +12,9 @@ calling the *same* functions, so the numbers are the same by construction
    corrupt file gives the local path's error, naming the file, and
    :func:`raypriv.attacks.reduce_logits`); each model's reduced rows leave the
    task cut into blocks of audit samples.
-2. **Per-sample statistics**: ``sort("block", boundaries=...)`` puts every
-   model's rows of one sample block in one partition, and a task per
-   partition stacks them (a leave-one-out median needs all models of a
-   sample).  The blocks are whole multiples of
+2. **Per-sample statistics**: ``groupby("block").map_groups`` puts every
+   model's rows of one sample block in one task (a leave-one-out median needs
+   all models of a sample).  The blocks are whole multiples of
    :func:`raypriv.attacks.score_attacks`' own sample blocks, and each task
    walks those sub-blocks with :class:`raypriv.attacks.SampleBlock`, so
    every float is computed as locally.  Cross-block steps, each in one worker
@@ -24,8 +23,8 @@ calling the *same* functions, so the numbers are the same by construction
    added in the local order), RMIA offline's ``a``
    (:func:`raypriv.rmia.fit_offline_a` on every pair's ``Pr(x|theta)``), the
    population set's RMIA ratios (``audit.n_population``), and RMIA's ranks
-   over each target's whole row (``sort("model_id", boundaries=...)`` into
-   ranges of targets, then the attack's ``finish`` per target).
+   over each target's whole row (``groupby("model_id")``, then the attack's
+   ``finish``).
 3. **Metrics**, exact, from range partitions of each attack's scores
    (:mod:`raypriv.metrics_partitioned`): a sample of scores per block places
    the boundaries, a task per block cuts its packed (score, labels) keys at
@@ -42,14 +41,7 @@ calling the *same* functions, so the numbers are the same by construction
 Ray Data settings, and why (set on the driver's ``DataContext`` while scoring,
 and put back as they were afterwards):
 
-* both shuffles are ``sort(key, boundaries=...)`` with boundaries known in
-  advance (every sample block, ranges of ``READ_TASKS_PER_CPU`` x CPUs
-  targets), not ``groupby(key).map_groups``: that sorts with boundaries
-  sampled from every block first, an extra pass that fetches each block
-  (from another node's store, or back from disk when spilled).  Measured on
-  2 nodes: the attack stage's tasks ran 56 s of its 65 s on 2 cores
-  (``benchmarks/RESULTS.md``).
-* ``shuffle_strategy = SORT_SHUFFLE_PULL_BASED``: the sorts run as plain
+* ``shuffle_strategy = SORT_SHUFFLE_PULL_BASED``: the groupbys run as plain
   tasks.  Ray 2.60's default hash shuffle starts aggregator *actors* that
   hold CPUs for the whole job, which can starve the map tasks on a 2-core
   machine or on small worker nodes.
@@ -91,9 +83,7 @@ from raypriv.rmia import fit_offline_a, population_log_ratio
 from raypriv.scoring_outputs import check_recipes, paradigm_entry, write_metrics_outputs
 from raypriv.store import RunStore, scores_schema, scores_table, scores_write_options, versioned_schema
 
-if TYPE_CHECKING:  # not imported at run time: raypriv.split imports torch, which the tasks never need
-    import ray.data
-
+if TYPE_CHECKING:  # not imported at run time: the tasks never need raypriv.split
     from raypriv.split import AuditSplit
 
 log = logging.getLogger("raypriv")
@@ -183,20 +173,6 @@ def _stack_block(group: dict[str, np.ndarray], n_queries: int) -> dict[str, list
     scores = np.stack([np.frombuffer(group["scores"][i], dtype=np.float32) for i in order])
     log_p = np.stack([np.frombuffer(group["log_p"][i], dtype=np.float32) for i in order])
     return {"block": [int(group["block"][0])], "n_models": [len(order)], "scores": [scores.tobytes()], "log_p": [log_p.tobytes()]}
-
-
-def _per_group(batch: dict[str, np.ndarray], key: str, fn: Callable[..., dict[str, list]], **kwargs: Any) -> dict[str, list]:
-    """``fn`` on each run of equal ``key`` in a batch sorted by it (a sorted partition), outputs concatenated:
-    ``map_groups`` without its sampled sort."""
-    keys = np.asarray(batch[key])
-    if not len(keys):
-        return {}
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    out: dict[str, list] = {}
-    for start, stop in zip(starts, np.r_[starts[1:], len(keys)]):
-        for column, values in fn({name: column_values[start:stop] for name, column_values in batch.items()}, **kwargs).items():
-            out.setdefault(column, []).extend(values)
-    return out
 
 
 def _unpack(row: dict[str, Any], n_queries: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -385,11 +361,9 @@ def _score_paradigm(config: ExperimentConfig, store: RunStore, split: AuditSplit
     models = ray.data.from_items([{"model_id": m} for m in range(n_models)], override_num_blocks=_read_tasks(n_models))
     reduced = models.map_batches(_reduce_models, batch_size=1, fn_kwargs={**read_args, "labels": labels, "task_block": task_block},
                                  **args)
-    n_blocks = -(-n_audit // task_block)
-    blocks = reduced.sort("block", boundaries=list(range(1, n_blocks))).map_batches(  # a partition per sample block
-        _per_group, batch_size=None, batch_format="numpy", fn_kwargs={"key": "block", "fn": _stack_block, "n_queries": n_queries},
-        **args)
+    blocks = reduced.groupby("block").map_groups(_stack_block, fn_kwargs={"n_queries": n_queries}, batch_format="numpy", **args)
     blocks = blocks.materialize()
+    n_blocks = -(-n_audit // task_block)
     log.info("scoring %s on Ray Data: %d models read and reduced into %d sample blocks in %.1fs (%.0f models/s)",
              paradigm, n_models, n_blocks, time.perf_counter() - start, n_models / max(time.perf_counter() - start, 1e-9))
     stage("blocks")
@@ -415,11 +389,9 @@ def _score_paradigm(config: ExperimentConfig, store: RunStore, split: AuditSplit
     attacked = blocks.map_batches(_attack_block, batch_size=1, fn_kwargs={
         "keep": keep_ref, "attacks": attacks, "n_queries": n_queries, "task_block": task_block, "sub": sub,
         "pooled": pooled, "center": config.lira.center, "offline_a": offline_a}, **args)
-    step = -(-n_models // _read_tasks(n_models))  # targets per partition
-    per_model = attacked.sort("model_id", boundaries=list(range(step, n_models, step))).map_batches(
-        _per_group, batch_size=None, batch_format="numpy", fn_kwargs={
-            "key": "model_id", "fn": _finish_model, "attacks": attacks, "gamma": config.rmia.gamma, "versus": versus}, **args)
-    per_model = per_model.materialize()  # sorted by model_id: the sort sorted it, preserve_order keeps it
+    per_model = attacked.groupby("model_id").map_groups(
+        _finish_model, fn_kwargs={"attacks": attacks, "gamma": config.rmia.gamma, "versus": versus}, batch_format="numpy", **args)
+    per_model = per_model.materialize()  # sorted by model_id: the sort-based groupby sorted it, preserve_order keeps it
     log.info("scoring %s on Ray Data: %d attacks on %d blocks in %.1fs", paradigm, len(attacks), n_blocks, time.perf_counter() - start)
     stage("attacks")
     return per_model
