@@ -215,7 +215,7 @@ def main() -> None:
         f"### Ray Data scoring: {args.models} models x {args.samples} samples x {args.queries} queries, {len(ATTACKS)} attacks",
         "",
         f"`python benchmarks/bench_scoring_ray.py --models {args.models} --samples {args.samples} --queries {args.queries} "
-        f"--jobs {args.jobs}{' --no-pin' if args.no_pin else ''}` "
+        f"--jobs {args.jobs}{f' --repeat {args.repeat}' if args.repeat > 1 else ''}{' --no-pin' if args.no_pin else ''}` "
         f"({os.cpu_count()} cores; synthetic run written in {made:.0f}s; cluster worker nodes: 1 CPU, "
         f"{node_store_gb:.1f} GiB object store, {pinned}).",
         "",
