@@ -2,7 +2,7 @@
 # # 1. Load a run and filter it
 #
 # Every table of a raypriv run directory, loaded with plain pandas, joined and
-# filtered.  Run headless:
+# filtered; the metrics through raypriv's typed reader.  Run headless:
 #
 # ```bash
 # python analysis/01_load_run.py RUN_DIR [OUT_DIR]
@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+
+import raypriv
 
 args = [] if "ipykernel" in sys.modules else sys.argv[1:]
 RUN = Path(args[0]) if args else Path("runs/digits-quick")
@@ -51,7 +53,7 @@ scores = pd.read_parquet(RUN / "scores.parquet")
 logits = pd.read_parquet(RUN / "logits")
 if "population" in logits.columns:  # runs with a population set (audit.n_population): audit rows only here
     logits = logits[~logits.population.fillna(False).astype(bool)].drop(columns="population")
-metrics = json.loads((RUN / "metrics.json").read_text())
+metrics = raypriv.load_run(RUN).results  # metrics.json, typed: paradigm -> ParadigmMetrics
 
 KEYS = ["paradigm", "model_id", "sample_id", "is_in"]
 attacks = [c for c in scores.columns if c not in KEYS]
@@ -59,16 +61,16 @@ print("attacks:", attacks)
 print(audit.head(), models[["paradigm", "model_id", "test_acc", "synth_seconds", "train_seconds", "device"]].head(), sep="\n\n")
 
 # %% [markdown]
-# `metrics.json` flattened: one row per (paradigm, attack).  Attacks are
-# whatever dictionaries with an `auc` the file holds, so new attacks appear
+# `metrics.json` flattened: one row per (paradigm, attack).  Each paradigm's
+# `attacks` holds every attack the run scored (`AttackMetrics`; `to_json()`
+# gives its numbers by their metrics.json names), so new attacks appear
 # without changing this code.
 
 # %%
 metric_rows = [
-    {"paradigm": paradigm, "attack": attack, **values, "test_acc": entry["test_acc"], "n_models": entry["n_models"]}
+    {"paradigm": paradigm, "attack": attack, **values.to_json(), "test_acc": entry.test_acc, "n_models": entry.n_models}
     for paradigm, entry in metrics.items()
-    for attack, values in entry.items()
-    if isinstance(values, dict) and "auc" in values
+    for attack, values in entry.attacks.items()
 ]
 metrics_frame = pd.DataFrame(metric_rows)
 metrics_frame.to_csv(OUT / "metrics_flat.csv", index=False)

@@ -11,13 +11,13 @@
 # ```
 
 # %%
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+import raypriv
 from raypriv.metrics import (
     audit_epsilon_lower_bound,
     bootstrap_roc_metrics,
@@ -35,7 +35,7 @@ N_BOOT = 1000
 
 scores = pd.read_parquet(RUN / "scores.parquet")
 audit = pd.read_parquet(RUN / "audit.parquet")
-metrics = json.loads((RUN / "metrics.json").read_text())
+metrics = raypriv.load_run(RUN).results  # metrics.json, typed: paradigm -> ParadigmMetrics
 attacks = [c for c in scores.columns if c not in ("paradigm", "model_id", "sample_id", "is_in")]
 
 # %% [markdown]
@@ -65,7 +65,7 @@ def matrices(frame: pd.DataFrame, attack: str) -> tuple[np.ndarray, np.ndarray]:
 rng = np.random.default_rng(0)
 rows = []
 for paradigm, frame in scores.groupby("paradigm", sort=False):
-    info = metrics[paradigm].get("info", {})
+    info = metrics[paradigm].info  # what the paradigm reported: DP's accounted epsilon and delta
     for attack in attacks:
         is_in, score = matrices(frame, attack)
         point, _ = roc_metrics(is_in, score)
@@ -76,9 +76,9 @@ for paradigm, frame in scores.groupby("paradigm", sort=False):
             row[name] = point[key]
             row[f"{name} low"], row[f"{name} high"] = percentile_interval(boot[key])
             row[f"{name} CP low"], row[f"{name} CP high"] = tpr_interval(point[key], point["n_in"])
-        row["eps lower bound"] = audit_epsilon_lower_bound(is_in, score, info.get("delta", 0.0))  # as metrics.json
+        row["eps lower bound"] = audit_epsilon_lower_bound(is_in, score, metrics[paradigm].delta)  # as metrics.json
         row["accounted eps"] = info.get("epsilon", np.nan)
-        row["test acc"] = metrics[paradigm]["test_acc"]
+        row["test acc"] = metrics[paradigm].test_acc
         rows.append(row)
 summary = pd.DataFrame(rows)
 summary.to_csv(OUT / "privacy_summary.csv", index=False)
@@ -90,8 +90,8 @@ summary[["paradigm", "attack", "AUC", "TPR@1%FPR", "TPR@1%FPR low", "TPR@1%FPR h
 
 # %%
 for row in summary.itertuples():
-    stored = metrics[row.paradigm][row.attack]
-    assert abs(row.AUC - stored["auc"]) < 1e-6, (row.paradigm, row.attack)
+    stored = metrics[row.paradigm].attacks[row.attack]
+    assert abs(row.AUC - stored.auc) < 1e-6, (row.paradigm, row.attack)
 
 # %% [markdown]
 # ## Filtered: canaries only, and per class

@@ -10,7 +10,6 @@
 # ```
 
 # %%
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+import raypriv
 from raypriv.metrics import bootstrap_roc_metrics, bootstrap_weights, percentile_interval, roc_metrics
 
 args = [] if "ipykernel" in sys.modules else sys.argv[1:]
@@ -31,7 +31,7 @@ OUT.mkdir(parents=True, exist_ok=True)
 
 scores = pd.read_parquet(RUN / "scores.parquet")
 audit = pd.read_parquet(RUN / "audit.parquet")
-metrics = json.loads((RUN / "metrics.json").read_text())
+metrics = raypriv.load_run(RUN).results  # metrics.json, typed: paradigm -> ParadigmMetrics
 attacks = [c for c in scores.columns if c not in ("paradigm", "model_id", "sample_id", "is_in")]
 ATTACK = args[2] if len(args) > 2 else ("lira_online" if "lira_online" in attacks else attacks[0])
 paradigms = list(metrics)
@@ -79,8 +79,8 @@ for paradigm, part in scores.groupby("paradigm", sort=False):
     boot = bootstrap_roc_metrics(is_in, score, bootstrap_weights(is_in.shape[1], 1000, rng))
     low, high = percentile_interval(boot["tpr@0.1%fpr"])
     entry = metrics[paradigm]
-    points.append({"paradigm": paradigm, "acc": entry["test_acc"], "acc_std": entry["test_acc_std"],
-                   "tpr": entry[ATTACK]["tpr@0.1%fpr"], "low": low, "high": high})
+    points.append({"paradigm": paradigm, "acc": entry.test_acc, "acc_std": entry.test_acc_std,
+                   "tpr": entry.attacks[ATTACK].tpr["tpr@0.1%fpr"], "low": low, "high": high})
 points = pd.DataFrame(points)
 points.to_csv(OUT / "privacy_utility.csv", index=False)
 

@@ -13,7 +13,6 @@
 # ```
 
 # %%
-import json
 import sys
 from pathlib import Path
 
@@ -26,7 +25,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from raypriv.experiment import config_from_dict
+import raypriv
+from raypriv.config import from_dict
 from raypriv.data import load_dataset
 
 args = [] if "ipykernel" in sys.modules else sys.argv[1:]
@@ -38,7 +38,7 @@ scores = pd.read_parquet(RUN / "scores.parquet")
 audit = pd.read_parquet(RUN / "audit.parquet")
 models = pd.read_parquet(RUN / "models.parquet")
 keep = np.load(RUN / "keep.npy")
-metrics = json.loads((RUN / "metrics.json").read_text())
+metrics = raypriv.load_run(RUN).results  # metrics.json, typed: paradigm -> ParadigmMetrics
 attacks = [c for c in scores.columns if c not in ("paradigm", "model_id", "sample_id", "is_in")]
 ATTACK = "lira_online" if "lira_online" in attacks else attacks[0]
 PARADIGMS = [args[2]] if len(args) > 2 else list(metrics)
@@ -85,7 +85,7 @@ ranked[ranked.true_label == ranked.true_label.mode()[0]].head(5)
 # nearest training image is then itself.
 
 # %%
-dataset = load_dataset(config_from_dict(yaml.safe_load((RUN / "config.yaml").read_text())).dataset)
+dataset = load_dataset(from_dict(yaml.safe_load((RUN / "config.yaml").read_text())).dataset)
 
 
 def pixels(x: np.ndarray) -> np.ndarray:

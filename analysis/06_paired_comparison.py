@@ -13,13 +13,13 @@
 
 # %%
 import itertools
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+import raypriv
 from raypriv.metrics import bootstrap_roc_metrics, bootstrap_weights, paired_bootstrap_difference
 
 args = [] if "ipykernel" in sys.modules else sys.argv[1:]
@@ -28,7 +28,7 @@ OUT = Path(args[1]) if len(args) > 1 else RUN / "analysis"
 OUT.mkdir(parents=True, exist_ok=True)
 
 scores = pd.read_parquet(RUN / "scores.parquet")
-metrics = json.loads((RUN / "metrics.json").read_text())
+metrics = raypriv.load_run(RUN).results  # metrics.json, typed: paradigm -> ParadigmMetrics
 attacks = [c for c in scores.columns if c not in ("paradigm", "model_id", "sample_id", "is_in")]
 ATTACK = "lira_online" if "lira_online" in attacks else attacks[0]
 paradigms = list(metrics)
@@ -58,7 +58,8 @@ rows = []
 for a, b in PAIRS:
     for metric in ("tpr@1%fpr", "tpr@0.1%fpr", "auc"):
         result = paired_bootstrap_difference(
-            metrics[a][ATTACK][metric], metrics[b][ATTACK][metric], replicates[a][metric], replicates[b][metric]
+            metrics[a].attacks[ATTACK][metric], metrics[b].attacks[ATTACK][metric], replicates[a][metric],
+            replicates[b][metric],
         )
         significant = result["low"] > 0 or result["high"] < 0
         leader = a if result["difference"] > 0 else b

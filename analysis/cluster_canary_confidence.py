@@ -4,7 +4,7 @@
 # The per-sample mean confidence (softmax probability of the audit label, on
 # the un-augmented query 0) over the models that trained on the sample (IN)
 # and over those that did not (OUT).  The logits are never loaded into this
-# process: `raypriv.logits_dataset.logits_dataset` is a `ray.data.Dataset` over
+# process: `raypriv.scoring.logits_dataset.logits_dataset` is a `ray.data.Dataset` over
 # the run's logits files, and the reduction runs on the cluster's workers.
 # Run headless (a local Ray starts unless `RAY_ADDRESS` names a cluster):
 #
@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from raypriv.logits_dataset import logits_dataset
-from raypriv.store import RunStore
+from raypriv.run.store import RunStore
+from raypriv.scoring.logits_dataset import logits_dataset
 
 args = [] if "ipykernel" in sys.modules else sys.argv[1:]
 RUN = args[0] if args else "runs/digits-quick"

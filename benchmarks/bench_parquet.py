@@ -3,7 +3,7 @@
     python benchmarks/bench_parquet.py [--quick] [--out DIR]
 
 Model files are written by the audit's own writer
-(:func:`raypriv.store.write_model_result`: one row per audit sample and query,
+(:func:`raypriv.run.store.write_model_result`: one row per audit sample and query,
 ``model_id``, ``sample_id``, ``query_id``, ``label`` and a fixed-size float32
 ``logits`` list, pyarrow's default compression).  Sizes come from the files
 and their Parquet metadata.  A run of synthetic logits is then read back four
@@ -12,7 +12,8 @@ passes over the files (so the page cache is warm for all of them):
 
 * ``iter_logits``: the streaming reader, row batches of about 4M logits, decode only;
 * ``load_attack_inputs``: the same stream reduced to the float32 LiRA scores
-  the attacks use (what ``raypriv audit`` does);
+  the attacks use (what ``raypriv audit`` does; a plan whose one attack,
+  ``lira_online``, reads no label log-probabilities);
 * ``read_logits``: one float32 ``(models, samples, queries, classes)`` array;
 * ``pandas.read_parquet(RUN / "logits")``: the documented plain-pandas way
   (a ``logits`` column of per-row arrays, plus the ``paradigm`` partition).
@@ -38,12 +39,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_scoring import machine, make_store, peak_rss_gb  # noqa: E402  (same synthetic store and machine line)
+from bench_scoring import machine, make_store, peak_rss_gb, scoring_plan  # noqa: E402  (same synthetic store and machine line)
 
 QUERIES = 2
 CLASSES = 10  # make_store's
-
-
 
 
 def file_sizes(n_samples: int, n_classes: int, folder: Path, writer: str) -> dict:
@@ -54,7 +53,8 @@ def file_sizes(n_samples: int, n_classes: int, folder: Path, writer: str) -> dic
     """
     import pyarrow.parquet as pq
 
-    from raypriv.store import LOGITS_WRITE_OPTIONS, RunStore, logits_path, logits_table
+    from raypriv.run.format import LOGITS_WRITE_OPTIONS, logits_path, logits_table
+    from raypriv.run.store import RunStore
 
     rng = np.random.default_rng(n_classes)
     logits = (rng.normal(size=(1, n_samples, QUERIES, n_classes)) * 3).astype(np.float32)
@@ -85,13 +85,14 @@ def file_sizes(n_samples: int, n_classes: int, folder: Path, writer: str) -> dic
 
 def worker(job: dict) -> dict:
     """Read the run's logits one way, twice; return the faster time and the peak RSS."""
-    from raypriv.scoring import load_attack_inputs
-    from raypriv.reference import read_logits
-    from raypriv.store import RunStore, iter_logits
+    from raypriv.run.store import RunStore, iter_logits
+    from raypriv.scoring.read import load_attack_inputs, read_logits
 
     store = RunStore(job["store"])
     n_models, n_samples = job["models"], job["samples"]
     labels = store.read_npy("labels.npy")
+    plan = scoring_plan(store.read_npy("keep.npy")[:n_models], labels, ["lira_online"])  # scores only, no loss
+    assert (plan.n_models, plan.n_audit, plan.n_queries) == (n_models, n_samples, QUERIES)
 
     def once() -> int:
         if job["reader"] == "iter_logits":
@@ -101,7 +102,7 @@ def worker(job: dict) -> dict:
                     count += logits.size
             return count
         if job["reader"] == "load_attack_inputs":
-            scores, _ = load_attack_inputs(store, "real", n_models, n_samples, QUERIES, labels, need_loss=False, workers=job["workers"])
+            scores, _ = load_attack_inputs(plan, store, "real", workers=job["workers"])
             return scores.size * CLASSES
         if job["reader"] == "read_logits":
             return read_logits(store, "real", n_models, n_samples, QUERIES).size
@@ -137,7 +138,7 @@ def main() -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
 
-    from raypriv.scoring import scoring_workers
+    from raypriv.scoring.local import scoring_workers
 
     n_models, n_samples = (16, 500) if args.quick else (256, 10_000)
     file_samples = 500 if args.quick else 10_000

@@ -76,7 +76,7 @@ def main() -> None:
     sizes = args.sizes or ("16x500" if args.quick else "64x10000,256x10000")
     sizes = [tuple(int(v) for v in s.split("x")) for s in sizes.split(",")]
     epsilon_size = tuple(int(v) for v in (args.epsilon_size or ("64x1000" if args.quick else "1024x50000")).split("x"))
-    from raypriv.scoring import scoring_workers
+    from raypriv.scoring.local import scoring_workers
 
     workers = scoring_workers()
     started = time.perf_counter()

@@ -40,17 +40,18 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from raypriv.experiment import load_config  # noqa: E402
+import raypriv.config  # noqa: E402
 from raypriv.driver import run_audit  # noqa: E402
+from raypriv.results import ParadigmMetrics  # noqa: E402
 
 TARGET = 0.15
 
 
-def timed_audit(out: Path, overrides: dict, use_ray: bool) -> tuple[float, dict]:
-    config = load_config(None, {**overrides, "out_dir": str(out)})
+def timed_audit(out: Path, overrides: dict, use_ray: bool) -> tuple[float, dict[str, ParadigmMetrics]]:
+    config = raypriv.config.load(None, {**overrides, "out_dir": str(out)})
     start = time.perf_counter()
-    result = run_audit(config, use_ray=use_ray, show_progress=False)
-    return time.perf_counter() - start, result.metrics_json
+    run = run_audit(config, use_ray=use_ray, show_progress=False)
+    return time.perf_counter() - start, run.results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     attack_results = [
-        {(p, a): v for p, entry in m.items() for a, v in entry.items() if isinstance(v, dict) and "auc" in v} for m in metrics
+        {(p, a): v.to_json() for p, entry in m.items() for a, v in entry.attacks.items()} for m in metrics
     ]  # timings differ from run to run; the attacks' numbers must not
     identical = all(r == attack_results[0] for r in attack_results)
     base = rows[0][1]

@@ -4,10 +4,12 @@
 
 Synthetic logits (10 classes, 2 queries, a planted membership signal) are
 written to a real run-directory layout (``logits/paradigm=real/model-*.parquet``,
-through :func:`raypriv.store.write_model_result`), so the measured path is the
-audit's own: :func:`raypriv.scoring.load_attack_inputs` (read and reduce),
+through :func:`raypriv.run.store.write_model_result`), so the measured path is the
+audit's own: :func:`raypriv.scoring.read.load_attack_inputs` (read and reduce,
+for a :class:`raypriv.scoring.ScoringPlan` of the store's sizes and attacks),
 :func:`raypriv.attacks.score_attacks` (the attacks), then
-:func:`raypriv.scoring.roc_metrics` and ``scores.parquet`` in row groups.
+:func:`raypriv.metrics.roc_metrics` and ``scores.parquet`` in row groups
+(:func:`raypriv.scoring.local.write_scores`).
 Every size runs in a fresh subprocess, whose peak resident memory
 (``VmHWM``, interpreter and libraries included) is reported beside the phase
 times.  One store per sample count holds the
@@ -81,7 +83,8 @@ def paired_keep(n_models: int, n_samples: int, seed: int) -> np.ndarray:
 
 def make_store(root: Path, n_models: int, n_samples: int) -> Path:
     """Write (or reuse) a run directory of synthetic logits for ``n_models`` x ``n_samples``."""
-    from raypriv.store import RunStore, logits_path, write_model_result
+    from raypriv.run.format import logits_path
+    from raypriv.run.store import RunStore, write_model_result
 
     meta = {"models": n_models, "samples": n_samples, "queries": QUERIES, "classes": CLASSES, "seed": SEED}
     path = root / f"store-{n_samples}"
@@ -116,6 +119,18 @@ def make_store(root: Path, n_models: int, n_samples: int) -> Path:
 # ----------------------------------------------------------------- workers (subprocesses)
 
 
+def scoring_plan(keep: np.ndarray, labels: np.ndarray, attacks: list[str]):
+    """The :class:`raypriv.scoring.ScoringPlan` of a synthetic store: its ``real`` paradigm, ``keep``'s models and
+    samples, QUERIES queries, ``attacks`` (which decide what :func:`raypriv.scoring.read.load_attack_inputs` reads)."""
+    from raypriv.scoring import ScoringPlan
+
+    return ScoringPlan(
+        name="bench", paradigms=("real",), attacks=tuple(attacks), keep=np.asarray(keep, dtype=bool),
+        audit_labels=np.asarray(labels, dtype=np.int64), population_labels=np.empty(0, np.int64), n_queries=QUERIES,
+        recipe_hashes={"real": "bench"},
+    )
+
+
 def loop_lira_online(scores: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """LiRA online the straightforward way: for each target and sample, gather, median, std, logpdf."""
     from scipy.stats import norm
@@ -143,19 +158,22 @@ def worker(job: dict) -> dict:
     """Run one measurement in this (fresh) process and return its numbers."""
     from raypriv.attacks import score_attacks
     from raypriv.metrics import roc_metrics
-    from raypriv.scoring import load_attack_inputs, write_scores
-    from raypriv.store import RunStore, scores_schema, scores_write_options
+    from raypriv.run.format import scores_schema, scores_write_options
+    from raypriv.run.store import RunStore
+    from raypriv.scoring.local import write_scores
+    from raypriv.scoring.read import load_attack_inputs
 
     baseline = peak_rss_gb()
     store = RunStore(job["store"])
     n_models, n_samples, workers = job["models"], job["samples"], job["workers"]
     keep = store.read_npy("keep.npy")[:n_models]
     labels = store.read_npy("labels.npy")
+    assert keep.shape == (n_models, n_samples) and labels.shape == (n_samples,), (keep.shape, labels.shape)
     attacks = job["attacks"]
     result: dict = {"baseline_rss_gb": baseline}
 
     if job["kind"] == "loop":
-        scores, _ = load_attack_inputs(store, "real", n_models, n_samples, QUERIES, labels, need_loss=False)
+        scores, _ = load_attack_inputs(scoring_plan(keep, labels, ["lira_online"]), store, "real")
         start = time.perf_counter()
         engine = score_attacks(scores, None, keep, ["lira_online"], workers=1)["lira_online"]
         result["engine_s"] = time.perf_counter() - start
@@ -167,10 +185,7 @@ def worker(job: dict) -> dict:
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    scores, log_p = load_attack_inputs(
-        store, "real", n_models, n_samples, QUERIES, labels,
-        need_scores=any(a != "loss" for a in attacks), need_loss="loss" in attacks, workers=workers, timings=timings,
-    )
+    scores, log_p = load_attack_inputs(scoring_plan(keep, labels, attacks), store, "real", workers=workers, timings=timings)
     result["read_s"] = time.perf_counter() - start
     result["decode_cpu_s"], result["reduce_cpu_s"] = timings["read_seconds"], timings["reduce_seconds"]
     result["rss_after_read_gb"] = peak_rss_gb()
@@ -242,7 +257,7 @@ def main() -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
 
-    from raypriv.scoring import scoring_workers
+    from raypriv.scoring.local import scoring_workers
 
     workers = args.workers or scoring_workers()
     if args.quick:

@@ -5,8 +5,8 @@
 
 Synthetic logits (10 classes, Q queries (default 2), a planted membership signal;
 :func:`bench_scoring.make_store`) in a real run-directory layout, scored by
-:func:`raypriv.scoring.score_run` (backend local) and by
-:func:`raypriv.scoring_ray.score_run_ray` on
+:func:`raypriv.scoring.score_run` with the plan's backend ``local``, and with
+backend ``ray`` (:mod:`raypriv.scoring.ray_data`) on
 
 * a local Ray with 2 CPUs (the same machine as the local backend),
 * a ``ray.cluster_utils.Cluster`` whose head has ``num_cpus=0`` with 1 worker
@@ -96,21 +96,25 @@ def worker(job: dict) -> dict:
     import numpy as np
     import pandas as pd
 
-    from raypriv.experiment import config_from_dict, recipe_hash
-    from raypriv.scoring import score_run
+    from raypriv.config import from_dict
+    from raypriv.run.fingerprints import recipe_hashes
+    from raypriv.run.store import RunStore
+    from raypriv.scoring import ScoringPlan, score_run
     from raypriv.split import AuditSplit
-    from raypriv.store import RunStore
 
     store_dir = Path(job["store"])
     keep, labels = np.load(store_dir / "keep.npy"), np.load(store_dir / "labels.npy")
     n_models, n_samples = keep.shape
     queries = ["identity", "hflip"] + [f"shift({dx},{dy})" for dx, dy in SHIFTS[: job["queries"] - 2]]  # only their count matters
-    config = config_from_dict({
+    config = from_dict({
         "name": "bench", "out_dir": str(store_dir), "n_models": n_models, "audit": {"n_audit": n_samples, "canary": "none"},
         "queries": queries, "attacks": ATTACKS, "scoring": {"backend": job["backend"]},
     })
     split = AuditSplit(audit_index=np.arange(n_samples), true_labels=labels, labels=labels, keep=keep)
-    models = pd.DataFrame({"paradigm": "real", "model_id": np.arange(n_models), "recipe_hash": recipe_hash(config, "real"),
+    hashes = recipe_hashes(config)
+    plan = ScoringPlan.from_config(config, split, recipe_hashes=hashes, store_uri=str(store_dir))
+    assert plan.backend == job["backend"], (plan.backend, job["backend"])
+    models = pd.DataFrame({"paradigm": "real", "model_id": np.arange(n_models), "recipe_hash": hashes["real"],
                            "test_acc": 0.0, "synth_seconds": 0.0, "train_seconds": 0.0, "info": "{}"})
     load_before = os.getloadavg()[0]
     startup = 0.0
@@ -135,15 +139,14 @@ def worker(job: dict) -> dict:
     baseline = vm_hwm_gb()  # interpreter, torch and Ray imported, Ray started: before any scoring
     stages: dict[str, float] = {}
     start = time.perf_counter()
-    if job["backend"] == "ray":  # score_run's choice made here, to time each stage through the backend's hook
-        from raypriv.scoring_ray import score_run_ray
+    if plan.backend == "ray":  # each stage timed through the Ray backend's hook
 
         def on_stage(name: str) -> None:
             stages[name] = time.perf_counter() - start - sum(stages.values())
 
-        score_run_ray(config, RunStore(str(store_dir)), split, models, on_stage=on_stage)
+        score_run(plan, RunStore(str(store_dir)), models, on_stage=on_stage)
     else:
-        score_run(config, RunStore(str(store_dir)), split, models)
+        score_run(plan, RunStore(str(store_dir)), models)
     wall = time.perf_counter() - start
     metrics = (store_dir / "metrics.json").read_bytes()
     spilled = spilled_mib() if job["backend"] == "ray" else 0.0

@@ -44,11 +44,11 @@ from torch.utils.flop_counter import FlopCounterMode
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from raypriv.config import ExperimentConfig, TrainConfig
-from raypriv.experiment import load_config  # noqa: E402
-from raypriv.data import Dataset, load_dataset
-from raypriv.split import make_audit_split  # noqa: E402
+import raypriv.config  # noqa: E402
+from raypriv.config import ExperimentConfig, TrainConfig  # noqa: E402
+from raypriv.data import Dataset, load_dataset  # noqa: E402
 from raypriv.ensemble import train_ensemble  # noqa: E402
+from raypriv.split import make_audit_split  # noqa: E402
 from raypriv.synth import ShadowContext  # noqa: E402
 from raypriv.training import Normalizer, augment, autocast, make_optimizer, train_classifier  # noqa: E402
 
@@ -133,7 +133,7 @@ class Workload:
 
 def digits_rows(arch: str, groups: list[int], loop_models: int, epochs: int | None, device: torch.device, ceiling: float) -> list[dict]:
     overrides = {"model.arch": arch, "train.epochs": epochs}
-    config = load_config(None, overrides)
+    config = raypriv.config.load(None, overrides)
     work = Workload(config, load_dataset(config.dataset), device)
     per_sample = flops_per_sample(work.context(0), *work.private(0), config.train)
 
@@ -160,7 +160,7 @@ def digits_rows(arch: str, groups: list[int], loop_models: int, epochs: int | No
 
 def cifar_rows(device: torch.device, quick: bool, ceiling: float) -> list[dict]:
     """The cifar10-real recipe on CIFAR-shaped random images, extrapolated from a fixed number of steps."""
-    config = load_config(HERE.parent / "jobs" / "configs" / "cifar10-real.yaml", {"out_dir": "unused"})
+    config = raypriv.config.load(HERE.parent / "jobs" / "configs" / "cifar10-real.yaml", {"out_dir": "unused"})
     recipe = config.train
     n_private = 25_250  # 25k always-in + half of 500 audit samples
     if quick:

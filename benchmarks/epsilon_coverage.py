@@ -15,8 +15,8 @@ import sys
 
 import numpy as np
 
+from raypriv.attacks.reference import best_threshold_epsilon, roc
 from raypriv.metrics import epsilon_lower_bound_from_scores
-from raypriv.reference import best_threshold_epsilon, roc
 
 
 def simulate(mechanism: str, epsilon: float, n_models: int, n_samples: int, rng: np.random.Generator):

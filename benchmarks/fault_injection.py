@@ -63,9 +63,25 @@ def _run(command: list[str], timeout: float = 600) -> tuple[int, str]:
 
 
 def _metrics(out: Path) -> dict:
-    """Every attack metric of metrics.json keyed (paradigm, attack, metric); timings are left out."""
-    metrics = json.loads((out / "metrics.json").read_text())
-    return {(p, a, k): v for p, entry in metrics.items() for a, m in entry.items() if isinstance(m, dict) for k, v in m.items()}
+    """Every attack metric of metrics.json keyed (paradigm, attack, metric), read by the typed reader; timings are left out.
+
+    A malformed metrics.json is a RayprivError naming it.
+    """
+    from raypriv.results import metrics_from_json
+
+    path = out / "metrics.json"
+    metrics = metrics_from_json(json.loads(path.read_text()), str(path))
+    return {(p, a, k): v for p, entry in metrics.items() for a, m in entry.attacks.items() for k, v in m.to_json().items()}
+
+
+def _same_metrics(out: Path, reference: dict) -> bool:
+    """Whether ``out`` holds a readable metrics.json with the reference's attack metrics."""
+    from raypriv.errors import RayprivError
+
+    try:
+        return (out / "metrics.json").exists() and _metrics(out) == reference
+    except (RayprivError, ValueError):  # malformed, or not JSON
+        return False
 
 
 def _lost(out: Path, reference: dict) -> str:
@@ -79,7 +95,7 @@ def _lost(out: Path, reference: dict) -> str:
     problems = []
     if len(rows) != n or len(logits) != n or ids != list(range(n)):
         problems.append(f"{len(rows)} rows, {len(logits)} logits files, models.parquet ids {ids}")
-    if not (out / "metrics.json").exists() or _metrics(out) != reference:
+    if not _same_metrics(out, reference):
         problems.append("metrics.json differs from the reference")
     if list(out.rglob(".tmp-*")) or (out / "raypriv.lock").exists():
         problems.append("a temporary file or the lock was left behind")

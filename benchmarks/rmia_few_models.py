@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raypriv.driver import run_audit
-from raypriv.experiment import load_config
-from raypriv.metrics import roc_metrics
-from raypriv.scoring import load_attack_inputs
+import raypriv.config
 from raypriv.attacks import score_attacks
 from raypriv.data import load_dataset
+from raypriv.driver import run_audit
+from raypriv.metrics import roc_metrics
+from raypriv.scoring import ScoringPlan
+from raypriv.scoring.read import load_attack_inputs
 from raypriv.split import make_audit_split
-from raypriv.store import RunStore
 
 N_POPULATION = 300
 
@@ -32,17 +32,15 @@ N_POPULATION = 300
 def audit(out: Path, n_models: int, seed: int) -> list[dict]:
     lira = n_models >= 8
     attacks = ["loss"] + (["lira_online", "lira_offline"] if lira else []) + ["rmia", "rmia_offline"]
-    config = load_config(None, {"out_dir": str(out / f"m{n_models}-s{seed}"), "n_models": n_models, "seed": seed,
-                                "attacks": attacks, "audit.n_population": N_POPULATION})
-    run_audit(config, use_ray=False, show_progress=False)
-    store = RunStore(config.out_dir)
+    config = raypriv.config.load(None, {"out_dir": str(out / f"m{n_models}-s{seed}"), "n_models": n_models, "seed": seed,
+                                        "attacks": attacks, "audit.n_population": N_POPULATION})
+    run = run_audit(config, use_ray=False, show_progress=False)
     split = make_audit_split(load_dataset(config.dataset), config.audit.n_audit, config.audit.canary, n_models, seed,
                              N_POPULATION)
-    q = len(config.queries)
-    scores, loss = load_attack_inputs(store, "real", n_models, config.audit.n_audit, q, split.audit_labels,
-                                      n_population=N_POPULATION)
-    population, _ = load_attack_inputs(store, "real", n_models, config.audit.n_audit, q, split.population_labels,
-                                       need_loss=False, n_population=N_POPULATION, population=True)
+    plan = ScoringPlan.from_config(config, split)  # the audit's own sizes and attacks
+    assert plan.n_population == N_POPULATION and np.array_equal(plan.keep, run.keep)
+    scores, loss = load_attack_inputs(plan, run.store, "real")  # the attacks include loss: both inputs
+    population, _ = load_attack_inputs(plan, run.store, "real", population=True)  # RMIA's z: scores only
     rows = []
     variants = [(a, 1.0, "—") for a in attacks if not a.startswith("rmia")]
     variants += [(a, g, z) for a in ("rmia", "rmia_offline") for g in (1.0, 2.0) for z in ("audit", "population")]

@@ -3,10 +3,10 @@
 The public API, loaded on first use (importing ``raypriv`` or ``raypriv.config``
 loads no other raypriv module, nor torch):
 
-* ``raypriv.audit(config, **overrides)`` and ``raypriv.load_run(dir)`` give an
-  :class:`AuditResult` (:mod:`raypriv.api`);
+* ``raypriv.audit(config, **overrides)`` and ``raypriv.load_run(dir)`` give a
+  :class:`Run` (:mod:`raypriv.api`, :mod:`raypriv.run.reader`);
 * ``Paradigm``, ``ShadowContext``, ``LabeledSet`` and ``register``: what a
-  paradigm plugin subclasses and uses (:mod:`raypriv.synth.base`);
+  paradigm plugin subclasses and uses (:mod:`raypriv.synth.base`, ``register`` :mod:`raypriv.synth.registry`);
 * ``RayprivError``: the one exception type of bad input.
 """
 
@@ -18,11 +18,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "audit": "raypriv.api",
     "load_run": "raypriv.api",
-    "AuditResult": "raypriv.driver",
+    "Run": "raypriv.run.reader",
     "Paradigm": "raypriv.synth.base",
     "ShadowContext": "raypriv.synth.base",
     "LabeledSet": "raypriv.synth.base",
-    "register": "raypriv.synth.base",
+    "register": "raypriv.synth.registry",
     "RayprivError": "raypriv.errors",
 }
 __all__ = ["__version__", *_EXPORTS]

@@ -1,59 +1,71 @@
-"""The Python API for notebooks: ``raypriv.audit(config, **overrides)`` and ``raypriv.load_run(dir)``.
+"""The Python API for notebooks and scripts: ``raypriv.audit(config, **overrides)`` and ``raypriv.load_run(dir)``.
 
-Both return one :class:`raypriv.driver.AuditResult`: ``.metrics`` (a tidy
-DataFrame: paradigm, attack, metric, value, ci_low, ci_high), ``.models``,
-``.scores()`` (read on demand) and ``.report(path)``.  Bad input raises
+Both return one :class:`raypriv.run.reader.Run`: ``.metrics`` (a tidy
+DataFrame: paradigm, attack, metric, value, ci_low, ci_high), ``.results``
+(typed, per paradigm), ``.models``, ``.keep``, ``.config``, ``.scores()``
+(read on demand) and ``.report(path)``.  Bad input raises
 :class:`raypriv.errors.RayprivError` with the same message the CLI prints.
+The config goes through :func:`raypriv.config.load`, as the CLI's does, so
+``paradigms=[...]`` selects among a config's paradigms exactly as
+``--paradigms`` does.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import logging
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
-from raypriv.driver import AuditResult, run_audit
-from raypriv.config import apply_overrides, read_config_file
-from raypriv.errors import RayprivError
-from raypriv.experiment import config_from_dict
-from raypriv.rundir import RunDirectory
+from raypriv.config import load
+from raypriv.driver import run_audit
+from raypriv.run.reader import Run, load_run
+
+__all__ = ["audit", "load_run"]
 
 
 def audit(
-    config: dict[str, Any] | str | Path | None = None,
+    config: Mapping[str, Any] | str | Path | None = None,
     *,
     use_ray: bool = True,
-    show_progress: bool = False,
+    show_progress: bool = True,
     **overrides: Any,
-) -> AuditResult:
-    """Run (or resume) an audit and return its result.
+) -> Run:
+    """Run (or resume) an audit and return its :class:`~raypriv.run.reader.Run`.
 
     ``config`` is a mapping of config fields, a YAML file, or None (the
-    defaults).  ``overrides`` set fields on top of it: top-level names as
-    keywords (``n_models=8``), nested ones with ``__`` (``train__epochs=2``
-    sets ``train.epochs``).  ``use_ray=False`` trains in this process.
+    defaults); it is never modified.  ``overrides`` set fields on top of it:
+    top-level names as keywords (``n_models=8``, ``paradigms=["real",
+    "coreset"]``), nested ones with ``__`` (``train__epochs=2`` sets
+    ``train.epochs``).  ``use_ray=False`` trains in this process.
+    ``show_progress``: a progress bar (tqdm: a widget in a notebook, a bar on
+    a terminal) or, elsewhere, a log line every 10 s on stderr;
+    ``show_progress=False`` prints nothing.
     """
-    if isinstance(config, dict):
-        raw = copy.deepcopy(config)
-    elif config is None or isinstance(config, (str, Path)):
-        raw = read_config_file(config)
-    else:
-        raise RayprivError(f"raypriv.audit: config must be a dict, a YAML path or None, got {type(config).__name__}")
-    apply_overrides(raw, {key.replace("__", "."): value for key, value in overrides.items()})
-    return run_audit(config_from_dict(raw), use_ray=use_ray, show_progress=show_progress)
+    resolved = load(config, {key.replace("__", "."): value for key, value in overrides.items()})
+    with _progress_to_stderr(show_progress):
+        return run_audit(resolved, use_ray=use_ray, show_progress=show_progress)
 
 
-def load_run(run_dir: str | Path) -> AuditResult:
-    """The :class:`AuditResult` of a finished run directory (an audit's ``out_dir``)."""
-    run = RunDirectory(str(run_dir))
-    run.require_run("a finished audit")
-    store = run.store
-    for name in ("metrics.json", "models.parquet"):
-        if not store.exists(name):
-            raise RayprivError(
-                f"{store.path(name)} is missing: the audit in {store.uri} has not finished; run "
-                f"`raypriv status {store.uri}` and rerun the audit with its config and out_dir"
-            )
-    summary = store.read_bytes("summary.txt").decode() if store.exists("summary.txt") else ""
-    models = store.read_table("models.parquet").to_pandas()
-    return AuditResult(run.uri, store.read_json("metrics.json"), models, summary, None)
+@contextlib.contextmanager
+def _progress_to_stderr(enabled: bool) -> Iterator[None]:
+    """While auditing, send the ``raypriv`` logger's progress lines to stderr when nothing else handles them.
+
+    The CLI configures logging itself; a script or notebook usually has no
+    handler, and Python would then drop INFO lines silently.
+    """
+    logger = logging.getLogger("raypriv")
+    if not enabled or logger.handlers or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("raypriv: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -18,12 +18,11 @@ import sys
 
 from raypriv.errors import AuditInterrupted, RayprivError
 
-
 MAX_BOOTSTRAP = 10_000  # resamples: ample for a 95% interval, and the weights (n_boot × n_audit) stay in memory
 MAX_TOP = 1000
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raypriv", description="Membership-inference audits of synthetic-data training.")
     commands = parser.add_subparsers(dest="command", required=True)
     audit = commands.add_parser("audit", help="run or resume an audit (default: real-data training on digits)")
@@ -55,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def audit_command(args: argparse.Namespace) -> int:
+    from raypriv.config import load
     from raypriv.driver import run_audit
-    from raypriv.experiment import load_config
 
     overrides = {
         "out_dir": args.out,
@@ -65,7 +64,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "ray.num_actors": args.actors,
     }
-    config = load_config(args.config, overrides)
+    config = load(args.config, overrides)
     result = run_audit(config, use_ray=not args.no_ray, show_progress=not args.quiet, force_unlock=args.force_unlock)
     print(result.summary, end="")
     print(f"results: {result.run_dir} (metrics.json, scores.parquet, logits/, models.parquet, roc.png)")
@@ -73,17 +72,17 @@ def audit_command(args: argparse.Namespace) -> int:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from raypriv.experiment import load_config
-    from raypriv.rundir import RunDirectory
+    from raypriv.config import load
+    from raypriv.run.directory import RunDirectory
 
-    config = load_config(args.config) if args.config else None
+    config = load(args.config) if args.config else None
     print(RunDirectory(args.run_dir).status(config), end="")
     return 0
 
 
 def report_command(args: argparse.Namespace) -> int:
     from raypriv.report import build_report, format_comparison, format_verdicts, write_report
-    from raypriv.store import RunStore
+    from raypriv.run.store import RunStore
 
     for flag, value, low, high in (("--bootstrap", args.bootstrap, 100, MAX_BOOTSTRAP), ("--top", args.top, 1, MAX_TOP)):
         if not low <= value <= high:
@@ -112,7 +111,7 @@ COMMANDS = {"audit": audit_command, "status": status_command, "report": report_c
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="raypriv: %(message)s")
     try:
         return COMMANDS[args.command](args)

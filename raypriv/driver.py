@@ -1,11 +1,12 @@
 """The audit driver, as a short sequence of calls: config -> split -> shadow pipelines -> attacks -> summary.
 
-:func:`run_audit` is the whole of ``raypriv audit``.  Each step is one
-module: the run directory (:mod:`raypriv.rundir`), the data and its audit
-split (:mod:`raypriv.data`, :mod:`raypriv.split`), the shadow pipelines
-(:mod:`raypriv.pipeline`, run by :mod:`raypriv.execution`), the attacks and
-their metrics (:mod:`raypriv.scoring`), and the printed summary
-(:mod:`raypriv.summary`).
+:func:`run_audit` is the whole of ``raypriv audit`` and ``raypriv.audit``.
+Each step is one module: the run directory (:mod:`raypriv.run.directory`),
+the data and its audit split (:mod:`raypriv.data`, :mod:`raypriv.split`), the
+shadow pipelines (:mod:`raypriv.pipeline`, run by :mod:`raypriv.execution`),
+the attacks and their metrics (:mod:`raypriv.scoring`), and the printed
+summary (:mod:`raypriv.summary`).  The config's fingerprints are computed
+once, here, and passed down.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 
 from raypriv.config import ExperimentConfig
@@ -26,58 +25,16 @@ from raypriv.data import load_dataset
 from raypriv.errors import RayprivError
 from raypriv.execution import train_pending
 from raypriv.queries import image_queries
-from raypriv.rundir import RunDirectory
-from raypriv.scoring import score_run
+from raypriv.report.figures import write_roc_png
+from raypriv.run.directory import RunDirectory
+from raypriv.run.fingerprints import Fingerprints
+from raypriv.run.format import MODEL_SCHEMA
+from raypriv.run.reader import Run, run_name
+from raypriv.scoring import ScoringPlan, score_run
 from raypriv.split import make_audit_split
-from raypriv.store import MODEL_SCHEMA, RunStore
-from raypriv.summary import format_summary, tidy_metrics
+from raypriv.summary import format_summary
 
 log = logging.getLogger("raypriv")
-
-
-@dataclass
-class AuditResult:
-    """A finished audit: what :func:`run_audit`, ``raypriv.audit()`` and ``raypriv.load_run()`` return.
-
-    ``metrics_json`` is the mapping of ``metrics.json``; :attr:`metrics` is
-    the same numbers as a tidy table, ``models`` the models table,
-    :meth:`scores` reads ``scores.parquet`` on demand and :meth:`report`
-    writes the comparison report of this run.
-    """
-
-    run_dir: str
-    metrics_json: dict[str, Any]
-    models: pd.DataFrame
-    summary: str
-    wall_seconds: float | None  # None for a run loaded from disk
-    trained_now: int = 0
-    discarded: list[str] = field(default_factory=list)
-
-    @property
-    def metrics(self) -> pd.DataFrame:
-        """Columns paradigm, attack, metric, value, ci_low, ci_high (see :func:`raypriv.summary.tidy_metrics`)."""
-        return tidy_metrics(self.metrics_json)
-
-    def scores(self) -> pd.DataFrame:
-        """Per (paradigm, model, audit sample) attack scores, read from ``scores.parquet`` now."""
-        return RunStore(self.run_dir).read_table("scores.parquet").to_pandas()
-
-    def logits_dataset(self, paradigm: str | None = None) -> Any:
-        """The run's logits as a ``ray.data.Dataset`` with a ``paradigm`` column, for analysis at cluster scale."""
-        from raypriv.logits_dataset import logits_dataset
-
-        return logits_dataset(self.run_dir, paradigm)
-
-    def report(self, path: str | None = None, **options: Any) -> dict[str, str]:
-        """Write report.html and report.md of this run into ``path`` (default: the run's ``report/``).
-
-        ``options`` go to :func:`raypriv.report.build_report` (``attack``,
-        ``n_boot``, ``seed``, ``top``); returns the paths written.
-        """
-        from raypriv.report import build_report, write_report
-
-        store = RunStore(self.run_dir)
-        return write_report(build_report([self.run_dir], **options), str(path) if path else store.path("report"))
 
 
 def failure_message(failures: list[dict[str, Any]], total: int, uri: str) -> str:
@@ -112,7 +69,8 @@ def check_out_dir(config: ExperimentConfig) -> None:
         )
 
 
-def run_audit(config: ExperimentConfig, use_ray: bool = True, show_progress: bool = True, force_unlock: bool = False) -> AuditResult:
+def run_audit(config: ExperimentConfig, *, use_ray: bool = True, show_progress: bool = True,
+              force_unlock: bool = False) -> Run:
     """Run (or resume) the audit a config describes, holding the run directory's lease throughout.
 
     Everything that can refuse the run (another holder, another protocol or
@@ -126,8 +84,9 @@ def run_audit(config: ExperimentConfig, use_ray: bool = True, show_progress: boo
         return _audit_locked(config, run, use_ray, show_progress, start)
 
 
-def _audit_locked(config: ExperimentConfig, run: RunDirectory, use_ray: bool, show_progress: bool, start: float) -> AuditResult:
-    run.check_resumable(config)
+def _audit_locked(config: ExperimentConfig, run: RunDirectory, use_ray: bool, show_progress: bool, start: float) -> Run:
+    fingerprints = Fingerprints.of(config)
+    run.check_resumable(config, fingerprints)
     dataset = load_dataset(config.dataset)
     if image_queries(config.queries) and not dataset.is_image:
         raise RayprivError(
@@ -137,10 +96,10 @@ def _audit_locked(config: ExperimentConfig, run: RunDirectory, use_ray: bool, sh
     split = make_audit_split(
         dataset, config.audit.n_audit, config.audit.canary, config.n_models, config.seed, config.audit.n_population
     )
-    run.check_recipes(config)
-    run.record(config, dataset, split)
+    run.check_recipes(fingerprints)
+    run.record(config, fingerprints, dataset, split)
 
-    complete, discarded = run.completed(config)
+    complete, discarded = run.completed(config, fingerprints)
     for message in discarded:
         log.warning("discarding a stored result: %s", message)
     # Model-major order: every paradigm progresses together, so early results cover them all
@@ -149,15 +108,23 @@ def _audit_locked(config: ExperimentConfig, run: RunDirectory, use_ray: bool, sh
     if complete:
         log.info("resuming %s: %d models already complete, %d to train", run.uri, len(complete), len(pending))
     if pending:
-        failures = train_pending(config, run.store, dataset, split, pending, use_ray, show_progress)
+        failures = train_pending(config, run.store, dataset, split, pending, dict(fingerprints.recipes),
+                                 use_ray=use_ray, show_progress=show_progress)
         if failures:  # nothing is scored from an incomplete keep matrix; what finished stays stored
             raise RayprivError(failure_message(failures, len(pending), run.uri))
-        complete, _ = run.completed(config)
+        complete, _ = run.completed(config, fingerprints)
 
     models = pa.Table.from_pylist([complete[key] for key in sorted(complete)], schema=MODEL_SCHEMA).to_pandas()
     run.store.write_table("models.parquet", pa.Table.from_pandas(models, schema=MODEL_SCHEMA, preserve_index=False))
-    metrics = score_run(config, run.store, split, models, show_progress)
+    plan = ScoringPlan.from_config(config, split, recipe_hashes=fingerprints.recipes, store_uri=run.store.uri,
+                                   show_progress=show_progress)
+    metrics, curves = score_run(plan, run.store, models)
+    write_roc_png(run.store, curves, f"{config.name}: {plan.n_models} models x {plan.n_audit} audit samples (leave-one-out)")
     wall = time.perf_counter() - start
     summary = format_summary(config, metrics, models, wall)
     run.store.write_bytes("summary.txt", summary.encode())
-    return AuditResult(run.uri, metrics, models, summary, wall, len(pending), discarded)
+    return Run(
+        uri=run.uri, name=run_name(config.out_dir), store=run.store, config=config, raw_config=config.to_dict(),
+        manifest=run.manifest(), keep=split.keep, audit=run.audit(), models=models, results=metrics, summary=summary,
+        wall_seconds=wall, trained_now=len(pending), discarded=discarded,
+    )

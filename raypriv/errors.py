@@ -27,7 +27,7 @@ class ModelFailed(RayprivError):
 
 
 class RunLocked(RayprivError):
-    """Another audit holds the run directory's lease (see :class:`raypriv.rundir.RunLease`)."""
+    """Another audit holds the run directory's lease (see :class:`raypriv.run.lease.RunLease`)."""
 
 
 def write_error(path: str, exc: OSError) -> RayprivError:

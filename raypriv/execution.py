@@ -17,20 +17,21 @@ comes back to the driver.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
 import torch
 
+from raypriv.cluster import PLACEMENT_WARN_SECONDS, actor_count, check_placeable, connect
 from raypriv.config import ExperimentConfig
 from raypriv.data import Dataset
 from raypriv.ensemble import engine_for, group_size
 from raypriv.errors import AuditInterrupted, RayprivError
 from raypriv.pipeline import ShadowTrainer
 from raypriv.progress import Progress
+from raypriv.run.format import synthetic_record_path
+from raypriv.run.store import RunStore
 from raypriv.split import AuditSplit
-from raypriv.store import RunStore, synthetic_record_path
 from raypriv.synth import make_paradigm
 
 log = logging.getLogger("raypriv")
@@ -51,144 +52,6 @@ class _Progress(Progress):
             self.update(1, f"{row['paradigm']} #{row['model_id']} failed")
             return
         self.update(1, f"{row['paradigm']} #{row['model_id']} acc={row['test_acc']:.3f}")
-
-
-def _init_ray(config: ExperimentConfig) -> bool:
-    """Connect to the configured cluster, or start a local instance; True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        # "local": a fresh instance, even where /tmp/ray records another (possibly dead)
-        # cluster that a bare ray.init() would try to join.  ray.address: auto joins it.
-        ray.init(address="local", include_dashboard=False, **kwargs)
-    return True
-
-
-def _actor_count(config: ExperimentConfig, pending: int, synthesis_workers: int = 0) -> int:
-    """Shadow-model actors: ``ray.num_actors``, or what the cluster's resources fit now.
-
-    The synthesis workers' resources are set aside first, so the two pools
-    never wait on each other for the same CPUs or GPUs.
-    """
-    import ray
-
-    r = config.ray
-    if r.num_actors:
-        return min(r.num_actors, pending)
-    resources = ray.cluster_resources()
-    cpus = resources.get("CPU", 0) - synthesis_workers * r.synthesis_cpus_per_worker
-    count = int(cpus // r.num_cpus_per_actor)
-    if r.num_gpus_per_actor > 0:
-        gpus = resources.get("GPU", 0) - synthesis_workers * r.synthesis_gpus_per_worker
-        if gpus <= 0:
-            raise RayprivError(
-                "ray.num_gpus_per_actor > 0 but the Ray cluster has no GPUs free for shadow-model actors right "
-                "now. On an autoscaling cluster set ray.num_actors (or --actors N) so the autoscaler adds GPU "
-                "nodes for them; otherwise set ray.num_gpus_per_actor: 0 to train on CPUs"
-            )
-        count = int(gpus // r.num_gpus_per_actor)
-    return max(1, min(count, pending))
-
-
-PLACEMENT_WARN_SECONDS = 60.0  # on a cluster, warn once when nothing has run this long and no node fits a request
-
-
-def unplaceable(config: ExperimentConfig, synthesis_workers: int) -> list[str]:
-    """The actor requests no alive node of the Ray cluster can fit, each with what the largest node has."""
-    import ray
-
-    r = config.ray
-    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-    requests = [("a shadow-model actor", "ray.num_cpus_per_actor", r.num_cpus_per_actor, r.num_gpus_per_actor)]
-    if synthesis_workers:
-        requests.append(("a synthesis worker", "ray.synthesis_cpus_per_worker", r.synthesis_cpus_per_worker,
-                         r.synthesis_gpus_per_worker))
-    most_cpus = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
-    most_gpus = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
-    return [
-        f"{role} asks for {cpus:g} CPUs and {gpus:g} GPUs ({setting} and its GPU setting), but the largest of the "
-        f"cluster's {len(nodes)} nodes has {most_cpus:g} CPUs and {most_gpus:g} GPUs"
-        for role, setting, cpus, gpus in requests
-        if not any(node.get("CPU", 0.0) >= cpus and node.get("GPU", 0.0) >= gpus for node in nodes)
-    ]
-
-
-def cluster_can_add_nodes() -> bool | None:
-    """Whether the connected Ray cluster can grow: True, False (fixed size), or None (cannot tell).
-
-    Ray has no public call for this; two signals in the cluster's GCS say it:
-
-    * Platforms with autoscaler v2 report a cluster config.  A node group whose
-      ``max_count`` exceeds its ``min_count`` (or is -1) can grow, the rule of
-      Ray Data's own ``is_autoscaling_enabled``.
-    * The head's v1 monitor writes a status every few seconds.  On a cluster
-      started by hand (``ray start`` on each machine, or KubeRay without
-      autoscaling) it runs a read-only provider whose node types are the live
-      nodes themselves, named ``node_<node id>``: nothing can be launched.  A
-      cluster launcher or KubeRay autoscaler names its node types instead.
-
-    Anything else (no status yet, a v2 autoscaler without a config) is None,
-    and the caller waits and warns instead of refusing.
-    """
-    import json
-
-    import ray
-    from ray._private import ray_constants
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    try:
-        groups = ray._private.state.state.get_cluster_config()
-        if groups is not None and any(
-            g.max_count == -1 or g.max_count > g.min_count for g in groups.node_group_configs if g.resources
-        ):
-            return True
-        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-        report = json.loads(raw).get("autoscaler_report", {}) if raw else {}
-    except Exception:  # noqa: BLE001 - private state of another Ray version: no signal
-        return None
-    mapping = report.get("node_type_mapping") or {}
-    if not mapping:
-        return None
-    if report.get("pending_launches") or report.get("pending_nodes"):
-        return True
-    read_only = all(node_type == f"node_{node_id}" for node_id, node_type in mapping.items())
-    return False if read_only else True
-
-
-AUTOSCALER_STATUS_WAIT_SECONDS = 15.0  # the v1 monitor writes its status every 5 s; a fresh head may not have yet
-
-
-def _check_placeable(config: ExperimentConfig, synthesis_workers: int) -> list[str]:
-    """Refuse a request no node can fit where no node can be added (it would wait forever); return them otherwise.
-
-    On a local instance, or a cluster :func:`cluster_can_add_nodes` finds fixed
-    in size, that is an error now.  On an autoscaling cluster, or one that
-    cannot be told apart, the problems are returned for the warning after
-    :data:`PLACEMENT_WARN_SECONDS`.
-    """
-    problems = unplaceable(config, synthesis_workers)
-    if not problems:
-        return problems
-    if not (config.ray.address or os.environ.get("RAY_ADDRESS")):
-        raise RayprivError(
-            "; ".join(problems) + ". This local Ray instance can never run it: lower the request, or run on a "
-            "cluster with larger nodes (ray.address)"
-        )
-    deadline = time.monotonic() + AUTOSCALER_STATUS_WAIT_SECONDS
-    while (can_grow := cluster_can_add_nodes()) is None and time.monotonic() < deadline:
-        time.sleep(1.0)
-    if can_grow is False:
-        raise RayprivError(
-            "; ".join(problems) + ". This cluster has a fixed size (its autoscaler has no node type it can "
-            "launch), so it can never run it: lower the request, or add a node that fits"
-        )
-    return problems
 
 
 def _group_size(config: ExperimentConfig, paradigm: str, pending: int, workers: int, on_gpu: bool) -> int:
@@ -286,7 +149,7 @@ class _ActorPool:
             ray.kill(actor)
 
 
-def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
+def _train_on_ray(config, store, dataset, split, pending, recipe_hashes, progress) -> None:
     """Run the pending pipelines on Ray: a synthesis pool feeding the shadow-model pool.
 
     With ``ray.num_synthesis_workers > 0``, pipelines whose synthesis is
@@ -304,7 +167,7 @@ def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
 
     def actor_factory(role: str, cpus: float, gpus: float):
         remote_cls = ray.remote(ShadowTrainer).options(num_cpus=cpus, num_gpus=gpus)
-        return lambda: remote_cls.remote(config.to_dict(), store.uri, data_ref, split_ref, role)
+        return lambda: remote_cls.remote(config.to_dict(), store.uri, data_ref, split_ref, recipe_hashes, role)
 
     to_synthesize = []
     if r.num_synthesis_workers > 0:
@@ -312,7 +175,7 @@ def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
         to_synthesize = [
             key for key in pending if separable[key[0]] and not store.exists(synthetic_record_path(*key))
         ]
-    unfit = _check_placeable(config, min(r.num_synthesis_workers, len(to_synthesize)))
+    unfit = check_placeable(config, min(r.num_synthesis_workers, len(to_synthesize)))
     synthesis = _ActorPool(
         "synthesis",
         actor_factory("synthesis", r.synthesis_cpus_per_worker, r.synthesis_gpus_per_worker),
@@ -322,7 +185,7 @@ def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
     trainers = _ActorPool(
         "shadow-model",
         actor_factory("train", r.num_cpus_per_actor, r.num_gpus_per_actor),
-        _actor_count(config, len(pending), len(synthesis.actors)),
+        actor_count(config, len(pending), len(synthesis.actors)),
         "run_group",
     )
     log.info(
@@ -385,21 +248,25 @@ def _train_on_ray(config, store, dataset, split, pending, progress) -> None:
         trainers.shutdown()
 
 
-def train_pending(config: ExperimentConfig, store: RunStore, dataset: Dataset, split: AuditSplit, pending: list[tuple[str, int]], use_ray: bool = True, show_progress: bool = True) -> list[dict[str, Any]]:
+def train_pending(config: ExperimentConfig, store: RunStore, dataset: Dataset, split: AuditSplit,
+                  pending: list[tuple[str, int]], recipe_hashes: dict[str, str], *, use_ray: bool = True,
+                  show_progress: bool = True) -> list[dict[str, Any]]:
     """Train the (paradigm, model id) pairs in ``pending``: on Ray (starting a local instance if needed) or here.
+
+    ``recipe_hashes``: each paradigm's recipe fingerprint (the driver's), stored in every model row.
 
     Returns the failure records of models whose pipeline failed on its own
     (:class:`raypriv.errors.ModelFailed`); every other model is stored.
     """
     progress = _Progress(len(pending), show_progress)
-    started_ray = use_ray and _init_ray(config)
+    started_ray = use_ray and connect(config.ray.address)
     try:
         if use_ray:
-            _train_on_ray(config, store, dataset, split, pending, progress)
+            _train_on_ray(config, store, dataset, split, pending, recipe_hashes, progress)
         else:
             threads = torch.get_num_threads()  # the trainer pins its own; give the caller's back after
             try:
-                trainer = ShadowTrainer(config.to_dict(), store.uri, dataset, split)
+                trainer = ShadowTrainer(config.to_dict(), store.uri, dataset, split, recipe_hashes)
                 for paradigm, model_ids in _make_groups(config, pending, 1, trainer.device.type == "cuda"):
                     for row in trainer.run_group(paradigm, list(model_ids)):
                         progress.record(row)

@@ -4,7 +4,7 @@ One implementation of each: :func:`roc_metrics` summarises an attack's ROC
 in one streaming pass (the audit and the report use it), :func:`clopper_pearson_lower`
 and :func:`clopper_pearson_upper` are the one exact binomial bound, and the
 bootstrap below gives the report's intervals.  A plain reference version on
-sklearn's full curve is in :mod:`raypriv.reference`, for the tests.
+sklearn's full curve is in :mod:`raypriv.attacks.reference`, for the tests.
 
 The empirical epsilon lower bound turns the ROC counts into the smallest
 epsilon any (epsilon, delta)-DP training could have and still produce them
@@ -105,7 +105,7 @@ class RocWalk:
 
     :meth:`add` takes the cumulative ``(tp, fp)`` at each operating point of a slice (descending scores) after
     the point ``(start_tp, start_fp)``: a chunk of one sort (:func:`roc_metrics`) or a score range on a worker
-    (:mod:`raypriv.metrics_partitioned`).  :meth:`merge` appends a later slice's walk; the sums are integers
+    (:mod:`raypriv.scoring.partitions`).  :meth:`merge` appends a later slice's walk; the sums are integers
     and maxima, so any cut of the curve into slices gives the same numbers."""
 
     def __init__(self, n_in: int, n_out: int, keep_all: bool) -> None:
@@ -181,7 +181,7 @@ def roc_metrics(
     (:class:`RocWalk`): AUC as the exact trapezoid sum in integer counts,
     balanced accuracy as a running maximum, TPR at each low FPR from the two
     operating points around it.  Values equal
-    :func:`raypriv.reference.attack_metrics`' (sklearn's full curve; AUC to
+    :func:`raypriv.attacks.reference.attack_metrics`' (sklearn's full curve; AUC to
     rounding).  The epsilon lower bound is
     :func:`epsilon_lower_bound_from_scores`: the best threshold of this curve
     would be an optimistic, invalid bound.  The returned ``(fpr, tpr)``

@@ -11,7 +11,7 @@ group of model ids it
 3. trains the audited model with the engine :func:`raypriv.ensemble.engine_for`
    picks (one by one, or a vmapped group),
 4. queries it on the audit samples and stores its logits and its row
-   (:func:`raypriv.store.write_model_result`), straight from the worker.
+   (:func:`raypriv.run.store.write_model_result`), straight from the worker.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ from typing import Any
 
 import torch
 
+from raypriv.config import from_dict
 from raypriv.data import Dataset
-from raypriv.errors import ModelFailed
 from raypriv.ensemble import engine_for, models_fitting_in_memory, train_ensemble, train_fitting_memory
-from raypriv.experiment import config_from_dict, recipe_hash
+from raypriv.errors import ModelFailed
+from raypriv.run.fingerprints import recipe_hashes as recipe_hashes_of
+from raypriv.run.format import synthetic_path, synthetic_record_path
+from raypriv.run.store import RunStore, write_model_result
 from raypriv.seeding import torch_seed
 from raypriv.split import AuditSplit
-from raypriv.store import RunStore, synthetic_path, synthetic_record_path, write_model_result
 from raypriv.synth import LabeledSet, ShadowContext, make_paradigm, plugin_identity
 from raypriv.training import Normalizer, accuracy, predict_logits
 
@@ -52,9 +54,11 @@ class ShadowTrainer:
     shadow-model actor calls :meth:`run`.
     """
 
-    def __init__(self, config: dict[str, Any], run_uri: str, dataset: Dataset, split: AuditSplit, role: str = "train"):
-        self.config = config_from_dict(config)
-        self.recipe_hashes = {p: recipe_hash(self.config, p) for p in self.config.paradigms}
+    def __init__(self, config: dict[str, Any], run_uri: str, dataset: Dataset, split: AuditSplit,
+                 recipe_hashes: dict[str, str] | None = None, role: str = "train"):
+        self.config = from_dict(config)
+        # The driver's fingerprints (computed once per audit); computed here only for a trainer made by hand.
+        self.recipe_hashes = dict(recipe_hashes) if recipe_hashes is not None else recipe_hashes_of(self.config)
         self.store = RunStore(run_uri)
         self.split = split
         # CPU results depend on the thread count (reduction order), so it is pinned to

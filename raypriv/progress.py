@@ -1,6 +1,6 @@
 """Progress of a long step: items done / total, throughput and ETA.
 
-On a terminal it is a tqdm bar; otherwise (``ray job submit`` logs, files) a
+On a terminal it is a tqdm bar, in a Jupyter notebook a tqdm widget; otherwise (``ray job submit`` logs, files) a
 log line on the ``raypriv`` logger at most every ``log_every`` seconds, and
 one at the end.  Training counts models with it, the Ray scoring backend's
 metrics stage counts tasks.
@@ -15,6 +15,15 @@ import time
 log = logging.getLogger("raypriv")
 
 
+def in_notebook() -> bool:
+    """True inside a Jupyter (IPython kernel) session, where stderr is no terminal but a bar still shows."""
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    ipython = shell.get_ipython() if hasattr(shell, "get_ipython") else None
+    return ipython is not None and "IPKernelApp" in getattr(ipython, "config", {})
+
+
 class Progress:
     """Count ``total`` items of ``unit`` under ``desc``; ``enabled=False`` keeps the count and prints nothing."""
 
@@ -23,8 +32,8 @@ class Progress:
         self.desc, self.unit, self.enabled, self.log_every = desc, unit, enabled, log_every
         self.next_log = 0.0
         self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
+        if enabled and (sys.stderr.isatty() or in_notebook()):
+            from tqdm.auto import tqdm  # a widget in a notebook, a text bar on a terminal
 
             self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
 

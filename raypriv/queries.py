@@ -24,16 +24,18 @@ padding, ``identity`` first (the loss attack reads query 0).
 from __future__ import annotations
 
 import re
-from typing import Callable
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Callable
 
 from raypriv.errors import RayprivError
+
+if TYPE_CHECKING:  # the names and presets are checked without torch (config validation, `raypriv status`)
+    import torch
 
 
 def pad_for_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
     """Zero padding of ``padding`` pixels on every side: the training crop's and the shift queries' padding."""
+    import torch.nn.functional as F
+
     return F.pad(x, (padding, padding, padding, padding))
 
 
@@ -60,7 +62,7 @@ def shift_image(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 
 # name -> (function, whether it needs images)
-QUERIES: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], bool]] = {
+QUERIES: dict[str, tuple[Callable[["torch.Tensor"], "torch.Tensor"], bool]] = {
     "identity": (identity, False),
     "hflip": (horizontal_flip, True),
 }

@@ -7,40 +7,38 @@ as summary.txt); the comparison report of finished runs is
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Mapping
 
 import pandas as pd
 
 if TYPE_CHECKING:
     from raypriv.config import ExperimentConfig
+    from raypriv.results import ParadigmMetrics
 
 
-def summary_frame(metrics: dict[str, Any]) -> pd.DataFrame:
-    """One row per (paradigm, attack): AUC, TPR at 1% and 0.1% FPR, test accuracy."""
-    rows = []
-    for paradigm, entry in metrics.items():
-        for attack, result in entry.items():
-            if not (isinstance(result, dict) and "auc" in result):
-                continue  # test_acc, timings, the paradigm's info
-            rows.append(
-                {
-                    "paradigm": paradigm,
-                    "attack": attack,
-                    "AUC": result["auc"],
-                    "TPR@1%FPR": result["tpr@1%fpr"],
-                    "TPR@0.1%FPR": result["tpr@0.1%fpr"],
-                    "bal.acc": result["balanced_acc"],
-                    "test acc": entry["test_acc"],
-                }
-            )
+def summary_frame(metrics: Mapping[str, ParadigmMetrics]) -> pd.DataFrame:
+    """One row per (paradigm, attack): AUC, TPR at 1% and 0.1% FPR, balanced accuracy, test accuracy."""
+    rows = [
+        {
+            "paradigm": paradigm,
+            "attack": attack,
+            "AUC": result.auc,
+            "TPR@1%FPR": result.tpr["tpr@1%fpr"],
+            "TPR@0.1%FPR": result.tpr["tpr@0.1%fpr"],
+            "bal.acc": result.balanced_acc,
+            "test acc": entry.test_acc,
+        }
+        for paradigm, entry in metrics.items()
+        for attack, result in entry.attacks.items()
+    ]
     return pd.DataFrame(rows)
 
 
 TIDY_METRICS = ("auc", "tpr@0.1%fpr", "tpr@1%fpr", "balanced_acc", "eps_lower_bound")
 
 
-def tidy_metrics(metrics: dict[str, Any]) -> pd.DataFrame:
-    """metrics.json as one row per (paradigm, attack, metric): columns paradigm, attack, metric, value, ci_low, ci_high.
+def tidy_metrics(metrics: Mapping[str, ParadigmMetrics]) -> pd.DataFrame:
+    """The metrics as one row per (paradigm, attack, metric): columns paradigm, attack, metric, value, ci_low, ci_high.
 
     TPR rows carry the 95% Clopper-Pearson interval of the TPR count on the
     attack's IN pairs (:func:`raypriv.metrics.tpr_interval`: pairs treated as
@@ -51,22 +49,21 @@ def tidy_metrics(metrics: dict[str, Any]) -> pd.DataFrame:
     """
     from raypriv.metrics import tpr_interval
 
+    nan = float("nan")
     rows = []
     for paradigm, entry in metrics.items():
-        scalars = {k: v for k, v in entry.items() if k in ("test_acc", "test_acc_std", "n_models")}
-        scalars.update(entry.get("info", {}))
-        for name, value in scalars.items():
-            rows.append((paradigm, None, name, float(value), float("nan"), float("nan")))
-        for attack, result in entry.items():
-            if not (isinstance(result, dict) and "auc" in result):
-                continue
+        scalars = {"test_acc": entry.test_acc, "test_acc_std": entry.test_acc_std, "n_models": entry.n_models, **entry.info}
+        rows += [(paradigm, None, name, float(value), nan, nan) for name, value in scalars.items()]
+        for attack, result in entry.attacks.items():
             for name in TIDY_METRICS:
-                low, high = tpr_interval(result[name], result["n_in"]) if name.startswith("tpr@") else (float("nan"),) * 2
-                rows.append((paradigm, attack, name, float(result[name]), low, high))
+                value = result.value(name)
+                low, high = tpr_interval(value, result.n_in) if name.startswith("tpr@") else (nan, nan)
+                rows.append((paradigm, attack, name, value, low, high))
     return pd.DataFrame(rows, columns=["paradigm", "attack", "metric", "value", "ci_low", "ci_high"])
 
 
-def format_summary(config: ExperimentConfig, metrics: dict[str, Any], models: pd.DataFrame, wall_seconds: float) -> str:
+def format_summary(config: ExperimentConfig, metrics: Mapping[str, ParadigmMetrics], models: pd.DataFrame,
+                   wall_seconds: float) -> str:
     """The text block ``raypriv audit`` prints at the end (also saved as summary.txt)."""
     frame = summary_frame(metrics)
     table = frame.to_string(
@@ -88,10 +85,10 @@ def format_summary(config: ExperimentConfig, metrics: dict[str, Any], models: pd
     ]
     for paradigm, entry in metrics.items():
         rows = models[models.paradigm == paradigm]
-        info = entry.get("info", {})
-        accounted = f"; accounted ε={info['epsilon']:.2f} (δ={info['delta']:.1e})" if "epsilon" in info else ""
+        info = entry.info
+        accounted = f"; accounted ε={info['epsilon']:.2f} (δ={info.get('delta', 0.0):.1e})" if "epsilon" in info else ""
         lines.append(
-            f"{paradigm}: test acc {entry['test_acc']:.3f} ± {entry['test_acc_std']:.3f}; per model "
+            f"{paradigm}: test acc {entry.test_acc:.3f} ± {entry.test_acc_std:.3f}; per model "
             f"{rows.synth_seconds.mean():.2f}s synthesis + {rows.train_seconds.mean():.2f}s training "
             f"({(rows.synth_seconds + rows.train_seconds).sum():.0f}s of worker time in all){accounted}"
         )

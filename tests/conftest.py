@@ -1,14 +1,18 @@
+import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 import torch
 
-from raypriv.experiment import config_from_dict
+from raypriv.config import from_dict as config_from_dict
 
 # Ray's local instance must not try to reach the network or grab every core for the dashboard.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -47,6 +51,105 @@ def metric_values(metrics):
 @pytest.fixture
 def tiny_config(tmp_path):
     return config_from_dict(tiny_config_dict(tmp_path / "run"))
+
+
+def build_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(path)`` once per test session, shared by every pytest-xdist worker; returns ``path``.
+
+    Each xdist worker is a session of its own: the first to take the lock builds
+    under the workers' common base temp, the others wait for it and reuse the
+    result (the pattern of pytest-xdist's docs).  A build that failed is retried
+    from scratch by the next caller.  Callers only read the result; a test that
+    changes it works on a copy (``shutil.copytree``).
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    path, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            if path.exists():
+                shutil.rmtree(path)
+            build(path)
+            done.touch()
+    return path
+
+
+class TinyRun(NamedTuple):
+    path: Path  # the finished run directory: read it, or copy it to change it
+    raw: dict[str, Any]  # its config: tiny_config_dict(path)
+    run: Any  # raypriv.load_run(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """The tiny audit (``tiny_config_dict`` as it is: 8 models, no Ray), trained once for the whole session.
+
+    Read-only: a test that changes the run copies it first, e.g.
+    ``shutil.copytree(tiny_run.path, tmp_path / "run")`` with ``{**tiny_run.raw, "out_dir": ...}``.
+    """
+    import raypriv
+    from raypriv.driver import run_audit
+
+    def build(root):
+        run_audit(config_from_dict(tiny_config_dict(root / "run")), use_ray=False, show_progress=False)
+
+    path = build_once(tmp_path_factory, "tiny-run", build) / "run"
+    return TinyRun(path, tiny_config_dict(path), raypriv.load_run(path))
+
+
+class _SharedRay:
+    """One local Ray per test process, started by the first test that asks for it and kept for the next."""
+
+    started = False
+
+    def start(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address="local", num_cpus=2, include_dashboard=False)
+            self.started = True
+
+    def stop(self) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+            self.started = False
+
+
+_SHARED_RAY = _SharedRay()
+
+
+def stop_shared_ray() -> None:
+    """Stop the shared local Ray (if this process runs it): for a test or fixture that starts its own cluster."""
+    _SHARED_RAY.stop()
+
+
+@pytest.fixture(scope="session")
+def _shared_ray_session():
+    yield _SHARED_RAY
+    _SHARED_RAY.stop()
+
+
+@pytest.fixture
+def local_ray(_shared_ray_session):
+    """A local Ray (2 CPUs, no dashboard) shared by the tests that need no cluster of their own.
+
+    Starting Ray costs several seconds, so it stays up after the test; a
+    test that starts its own cluster asks for ``own_ray``, which stops it.
+    ``run_audit(use_ray=True)`` joins it and leaves it running.
+    """
+    _shared_ray_session.start()
+    yield
+
+
+@pytest.fixture
+def own_ray(_shared_ray_session):
+    """No Ray in this process when the test starts: it starts (and shuts down) a cluster of its own."""
+    _shared_ray_session.stop()
+    yield
 
 
 def _free_port() -> int:

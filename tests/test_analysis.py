@@ -1,6 +1,5 @@
 """The analysis/ scripts run headless on a small run and rebuild the report's tables and plots."""
 
-import json
 import runpy
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
+import raypriv
 from raypriv.report import build_report
 from tests.test_report import small_run_dir
 
@@ -54,8 +54,9 @@ def test_load_run_joins_and_filters(outputs, small_run):
     overview = pd.read_csv(outputs / "overview.csv").set_index("table")
     assert overview.loc["scores", "rows"] == 2 * 8 * 40 and overview.loc["audit", "rows"] == 40
     flat = pd.read_csv(outputs / "metrics_flat.csv")
-    metrics = json.loads((small_run / "metrics.json").read_text())
-    assert len(flat) == sum(1 for e in metrics.values() for v in e.values() if isinstance(v, dict) and "auc" in v)
+    metrics = raypriv.load_run(small_run).results
+    assert len(flat) == sum(len(e.attacks) for e in metrics.values())
+    assert set(zip(flat.paradigm, flat.attack, strict=True)) == {(p, a) for p, e in metrics.items() for a in e.attacks}
     assert set(pd.read_csv(outputs / "label_confidence.csv").paradigm) == {"real", "coreset"}
     assert {"OUT median", "IN median"} <= set(pd.read_csv(outputs / "median_score_by_class.csv").columns)
 
@@ -65,7 +66,7 @@ def test_privacy_table_matches_the_report(outputs, report):
     assert set(summary.attack) == set(report.results[0].scores)  # every attack the run scored
     for result in report.results:
         row = summary[(summary.paradigm == result.paradigm) & (summary.attack == report.attack)].iloc[0]
-        expected = result.entry[report.attack]
+        expected = result.entry.attacks[report.attack]
         assert row["AUC"] == pytest.approx(expected["auc"]) and row["TPR@1%FPR"] == pytest.approx(expected["tpr@1%fpr"])
         assert row["eps lower bound"] == pytest.approx(expected["eps_lower_bound"])
         assert row["TPR@1%FPR low"] <= row["TPR@1%FPR"] <= row["TPR@1%FPR high"]

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from raypriv.attacks import ATTACKS, _group_ids, _loo_moments, run_attacks, score_attacks
-from raypriv.reference import (
+from raypriv.attacks import ATTACKS, run_attacks, score_attacks
+from raypriv.attacks.block import group_ids, loo_moments
+from raypriv.attacks.reference import (
     _leave_one_out_stats,
     attack_metrics,
     label_probabilities,
@@ -12,9 +13,9 @@ from raypriv.reference import (
     loss_attack,
     rmia_attack,
 )
-from raypriv.split import balanced_keep
 from raypriv.errors import RayprivError
 from raypriv.metrics import roc_metrics, tpr_at_fpr
+from raypriv.split import balanced_keep
 
 ALL = list(ATTACKS)
 
@@ -76,7 +77,7 @@ def test_block_statistics_match_a_brute_force_loop_with_ties(n_models):
     block32 = np.ascontiguousarray(scores.astype(np.float32).transpose(1, 2, 0))  # (B, Q, M)
     for member in (keep, ~keep):
         member_bm = np.ascontiguousarray(member.T)
-        median, variance = _loo_moments(block32, block32.astype(np.float64), member_bm, _group_ids(member_bm), True)
+        median, variance = loo_moments(block32, block32.astype(np.float64), member_bm, group_ids(member_bm), True)
         for m in range(n_models):
             for n in range(9):
                 group = [j for j in range(n_models) if member[j, n]]
@@ -233,7 +234,7 @@ def test_tpr_at_fpr_interpolates_between_operating_points():
 
 
 def test_the_best_threshold_epsilon_from_counts():
-    from raypriv.reference import best_threshold_epsilon as epsilon_lower_bound
+    from raypriv.attacks.reference import best_threshold_epsilon as epsilon_lower_bound
 
     # Chance-level curve: nothing to bound.
     grid = np.linspace(0, 1, 101)
@@ -253,7 +254,7 @@ def test_dp_style_gaussian_scores_respect_their_epsilon():
     rng = np.random.default_rng(0)
     is_in = np.repeat([True, False], 20_000)
     score = rng.normal(size=40_000) + is_in * 1.0
-    from raypriv.reference import best_threshold_epsilon, roc
+    from raypriv.attacks.reference import best_threshold_epsilon, roc
 
     fpr, tpr = roc(is_in, score)
     assert 0.5 < best_threshold_epsilon(fpr, tpr, 20_000, 20_000, delta=1e-5) < 4.3

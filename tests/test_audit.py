@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +15,11 @@ import pytest
 import yaml
 
 from raypriv.cli import main
-from raypriv.experiment import config_from_dict, load_config
-from raypriv.errors import RayprivError
+from raypriv.config import from_dict as config_from_dict
+from raypriv.config import load as load_config
 from raypriv.driver import run_audit
-from raypriv.store import logits_path, model_row_path
+from raypriv.errors import RayprivError
+from raypriv.run.format import logits_path, model_row_path
 from tests.conftest import metric_values, tiny_config_dict
 
 ATTACKS = ["loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed"]
@@ -25,10 +27,9 @@ ATTACKS = ["loss", "lira_online", "lira_offline", "lira_online_fixed", "lira_off
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One uninterrupted in-process run of the tiny config, shared by the tests below."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    return run_audit(config_from_dict(tiny_config_dict(out)), use_ray=False, show_progress=False)
+def reference(tiny_run):
+    """One uninterrupted in-process run of the tiny config (the session's ``tiny_run``), shared by the tests below."""
+    return tiny_run.run
 
 
 def test_run_directory_holds_every_output(reference):
@@ -61,7 +62,7 @@ def test_run_directory_holds_every_output(reference):
 
 def test_resume_after_lost_models_gives_the_same_metrics(reference, tmp_path):
     config = config_from_dict(tiny_config_dict(tmp_path / "run"))
-    run_audit(config, use_ray=False, show_progress=False)
+    shutil.copytree(reference.run_dir, tmp_path / "run")  # the same run, trained once for the session
     run = tmp_path / "run"
     # As if the run had been killed: model 5 wrote its logits but not its row, 6 and 7 never ran.
     (run / model_row_path("real", 5)).unlink()
@@ -74,15 +75,17 @@ def test_resume_after_lost_models_gives_the_same_metrics(reference, tmp_path):
     assert metric_values(resumed.metrics_json) == metric_values(reference.metrics_json)
 
 
-def test_a_different_config_is_refused_in_the_same_directory(reference):
-    changed = tiny_config_dict(reference.run_dir, **{"train.epochs": 4})
+def test_a_different_config_is_refused_in_the_same_directory(reference, tmp_path):
+    shutil.copytree(reference.run_dir, tmp_path / "run")  # the shared run stays untouched (the refusal takes its lease)
+    changed = tiny_config_dict(tmp_path / "run", **{"train.epochs": 4})
     with pytest.raises(RayprivError) as error:
         run_audit(config_from_dict(changed), use_ray=False)
     assert "holds a run of a different config" in str(error.value)
     assert "train.epochs: 3 -> 4" in str(error.value)
 
 
-def test_ray_actors_reproduce_the_in_process_run(reference, tmp_path):
+@pytest.mark.slow
+def test_ray_actors_reproduce_the_in_process_run(reference, tmp_path, local_ray):
     ray_run = run_audit(config_from_dict(tiny_config_dict(tmp_path / "run")), use_ray=True, show_progress=False)
     assert metric_values(ray_run.metrics_json) == metric_values(reference.metrics_json)
     assert set(pd.read_parquet(Path(ray_run.run_dir) / "models.parquet").device) == {"cpu"}
@@ -135,8 +138,6 @@ def test_cli_refuses_a_missing_config_and_a_foreign_directory(tmp_path):
 
 
 def test_cli_recovers_from_a_truncated_parquet(reference, tmp_path):
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(reference.run_dir, run)
     broken = run / logits_path("real", 2)

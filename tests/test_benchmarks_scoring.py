@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmarks run end to end: the full suite's tier
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

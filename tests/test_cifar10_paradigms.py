@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raypriv.experiment import load_config
+from raypriv.config import load as load_config
 from raypriv.synth import make_paradigm
 
 CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "cifar10-paradigms.yaml"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raypriv.experiment import config_from_dict
+from raypriv.config import from_dict as config_from_dict
 from raypriv.driver import run_audit
-from raypriv.rundir import RunDirectory
+from raypriv.run.directory import RunDirectory
 from tests.conftest import metric_values, stop_cluster, tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_losing_a_worker_node_mid_run_loses_and_duplicates_nothing(tmp_path, caplog):
+def test_losing_a_worker_node_mid_run_loses_and_duplicates_nothing(tmp_path, caplog, own_ray):
     import ray
     from ray.cluster_utils import Cluster
 
@@ -62,6 +62,7 @@ def test_losing_a_worker_node_mid_run_loses_and_duplicates_nothing(tmp_path, cap
 # one job checks the entrypoint and a py_modules plugin (a job costs most of a minute here).
 
 
+@pytest.mark.slow
 def test_status_reports_complete_missing_and_mismatch(tmp_path):
     config = config_from_dict(tiny_config_dict(tmp_path / "run", **{"train.epochs": 1}))
     run_audit(config, use_ray=False, show_progress=False)
@@ -86,7 +87,7 @@ def _pipeline_config(out_dir, **ray_options):
 
 
 @pytest.mark.slow
-def test_synthesis_pool_feeds_the_shadow_model_pool(tmp_path):
+def test_synthesis_pool_feeds_the_shadow_model_pool(tmp_path, local_ray):
     reference = run_audit(_pipeline_config(tmp_path / "ref"), use_ray=False, show_progress=False)
     split = run_audit(
         _pipeline_config(tmp_path / "run", num_synthesis_workers=1, num_actors=1), use_ray=True, show_progress=False

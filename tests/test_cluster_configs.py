@@ -14,16 +14,16 @@ import copy
 import json
 import re
 import shlex
-import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
 
-from raypriv.experiment import load_config
+from raypriv.config import load as load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"

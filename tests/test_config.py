@@ -2,9 +2,11 @@ from pathlib import Path
 
 import pytest
 
-from raypriv.config import ExperimentConfig
-from raypriv.experiment import check_names, config_from_dict, config_hash, load_config
+from raypriv.config import ExperimentConfig, check_names
+from raypriv.config import from_dict as config_from_dict
+from raypriv.config import load as load_config
 from raypriv.errors import RayprivError
+from raypriv.run.fingerprints import config_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ import pytest
 
 from raypriv.config import DatasetConfig
 from raypriv.data import load_dataset
-from raypriv.split import balanced_keep, make_audit_split
 from raypriv.errors import RayprivError
+from raypriv.split import balanced_keep, make_audit_split
 
 
 def test_digits_is_embedded_and_split():

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from raypriv import pipeline
-from raypriv.experiment import config_from_dict
+from raypriv.config import from_dict as config_from_dict
 from raypriv.data import load_dataset
-from raypriv.split import make_audit_split
+from raypriv.driver import run_audit
 from raypriv.ensemble import (
     is_out_of_memory,
     models_fitting_in_memory,
@@ -17,11 +17,10 @@ from raypriv.ensemble import (
     train_ensemble,
     train_group_splitting_on_oom,
 )
-from raypriv.driver import run_audit
 from raypriv.execution import _make_groups
+from raypriv.split import make_audit_split
 from raypriv.synth import ShadowContext
 from raypriv.training import Normalizer, accuracy, train_classifier
-
 from tests.conftest import metric_values, tiny_config_dict
 
 
@@ -69,6 +68,7 @@ def _assert_same(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_a_model_is_the_same_in_any_group(digits):
     """Same seed and id: alone, in a group of three, in a group of eight (sets of unequal size).
 
@@ -206,6 +206,7 @@ def test_groups_cover_every_pending_model_once(tmp_path):
     assert [len(ids) for _, ids in few_workers] == [3, 3]  # every worker gets a group
 
 
+@pytest.mark.slow
 def test_audits_with_either_engine_agree(tmp_path):
     """Same models, same metrics to rounding: the ensemble engine in groups of 8 vs the loop."""
     results = {}
@@ -218,7 +219,8 @@ def test_audits_with_either_engine_agree(tmp_path):
         assert value == pytest.approx(metric_values(ensemble.metrics_json)[key], abs=0.03), key
 
 
-def test_ray_groups_match_in_process_groups_bit_for_bit(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_ray_groups_match_in_process_groups_bit_for_bit(tmp_path, monkeypatch, local_ray):
     """Ray actors with groups of 4 and an in-process run with groups of 8 (one split by a simulated OOM)."""
     real_train = pipeline.train_ensemble
     oom_once = {"done": False}

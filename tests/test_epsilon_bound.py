@@ -6,7 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raypriv.metrics import audit_epsilon_lower_bound, clopper_pearson_lower, clopper_pearson_upper, epsilon_lower_bound_from_scores
+from raypriv.metrics import (
+    audit_epsilon_lower_bound,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    epsilon_lower_bound_from_scores,
+)
 
 _spec = importlib.util.spec_from_file_location(
     "epsilon_coverage", Path(__file__).resolve().parents[1] / "benchmarks" / "epsilon_coverage.py"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from raypriv.config import from_dict as config_from_dict
 from raypriv.driver import run_audit
 from raypriv.errors import ModelFailed, RayprivError
-from raypriv.experiment import config_from_dict
 from raypriv.synth import LabeledSet, ShadowContext, make_paradigm
 from raypriv.training import Normalizer
 from tests.conftest import tiny_config_dict
@@ -91,11 +91,9 @@ def test_placeholder_values_with_shell_syntax_are_passed_literally(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_external_on_ray_a_failing_model_is_reported_and_only_it_is_retried(tmp_path):
+def test_external_on_ray_a_failing_model_is_reported_and_only_it_is_retried(tmp_path, local_ray):
     marker = tmp_path / "fail-model-3"
     marker.touch()
-    import ray
-
     raw = tiny_config_dict(
         tmp_path / "run", paradigms=["external"], ray={"num_actors": 2}, **{"train.epochs": 2},
         paradigm_options={"external": {"command": [
@@ -103,17 +101,14 @@ def test_external_on_ray_a_failing_model_is_reported_and_only_it_is_retried(tmp_
             "--fail-model", "3", "--fail-while", str(marker),
         ]}},
     )
-    ray.init(address="local", num_cpus=2, include_dashboard=False)  # one local Ray for both runs
-    try:
-        with pytest.raises(RayprivError) as error:
-            run_audit(config_from_dict(raw), use_ray=True, show_progress=False)
-        stored = sorted(p.name for p in (tmp_path / "run" / "models" / "external").glob("*.parquet"))
-        assert len(stored) == 7 and "model-000003.parquet" not in stored  # the others finished
-        assert not (tmp_path / "run" / "metrics.json").exists()
-        marker.unlink()
-        result = run_audit(config_from_dict(raw), use_ray=True, show_progress=False)
-    finally:
-        ray.shutdown()
+    # One local Ray (the session's, local_ray) for both runs.
+    with pytest.raises(RayprivError) as error:
+        run_audit(config_from_dict(raw), use_ray=True, show_progress=False)
+    stored = sorted(p.name for p in (tmp_path / "run" / "models" / "external").glob("*.parquet"))
+    assert len(stored) == 7 and "model-000003.parquet" not in stored  # the others finished
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    marker.unlink()
+    result = run_audit(config_from_dict(raw), use_ray=True, show_progress=False)
     message = str(error.value)
     assert message.startswith("1 of the 8 models trained now failed, so the run is not scored")
     assert "external #3: external model 3: the external command" in message

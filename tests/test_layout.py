@@ -2,15 +2,16 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 # Each of these may import only the error type (the one leaf every module shares).
 LEAVES = {
     "raypriv.errors": set(),
-    "raypriv.config": {"raypriv.errors"},
+    "raypriv.config": {"raypriv.errors", "raypriv.config.fields"},
     "raypriv.seeding": set(),
-    "raypriv.store": {"raypriv.errors"},
+    "raypriv.run.store": {"raypriv.errors", "raypriv.run", "raypriv.run.format"},
 }
 
 
@@ -27,20 +28,19 @@ def test_leaf_modules_import_no_other_raypriv_module(module):
 
 def test_the_audit_path_never_imports_the_reference_implementations():
     loaded = loaded_raypriv_modules("raypriv.driver")
-    assert "raypriv.driver" in loaded and "raypriv.reference" not in loaded
+    assert "raypriv.driver" in loaded and "raypriv.attacks.reference" not in loaded
     loaded = loaded_raypriv_modules("raypriv.cli")
-    assert "raypriv.reference" not in loaded
+    assert "raypriv.attacks.reference" not in loaded
 
 
-def test_no_module_of_the_package_is_over_500_lines():
-    from pathlib import Path
+def test_scoring_imports_neither_torch_nor_ray():
+    """Scoring's readers (benchmark workers, Ray Data tasks) never pay for torch; Ray loads only when a backend needs it."""
+    code = "import sys, raypriv.scoring; print('torch' in sys.modules, 'ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert out == ["False", "False"]
 
-    root = Path(__file__).resolve().parents[1] / "raypriv"
-    long = {str(p.relative_to(root)): n for p in root.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
-    assert not long, f"modules over 500 lines: {long}"
 
-
-def import_graph(root: "Path") -> dict[str, set[str]]:
+def import_graph(root: Path) -> dict[str, set[str]]:
     """Module -> the package's modules it imports anywhere in its source (top level, in functions, for type checks).
 
     A package's ``__init__`` is a facade over its modules, so an import of it is not an edge."""
@@ -102,10 +102,8 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles_among_the_package_modules():
     """Deferred and type-only imports count: a cycle through them still ties two modules' designs together."""
-    from pathlib import Path
-
     graph = import_graph(Path(__file__).resolve().parents[1] / "raypriv")
-    assert "raypriv.scoring_outputs" in graph["raypriv.scoring_ray"]  # a function-level import is read
+    assert "raypriv.run.fingerprints" in graph["raypriv.scoring.plan"]  # a function-level import is read
     assert import_cycles(graph) == []
 
 
@@ -118,3 +116,19 @@ def test_the_cycle_check_finds_a_cycle(tmp_path):
     (package / "c.py").write_text("from . import a\n")
     graph = import_graph(package)
     assert graph["pkg.c"] == {"pkg.a"} and import_cycles(graph) == [["pkg.a", "pkg.b"]]
+
+
+def test_no_private_name_is_imported_across_modules():
+    """What modules share is public and documented: no ``from raypriv.x import _y`` anywhere in the package."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "raypriv"
+    found = [
+        f"{path.relative_to(root.parent)}:{node.lineno} imports {alias.name} from {node.module}"
+        for path in sorted(root.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("raypriv")
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert not found, "\n".join(found)

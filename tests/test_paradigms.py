@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raypriv.experiment import load_config
-from raypriv.errors import RayprivError
+from raypriv.config import load as load_config
 from raypriv.driver import run_audit
+from raypriv.errors import RayprivError
 from raypriv.synth import PARADIGMS
 
 LIRA = ["lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed"]
@@ -24,7 +24,7 @@ def test_unknown_paradigm_options_are_refused():
 
 
 @pytest.mark.slow
-def test_real_leaks_coreset_leaks_dpsgd_at_epsilon_1_stays_within_its_bound(tmp_path):
+def test_real_leaks_coreset_leaks_dpsgd_at_epsilon_1_stays_within_its_bound(tmp_path, local_ray):
     config = load_config(
         None,
         {

@@ -8,12 +8,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from raypriv.driver import run_audit
+from raypriv.config import from_dict as config_from_dict
 from raypriv.data import load_dataset
+from raypriv.driver import run_audit
 from raypriv.errors import RayprivError
-from raypriv.experiment import config_from_dict, protocol_hash
+from raypriv.run.fingerprints import protocol_hash
+from raypriv.run.format import logits_path
 from raypriv.split import make_audit_split
-from raypriv.store import logits_path
 from tests.conftest import metric_values, tiny_config_dict
 
 
@@ -36,6 +37,7 @@ def test_population_size_enters_the_protocol_only_when_set(tmp_path):
     assert protocol_hash(base) != protocol_hash(config_from_dict(tiny_config_dict(tmp_path, audit={"n_population": 20})))
 
 
+@pytest.mark.slow
 def test_audit_with_a_population_set(tmp_path):
     attacks = ["loss", "lira_online", "rmia", "rmia_offline"]
     plain = run_audit(config_from_dict(tiny_config_dict(tmp_path / "plain", attacks=attacks)), use_ray=False, show_progress=False)

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from raypriv.attacks import run_attacks, score_attacks
-from raypriv.rmia import OFFLINE_A_GRID, fit_offline_a, rmia_ranks
+from raypriv.attacks.reference import lira_scores_from_logits
+from raypriv.attacks.rmia import OFFLINE_A_GRID, fit_offline_a, rmia_ranks
+from raypriv.config import from_dict as config_from_dict
 from raypriv.errors import RayprivError
-from raypriv.experiment import config_from_dict, protocol_hash, recipe_hash
 from raypriv.metrics import roc_metrics
 from raypriv.queries import apply_query, expand_queries, image_queries, pad_for_crop
-from raypriv.reference import lira_scores_from_logits
+from raypriv.run.fingerprints import protocol_hash, recipe_hash
 from raypriv.split import balanced_keep
 
 

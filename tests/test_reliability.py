@@ -21,14 +21,16 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from raypriv.driver import run_audit
 from raypriv.cli import main
 from raypriv.config import DatasetConfig
+from raypriv.config import from_dict as config_from_dict
 from raypriv.data import load_dataset
+from raypriv.driver import run_audit
 from raypriv.errors import RayprivError
-from raypriv.experiment import config_from_dict
-from raypriv.rundir import LOCK_FILE, RunDirectory
-from raypriv.store import RunStore, logits_path, model_row_path
+from raypriv.run.directory import LOCK_FILE, RunDirectory
+from raypriv.run.fingerprints import Fingerprints
+from raypriv.run.format import logits_path, model_row_path
+from raypriv.run.store import RunStore
 from raypriv.synth import PARADIGMS, build_options
 from tests.conftest import metric_values, stop_cluster, tiny_config_dict
 
@@ -36,12 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """One finished tiny run: (its directory, its raw config, its metrics)."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    raw = tiny_config_dict(out)
-    result = run_audit(config_from_dict(raw), use_ray=False, show_progress=False)
-    return out, raw, metric_values(result.metrics_json)
+def finished(tiny_run):
+    """One finished tiny run (the session's ``tiny_run``): (its directory, its raw config, its metrics)."""
+    return tiny_run.path, tiny_run.raw, metric_values(tiny_run.run.metrics_json)
 
 
 def _copy(finished, destination: Path) -> tuple[Path, dict]:
@@ -97,7 +96,8 @@ def test_1_a_model_row_commits_exactly_its_own_logits_file(finished, tmp_path):
     out, raw = _copy(finished, tmp_path / "run")
     # Another write (e.g. another recipe's worker) replaced model 3's logits after its row was written.
     shutil.copy(out / logits_path("real", 2), out / logits_path("real", 3))
-    complete, discarded = RunDirectory(str(out)).completed(config_from_dict(raw))
+    config = config_from_dict(raw)
+    complete, discarded = RunDirectory(str(out)).completed(config, Fingerprints.of(config))
     assert ("real", 3) not in complete and len(complete) == 7
     assert any("model 3 of real will be retrained" in d and "sha256" in d for d in discarded)
 
@@ -118,6 +118,7 @@ def test_1_a_stale_lease_of_a_dead_process_is_taken_over_and_force_unlock_breaks
 # 2. A refused resume changes nothing.
 
 
+@pytest.mark.slow
 def test_2_a_refused_resume_leaves_the_run_directory_unchanged(tmp_path):
     out = tmp_path / "run"
     options = {"paradigms": ["coreset"], "train.epochs": 2}
@@ -230,12 +231,12 @@ def test_7_a_request_no_local_node_can_fit_is_an_error_not_a_hang(tmp_path):
 
 
 @pytest.mark.slow
-def test_7_on_a_fixed_size_cluster_the_same_request_is_an_error(tmp_path):
+def test_7_on_a_fixed_size_cluster_the_same_request_is_an_error(tmp_path, own_ray):
     """A two-node cluster started by hand (no autoscaler node types): refused at once, nothing trained."""
     import ray
     from ray.cluster_utils import Cluster
 
-    from raypriv.execution import cluster_can_add_nodes
+    from raypriv.cluster import cluster_can_add_nodes
 
     # Token authentication stays on: this process caches Ray's auth mode, and later tests start token-auth GCSes.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -342,6 +343,7 @@ def test_8_a_read_only_out_is_one_error_line(tmp_path, capsys, monkeypatch):
     assert "read-only; choose a writable --out" in line
 
 
+@pytest.mark.slow
 def test_8_a_full_disk_mid_run_is_one_error_line_and_leaves_no_temporary(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     config = _write_config(tmp_path / "c.yaml", tiny_config_dict(out))

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raypriv.driver import run_audit
+from raypriv.attacks.reference import attack_metrics
 from raypriv.cli import main
+from raypriv.config import from_dict as config_from_dict
+from raypriv.driver import run_audit
 from raypriv.errors import RayprivError
-from raypriv.experiment import config_from_dict
 from raypriv.metrics import (
     bootstrap_roc_metrics,
     bootstrap_weights,
@@ -21,35 +22,35 @@ from raypriv.metrics import (
     percentile_interval,
     tpr_interval,
 )
-from raypriv.reference import attack_metrics
-from raypriv.split import keep_digest
 from raypriv.report import (
     LevelEvidence,
     VerdictInput,
     browser_check,
     build_report,
     find_chromium,
-    load_run,
     load_scores,
     render_markdown,
     verdict,
     vulnerable_samples,
 )
-from tests.conftest import tiny_config_dict
+from raypriv.run.reader import load_run
+from raypriv.split import keep_digest
+from tests.conftest import build_once, tiny_config_dict
 
 
 def small_run_dir(tmp_path_factory) -> Path:
     """A tiny two-paradigm run (real and a random coreset), shared by this file and test_analysis.py.
 
-    Built once per session under pytest's base temp; a second caller resumes
-    it (nothing to train) instead of training it again.
+    Built once per session (by whichever pytest-xdist worker asks first) and only read after: a test that
+    changes it works on a copy.
     """
-    out = tmp_path_factory.getbasetemp() / "report-small-run"
-    config = config_from_dict(
-        tiny_config_dict(out, paradigms=["real", "coreset"], paradigm_options={"coreset": {"method": "random", "ipc": 10}})
-    )
-    run_audit(config, use_ray=False, show_progress=False)
-    return out
+    def build(out):
+        config = config_from_dict(
+            tiny_config_dict(out, paradigms=["real", "coreset"], paradigm_options={"coreset": {"method": "random", "ipc": 10}})
+        )
+        run_audit(config, use_ray=False, show_progress=False)
+
+    return build_once(tmp_path_factory, "report-small-run", build)
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +237,7 @@ def test_report_files_are_self_contained_and_hold_every_section(written):
 
 
 def test_report_numbers_match_the_run(small_run, report):
-    metrics = load_run(str(small_run)).metrics
+    metrics = load_run(str(small_run)).metrics_json
     assert report.attack == "lira_online" and [r.label for r in report.results] == ["real", "coreset"]
     for result in report.results:
         expected = metrics[result.paradigm]["lira_online"]

@@ -8,23 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raypriv.attacks import run_attacks, score_attacks
-from raypriv.attacks import ATTACKS
-from raypriv.split import balanced_keep
+from raypriv.attacks import ATTACKS, run_attacks, score_attacks
+from raypriv.attacks.reference import attack_metrics, roc
 from raypriv.errors import RayprivError
 from raypriv.metrics import roc_metrics
-from raypriv.reference import attack_metrics, read_logits, roc
-from raypriv.scoring import load_attack_inputs, write_scores
-from raypriv.store import (
-    SCHEMA_VERSION,
-    RunStore,
-    iter_logits,
-    logits_path,
-    logits_table,
-    scores_schema,
-    scores_write_options,
-    write_model_result,
-)
+from raypriv.run.format import SCHEMA_VERSION, logits_path, logits_table, scores_schema, scores_write_options
+from raypriv.run.store import RunStore, iter_logits, write_model_result
+from raypriv.scoring import ScoringPlan
+from raypriv.scoring.local import write_scores
+from raypriv.scoring.read import load_attack_inputs, read_logits
+from raypriv.split import balanced_keep
 
 
 def row(model_id):
@@ -49,6 +42,12 @@ def stored_run(tmp_path, n_models=10, n_audit=700, n_queries=2, n_classes=4, see
     return store, logits, labels, keep
 
 
+def plan_of(keep, labels, n_queries, attacks=tuple(ATTACKS)):
+    """A scoring plan over a hand-made run: its keep matrix, labels and query count."""
+    return ScoringPlan(name="test", paradigms=("real",), attacks=attacks, keep=keep, audit_labels=labels,
+                       population_labels=np.empty(0, dtype=np.int64), n_queries=n_queries, recipe_hashes={})
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_streamed_scoring_equals_the_in_memory_path(tmp_path, workers):
     store, logits, labels, keep = stored_run(tmp_path)
@@ -56,7 +55,7 @@ def test_streamed_scoring_equals_the_in_memory_path(tmp_path, workers):
     timings = {}
     # A small batch size: several row batches per model file.
     scores, log_p = load_attack_inputs(
-        store, "real", n_models, n_audit, n_queries, labels, workers=workers, timings=timings, batch_elements=1000
+        plan_of(keep, labels, n_queries), store, "real", workers=workers, timings=timings, batch_elements=1000
     )
     assert scores.dtype == log_p.dtype == np.float32 and scores.shape == (n_models, n_audit, n_queries)
     assert timings["read_seconds"] > 0 and timings["reduce_seconds"] > 0
@@ -65,7 +64,7 @@ def test_streamed_scoring_equals_the_in_memory_path(tmp_path, workers):
     for attack in ATTACKS:
         np.testing.assert_array_equal(streamed[attack], in_memory[attack], err_msg=attack)
     assert roc_metrics(keep, streamed["lira_online"])[0]["auc"] > 0.8  # the planted signal is found
-    only_loss = load_attack_inputs(store, "real", n_models, n_audit, n_queries, labels, need_scores=False)
+    only_loss = load_attack_inputs(plan_of(keep, labels, n_queries, attacks=("loss",)), store, "real")
     assert only_loss[0] is None and np.array_equal(only_loss[1], log_p)
 
 
@@ -84,7 +83,7 @@ def test_reader_refuses_incomplete_or_inconsistent_files(tmp_path):
         list(iter_logits(store, "real", 1, 6, 2))
     store.write_table(logits_path("real", 0), table)
     with pytest.raises(RayprivError, match="model 2 of real has no logits"):
-        load_attack_inputs(store, "real", 3, 5, 2, labels)
+        load_attack_inputs(plan_of(balanced_keep(4, 5, 0)[:3], labels, 2), store, "real")
     (tmp_path / logits_path("real", 1)).write_bytes(b"PAR1 not parquet")
     with pytest.raises(RayprivError, match="corrupt or truncated"):
         list(iter_logits(store, "real", 1, 5, 2))

@@ -16,21 +16,18 @@ import ray
 import ray.data
 from ray.cluster_utils import Cluster
 
-import raypriv.scoring_ray
+import raypriv.scoring.ray_data
+from raypriv.config import from_dict as config_from_dict
 from raypriv.data import load_dataset
+from raypriv.driver import run_audit
 from raypriv.errors import RayprivError
-from raypriv.experiment import config_from_dict, config_hash, protocol_hash
-from raypriv.scoring import choose_backend, local_scoring_gb, score_run
-from raypriv.logits_dataset import logits_dataset
-from raypriv.scoring_ray import score_run_ray
+from raypriv.run.fingerprints import config_hash, protocol_hash
+from raypriv.run.format import logits_path
+from raypriv.run.store import RunStore
+from raypriv.scoring import ScoringPlan, score_run
+from raypriv.scoring.logits_dataset import logits_dataset
 from raypriv.split import make_audit_split
-from raypriv.store import RunStore, logits_path
-from tests.conftest import stop_cluster, tiny_config_dict
-
-try:  # the module is being renamed raypriv.driver
-    from raypriv.driver import run_audit
-except ImportError:
-    from raypriv.driver import run_audit
+from tests.conftest import stop_cluster, stop_shared_ray, tiny_config_dict
 
 RUNS = {"default": {"train.epochs": 2}, "paradigms": {"train.epochs": 2, "paradigms": ["real", "coreset"]},
         "population": {"train.epochs": 2, "audit.n_population": 25}}  # RMIA's z from a population set
@@ -50,11 +47,25 @@ def runs(tmp_path_factory):
     return root
 
 
+def split_of(cfg):
+    return make_audit_split(load_dataset(cfg.dataset), cfg.audit.n_audit, cfg.audit.canary, cfg.n_models, cfg.seed,
+                            n_population=cfg.audit.n_population)
+
+
 def inputs(cfg):
     """score_run's arguments for a finished run directory, as the audit builds them."""
-    split = make_audit_split(load_dataset(cfg.dataset), cfg.audit.n_audit, cfg.audit.canary, cfg.n_models, cfg.seed,
-                             n_population=cfg.audit.n_population)
-    return RunStore(cfg.out_dir), split, pd.read_parquet(f"{cfg.out_dir}/models.parquet")
+    store = RunStore(cfg.out_dir)
+    plan = ScoringPlan.from_config(cfg, split_of(cfg), store_uri=store.uri)
+    return plan, store, pd.read_parquet(f"{cfg.out_dir}/models.parquet")
+
+
+def backend_of(cfg, store):
+    """The backend a plan resolves ``scoring.backend`` to (no fingerprints needed for that)."""
+    return ScoringPlan.from_config(cfg, split_of(cfg), recipe_hashes={}, store_uri=store.uri).backend
+
+
+def local_gb(cfg):
+    return ScoringPlan.from_config(cfg, split_of(cfg), recipe_hashes={}).local_gb()
 
 
 def rescore(runs, name, dest, **kwargs):
@@ -63,7 +74,7 @@ def rescore(runs, name, dest, **kwargs):
     for written in ("metrics.json", "scores.parquet", "metrics.csv"):
         (dest / written).unlink()
     cfg = config(dest, name, "ray")
-    score_run_ray(cfg, *inputs(cfg), **kwargs)
+    score_run(*inputs(cfg), **kwargs)
     return dest
 
 
@@ -74,12 +85,14 @@ def assert_same_files(reference, other):
     pd.testing.assert_frame_equal(pd.read_parquet(other / "scores.parquet"), pd.read_parquet(reference / "scores.parquet"))
 
 
+@pytest.mark.slow
 def test_a_ray_scores_folder_reads_as_the_local_file(runs, tmp_path):
     """The report's and the Python API's readers take scores.parquet as a file or a folder, schema version included."""
     import pyarrow.dataset as pads
 
     from raypriv import load_run
-    from raypriv.report.build import load_run as load_report_run, load_scores
+    from raypriv.report.build import load_scores
+    from raypriv.run.reader import Run
 
     local = runs / "paradigms" / "scores.parquet"
     folder = tmp_path / "run"
@@ -91,8 +104,8 @@ def test_a_ray_scores_folder_reads_as_the_local_file(runs, tmp_path):
         pq.write_table(table.slice(start, stop - start), folder / "scores.parquet" / f"part-000-{part:06d}-x-0.parquet")
     pd.testing.assert_frame_equal(load_run(folder).scores(), load_run(runs / "paradigms").scores())
     attacks = ["loss", "rmia"]
-    for got, expected in zip(load_scores(load_report_run(str(folder)), "coreset", attacks),
-                             load_scores(load_report_run(str(runs / "paradigms")), "coreset", attacks)):
+    for got, expected in zip(load_scores(Run.open(str(folder)), "coreset", attacks),
+                             load_scores(Run.open(str(runs / "paradigms")), "coreset", attacks)):
         np.testing.assert_array_equal(got, expected) if isinstance(got, np.ndarray) else \
             [np.testing.assert_array_equal(got[a], expected[a]) for a in attacks]
     assert pads.dataset(folder / "scores.parquet").schema.names == table.schema.names
@@ -102,29 +115,25 @@ def test_backend_choice_and_hashes(tmp_path):
     local, ray_cfg = config(tmp_path, "default"), config(tmp_path, "default", "ray")
     assert config_hash(local) == config_hash(ray_cfg) and protocol_hash(local) == protocol_hash(ray_cfg)
     store = RunStore(str(tmp_path))
-    assert choose_backend(local, store) == "local" and choose_backend(ray_cfg, store) == "ray"
+    assert backend_of(local, store) == "local" and backend_of(ray_cfg, store) == "ray"
     auto = config_from_dict(tiny_config_dict(tmp_path, **{"scoring.backend": "auto"}))
-    assert choose_backend(auto, store) == "local"  # 8 x 40 scores
+    assert backend_of(auto, store) == "local"  # 8 x 40 scores
     auto.scoring.driver_memory_gb = 1e-6
-    assert choose_backend(auto, store) == "ray"
+    assert backend_of(auto, store) == "ray"
     # What the local backend holds: 8 x 40 x Q float32 LiRA scores, then per pair the loss input, a float32
     # output per attack and a float64 staging per RMIA variant.
     n_rmia = sum(a.startswith("rmia") for a in auto.attacks)
     expected = 8 * 40 * len(auto.queries) * 4 + 8 * 40 * (4 + 4 * len(auto.attacks) + 8 * n_rmia)
-    assert n_rmia == 2 and local_scoring_gb(auto) * 2**30 == expected
-    auto.scoring.driver_memory_gb = local_scoring_gb(auto)
-    assert choose_backend(auto, store) == "local"  # at the threshold, not above it
+    assert n_rmia == 2 and local_gb(auto) * 2**30 == expected
+    auto.scoring.driver_memory_gb = local_gb(auto)
+    assert backend_of(auto, store) == "local"  # at the threshold, not above it
     with pytest.raises(RayprivError, match="scoring.num_cpus"):
         config_from_dict(tiny_config_dict(tmp_path, **{"scoring.num_cpus": 0}))
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")  # the session's local Ray (conftest)
 class TestLocalRay:
-    @pytest.fixture(scope="class", autouse=True)
-    def local_ray(self):
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
-        yield
-        ray.shutdown()
-
     @pytest.mark.parametrize("name", list(RUNS))
     def test_same_files_as_the_local_backend(self, runs, tmp_path, name):
         dest = rescore(runs, name, tmp_path / name)
@@ -138,8 +147,8 @@ class TestLocalRay:
         shutil.copytree(runs / "default", dest)
         (dest / "metrics.json").unlink()
         called = []
-        configure = raypriv.scoring_ray._configure_ray_data
-        monkeypatch.setattr("raypriv.scoring_ray._configure_ray_data", lambda show: (called.append(show), configure(show))[1])
+        configure = raypriv.scoring.ray_data.ray_data_settings
+        monkeypatch.setattr("raypriv.scoring.ray_data.ray_data_settings", lambda show: (called.append(show), configure(show))[1])
         caplog.set_level(logging.INFO, logger="raypriv")
         context = ray.data.DataContext.get_current()
         before = (context.shuffle_strategy, context.enable_progress_bars, context.execution_options.preserve_order)
@@ -186,10 +195,12 @@ class TestLocalRay:
         np.testing.assert_allclose(got.conf_out, expected[False].loc[got.index], rtol=1e-12)
 
 
+@pytest.mark.slow
 class TestCluster:
     @pytest.fixture(scope="class")
     def cluster(self):
         """A head with no CPUs (as the cluster configs start it) and two 1-CPU worker nodes."""
+        stop_shared_ray()  # this process joins the cluster instead
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
         workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
         ray.init(address=cluster.address)

@@ -1,12 +1,14 @@
+from datetime import datetime, timezone
+
 import numpy as np
 import pandas as pd
 import pytest
-from datetime import datetime, timezone
 
 from raypriv.errors import RayprivError
-from raypriv.reference import read_logits
-from raypriv.rundir import RunDirectory
-from raypriv.store import RunStore, logits_path, model_row_path, write_model_result
+from raypriv.run.directory import RunDirectory
+from raypriv.run.format import logits_path, model_row_path
+from raypriv.run.store import RunStore, write_model_result
+from raypriv.scoring.read import read_logits
 
 
 def row(model_id, recipe_hash="abc"):
@@ -69,11 +71,12 @@ def test_store_works_through_a_pyarrow_uri(tmp_path):
         RunStore("nosuchscheme://bucket/run")
 
 
+@pytest.mark.slow
 def test_a_version_1_run_resumes_and_is_upgraded(tmp_path):
     """Version 1 differs only in scores.parquet, which scoring rewrites: old runs keep their models."""
     import json
 
-    from raypriv.experiment import config_from_dict
+    from raypriv.config import from_dict as config_from_dict
     from raypriv.driver import run_audit
     from tests.conftest import tiny_config_dict
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from raypriv.config import DatasetConfig
-from raypriv.experiment import config_from_dict
+from raypriv.config import from_dict as config_from_dict
 from raypriv.data import load_dataset
-from raypriv.errors import RayprivError
 from raypriv.driver import run_audit
+from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, ShadowContext, build_options, make_paradigm
 from raypriv.synth.coreset import forgetting_counts, herding_order, kcenter_greedy, most_forgotten
 from raypriv.training import Normalizer
@@ -144,6 +144,7 @@ def test_bad_options_name_the_field(field, value):
         build_options("coreset", {field: value})
 
 
+@pytest.mark.slow
 def test_tiny_audit_end_to_end(tmp_path):
     raw = tiny_config_dict(
         tmp_path / "run",

@@ -9,22 +9,22 @@ import torch
 import torch.nn.functional as F
 
 from raypriv.config import DatasetConfig
-from raypriv.experiment import config_from_dict
+from raypriv.config import from_dict as config_from_dict
 from raypriv.data import load_dataset
-from raypriv.split import make_audit_split
-from raypriv.errors import RayprivError
 from raypriv.driver import run_audit
+from raypriv.errors import RayprivError
+from raypriv.split import make_audit_split
 from raypriv.synth import LabeledSet, ShadowContext, build_options
 from raypriv.synth.dfkd import (
     BatchNormStatistics,
     DataFreeKD,
-    DFKDOptions,
     Generator,
     adversarial_distillation,
     deep_inversion,
     synthesize_deepinversion,
     train_teacher,
 )
+from raypriv.synth.options import DFKDOptions
 from raypriv.training import Normalizer
 from tests.conftest import tiny_config_dict
 
@@ -221,6 +221,7 @@ def test_synthetic_set_is_reproducible_per_model(digits, tmp_path, options):
     assert not torch.equal(first.x, other.x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options, recipe",
     [

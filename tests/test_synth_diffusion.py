@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from raypriv.experiment import config_from_dict
-from raypriv.errors import RayprivError
+from raypriv.config import from_dict as config_from_dict
 from raypriv.driver import run_audit
+from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, ShadowContext, build_options, make_paradigm
-from raypriv.synth.diffusion import DiffusionOptions, build_unet, sample_images, train_denoiser
+from raypriv.synth.diffusion.options import DiffusionOptions
+from raypriv.synth.diffusion.unet import build_unet, sample_images, train_denoiser
 from raypriv.training import Normalizer
 from tests.conftest import tiny_config_dict
-
-
 
 TINY = {"block_out_channels": [8, 16], "norm_num_groups": 4, "batch_size": 32, "sample_steps": 4}
 
@@ -150,6 +149,7 @@ def test_bad_inputs_and_options_are_refused(tmp_path):
             build_options("diffusion", bad)
 
 
+@pytest.mark.slow
 def test_end_to_end_audit(tmp_path):
     options = {**TINY, "train_steps": 40, "sample_steps": 3, "n_per_class": 10}
     config = config_from_dict(
@@ -187,7 +187,7 @@ def test_img2img_at_strength_zero_returns_the_private_images_exactly(tmp_path):
 
 def test_img2img_stays_closer_to_its_source_at_lower_strength():
     """SDEdit: noising to ~strength·T and denoising back keeps more of the source image at low strength."""
-    from raypriv.synth.diffusion import img2img_images, img2img_steps
+    from raypriv.synth.diffusion.unet import img2img_images, img2img_steps
 
     torch.manual_seed(0)
     options = DiffusionOptions(**{**TINY, "train_steps": 150, "lr": 3e-3, "sample_steps": 10})

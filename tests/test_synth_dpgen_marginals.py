@@ -7,11 +7,12 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from raypriv.experiment import config_from_dict, recipe_hash
+from raypriv.config import from_dict as config_from_dict
 from raypriv.errors import RayprivError
+from raypriv.run.fingerprints import recipe_hash
 from raypriv.synth import LabeledSet, ShadowContext, make_paradigm, paradigm_class
-from raypriv.synth.dpgen_common import Quantizer, calibrate, zcdp_delta, zcdp_epsilon, zcdp_rho
-from raypriv.synth.dpgen_marginals import DPGenMarginals, project_to_simplex
+from raypriv.synth.dpgen.common import Quantizer, calibrate, zcdp_delta, zcdp_epsilon, zcdp_rho
+from raypriv.synth.dpgen.marginals import DPGenMarginals, project_to_simplex
 from raypriv.training import Normalizer
 
 # ------------------------------------------------------------------ accounting

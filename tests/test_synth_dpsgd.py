@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from raypriv.experiment import config_from_dict
-from raypriv.errors import RayprivError
+from raypriv.config import from_dict as config_from_dict
 from raypriv.driver import run_audit
+from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, ShadowContext, build_options, make_paradigm
 from raypriv.training import Normalizer, predict_logits
 from tests.conftest import tiny_config_dict
@@ -101,6 +101,7 @@ def test_batch_larger_than_private_set_is_refused(tmp_path):
         _train(tmp_path, batch_size=1000, epochs=1)
 
 
+@pytest.mark.slow
 def test_tiny_audit_end_to_end(tmp_path):
     options = {"paradigm_options.dpsgd.epochs": 1, "paradigm_options.dpsgd.batch_size": 64}
     raw = tiny_config_dict(tmp_path / "run", paradigms=["dpsgd"], **options)

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from raypriv.config import DatasetConfig, ModelConfig
-from raypriv.experiment import config_from_dict
+from raypriv.config import from_dict as config_from_dict
 from raypriv.data import DATASETS, load_dataset
-from raypriv.split import make_audit_split
+from raypriv.driver import run_audit
 from raypriv.errors import RayprivError
 from raypriv.metrics import epsilon_lower_bound_from_scores
 from raypriv.models import build_model
-from raypriv.driver import run_audit
+from raypriv.split import make_audit_split
 
 LIRA = ["lira_online", "lira_offline", "lira_online_fixed", "lira_offline_fixed"]
 
@@ -91,7 +91,7 @@ def test_bad_label_and_feature_columns_are_clear_errors(tmp_path, change, label,
 
 
 def test_free_text_feature_columns_and_missing_files_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr("raypriv.data.MAX_CATEGORIES", 10)
+    monkeypatch.setattr("raypriv.data.tabular.MAX_CATEGORIES", 10)
     path = tmp_path / "t.csv"
     _user_table().assign(comment=[f"text {i}" for i in range(60)]).to_csv(path, index=False)
     with pytest.raises(RayprivError, match="categorical column 'comment' has 60 distinct values"):
@@ -189,6 +189,7 @@ def test_image_archs_refuse_tabular_inputs():
         build_model(ModelConfig(arch="cnn_small"), (30,), 2)
 
 
+@pytest.mark.slow
 def test_a_user_table_audit_runs_end_to_end_with_logreg(tmp_path):
     rng = np.random.default_rng(0)
     n = 300
@@ -206,6 +207,7 @@ def test_a_user_table_audit_runs_end_to_end_with_logreg(tmp_path):
     assert result.models.synthetic_size.eq(result.models.private_size).all()
 
 
+@pytest.mark.slow
 def test_breast_cancer_audit_dp_generators_stay_within_their_accounted_epsilon(tmp_path):
     """real, dpgen-marginals at epsilon 1 and dpgen-llm over one keep matrix: the DP bound holds.
 

@@ -3,12 +3,13 @@ import pytest
 import torch
 
 from raypriv.config import DatasetConfig, ModelConfig
-from raypriv.experiment import config_from_dict
+from raypriv.config import from_dict as config_from_dict
 from raypriv.data import load_dataset
-from raypriv.split import make_audit_split
 from raypriv.models import build_model
 from raypriv.pipeline import ShadowTrainer
-from raypriv.store import RunStore, logits_path
+from raypriv.run.format import logits_path
+from raypriv.run.store import RunStore
+from raypriv.split import make_audit_split
 from raypriv.training import Normalizer, random_crop, random_flip
 from tests.conftest import tiny_config_dict
 

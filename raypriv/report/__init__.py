@@ -19,12 +19,9 @@ from raypriv.report.build import (
     Comparison,
     ParadigmResult,
     Report,
-    RunData,
-    attacks_of,
     audit_split_mismatch,
     build_report,
     choose_attack,
-    load_run,
     load_scores,
 )
 from raypriv.report.render import (
@@ -44,9 +41,9 @@ from raypriv.report.tables import (
 from raypriv.report.verdicts import LevelEvidence, VerdictInput, verdict
 
 __all__ = [
-    "Comparison", "LevelEvidence", "ParadigmResult", "Report", "RunData", "VerdictInput",
-    "attacks_of", "attacks_table", "audit_split_mismatch", "browser_check", "build_report", "choose_attack",
+    "Comparison", "LevelEvidence", "ParadigmResult", "Report", "VerdictInput",
+    "attacks_table", "audit_split_mismatch", "browser_check", "build_report", "choose_attack",
     "comparison_table", "cost_table", "find_chromium", "format_comparison", "format_verdicts",
-    "load_run", "load_scores", "nearest_neighbours", "privacy_table", "render_html",
+    "load_scores", "nearest_neighbours", "privacy_table", "render_html",
     "render_markdown", "screenshot", "verdict", "vulnerable_samples", "write_report",
 ]

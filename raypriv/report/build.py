@@ -19,7 +19,6 @@ import pandas as pd
 
 from raypriv.attacks import headline_order
 from raypriv.errors import RayprivError
-from raypriv.experiment import config_from_dict
 from raypriv.metrics import (
     LOW_FPRS,
     bootstrap_roc_metrics,
@@ -29,10 +28,10 @@ from raypriv.metrics import (
     tpr_interval,
 )
 from raypriv.report.figures import headline_figures, neighbour_figure, png_bytes
-from raypriv.report.results import Comparison, ParadigmResult, Report, RunData
+from raypriv.report.results import Comparison, ParadigmResult, Report
 from raypriv.report.samples import TOP_SAMPLES, nearest_neighbours, vulnerable_samples
 from raypriv.report.verdicts import FrontierPoint, LevelEvidence, VerdictInput, frontier_verdict, is_frontier, verdict
-from raypriv.rundir import RunDirectory
+from raypriv.run.reader import Run
 from raypriv.seeding import numpy_rng
 
 HISTOGRAM_PREFERENCE = ("lira_online",)  # "per-sample LiRA scores", whatever the headline attack
@@ -42,46 +41,7 @@ _SCORE_KEYS = ("paradigm", "model_id", "sample_id", "is_in")
 # ------------------------------------------------------------- loading runs
 
 
-def load_run(run_dir: str) -> RunData:
-    """Read what a report needs from a finished run (``raypriv audit``'s --out)."""
-    run = RunDirectory(str(run_dir))
-    run.require_run("a finished audit")
-    store = run.store
-    for name in ("metrics.json", "scores.parquet", "models.parquet", "keep.npy", "audit.parquet"):
-        if not store.exists(name):
-            raise RayprivError(
-                f"{store.path(name)} is missing: the audit in {store.uri} has not finished scoring; "
-                f"run `raypriv status {store.uri}` and rerun `raypriv audit` with its config and --out"
-            )
-    raw = run.stored_config_raw()
-    try:
-        config = config_from_dict(raw)
-    except RayprivError:
-        config = None
-    audit, keep = run.audit(), run.keep()
-    if len(audit) != keep.shape[1] or not np.array_equal(audit.sample_id.to_numpy(), np.arange(keep.shape[1])):
-        raise RayprivError(f"{store.uri}: audit.parquet and keep.npy disagree on the audit samples; rerun the audit in a new --out")
-    name = str(run_dir).rstrip("/").rsplit("/", 1)[-1] or str(run_dir)
-    return RunData(
-        uri=store.uri,
-        name=name,
-        store=store,
-        config=config,
-        raw_config=raw or {},
-        manifest=run.manifest(),
-        keep=keep,
-        audit=audit,
-        models=store.read_table("models.parquet").to_pandas(),
-        metrics=store.read_json("metrics.json"),
-    )
-
-
-def attacks_of(metrics_entry: dict[str, Any]) -> list[str]:
-    """Attack names of one paradigm's metrics.json entry (whatever attacks the run had)."""
-    return [key for key, value in metrics_entry.items() if isinstance(value, dict) and "auc" in value]
-
-
-def load_scores(run: RunData, paradigm: str, attacks: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def load_scores(run: Run, paradigm: str, attacks: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``is_in`` and each attack's scores of one paradigm as ``(n_models, n_audit)`` matrices.
 
     Read by column name and placed by ``(model_id, sample_id)``, so neither
@@ -121,7 +81,7 @@ def load_scores(run: RunData, paradigm: str, attacks: list[str]) -> tuple[np.nda
     return is_in, scores
 
 
-def audit_split_mismatch(a: RunData, b: RunData) -> str | None:
+def audit_split_mismatch(a: Run, b: Run) -> str | None:
     """Why two runs' audit samples cannot be paired, or None if they can (same samples, labels, membership)."""
     if a.uri == b.uri:
         return None
@@ -141,7 +101,7 @@ def audit_split_mismatch(a: RunData, b: RunData) -> str | None:
 # ------------------------------------------------------------ the computations
 
 
-def _labels(pairs: list[tuple[RunData, str]]) -> list[str]:
+def _labels(pairs: list[tuple[Run, str]]) -> list[str]:
     """Paradigm names, or ``run:paradigm`` where two runs share a paradigm name."""
     run_names: dict[str, str] = {}
     for run, _ in pairs:
@@ -161,28 +121,28 @@ def choose_attack(results: list[ParadigmResult]) -> str:
     One attack for every paradigm keeps the comparison paired, and a choice
     made before looking at the scores keeps the verdicts' intervals honest.
     """
-    common = [a for a in attacks_of(results[0].entry) if all(a in attacks_of(r.entry) for r in results)]
+    common = [a for a in results[0].entry.attacks if all(a in r.entry.attacks for r in results)]
     if not common:
         raise RayprivError("the runs share no attack; rerun them with a common `attacks` list")
     return next((a for a in headline_order() if a in common), common[0])
 
 
 def _evidence(result: ParadigmResult, attack: str) -> VerdictInput:
-    metrics = result.entry[attack]
+    metrics = result.entry.attacks[attack]
     levels = []
     for key, fpr in LOW_FPRS.items():
         low, high = percentile_interval(result.bootstrap[key]) if result.bootstrap else tpr_interval(metrics[key], metrics["n_in"])
         levels.append(LevelEvidence(fpr, metrics[key], low, high))
     epsilon, delta = result.accounted
     return VerdictInput(
-        n_models=int(result.entry.get("n_models", result.is_in.shape[0])),
+        n_models=result.entry.n_models,
         n_audit=int(result.is_in.shape[1]),
-        n_out=int(metrics["n_out"]),
+        n_out=metrics.n_out,
         attack=attack,
         levels=tuple(levels),
         accounted_epsilon=epsilon,
         accounted_delta=delta,
-        eps_lower_bound=metrics.get("eps_lower_bound"),
+        eps_lower_bound=metrics.eps_lower_bound,
     )
 
 
@@ -190,7 +150,7 @@ def _evidence(result: ParadigmResult, attack: str) -> VerdictInput:
 
 
 def build_report(
-    run_dirs: list[str],
+    runs: list[str | Run],
     attack: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
@@ -204,19 +164,19 @@ def build_report(
     ``seed``); runs with the same audit split share the replicates, so their
     paradigms compare paired.
     """
-    if not run_dirs:
+    if not runs:
         raise RayprivError("give at least one run directory to report on")
     if n_boot < 100:
         raise RayprivError(f"--bootstrap {n_boot} is too few replicates for a 95% interval; use at least 100 (default 1000)")
-    runs = [load_run(d) for d in run_dirs]
-    pairs = [(run, p) for run in runs for p in run.metrics]
+    runs = [run if isinstance(run, Run) else Run.open(run) for run in runs]
+    pairs = [(run, p) for run in runs for p in run.results]
     if not pairs:
         raise RayprivError(f"{runs[0].uri}: metrics.json lists no paradigm; rerun `raypriv audit`")
     labels = _labels(pairs)
     results = []
     for label, (run, paradigm) in zip(labels, pairs):
-        entry = run.metrics[paradigm]
-        is_in, scores = load_scores(run, paradigm, attacks_of(entry))
+        entry = run.results[paradigm]
+        is_in, scores = load_scores(run, paradigm, list(entry.attacks))
         results.append(ParadigmResult(label, run, paradigm, entry, is_in, scores))
     if attack is None:
         attack = choose_attack(results)
@@ -245,8 +205,8 @@ def build_report(
 def frontier_point(result: ParadigmResult) -> FrontierPoint:
     """A paradigm's utility, cost and accounted ε, as the DP-SGD frontier verdict reads them."""
     entry = result.entry
-    return FrontierPoint(result.label, entry["test_acc"], entry.get("test_acc_std", 0.0), int(entry.get("n_models", 1)),
-                         entry.get("synth_seconds_mean", 0.0) + entry.get("train_seconds_mean", 0.0), result.accounted[0])
+    return FrontierPoint(result.label, entry.test_acc, entry.test_acc_std, entry.n_models,
+                         entry.synth_seconds_mean + entry.train_seconds_mean, result.accounted[0])
 
 
 def _judge_against_frontier(results: list[ParadigmResult], attack: str, key: str = "tpr@0.1%fpr") -> None:
@@ -259,11 +219,11 @@ def _judge_against_frontier(results: list[ParadigmResult], attack: str, key: str
         for result in members:
             if is_frontier(result.paradigm):
                 continue
-            tpr = result.entry[attack][key]
+            tpr = result.entry.attacks[attack][key]
             points = []
             for d in frontier:
-                difference = paired_bootstrap_difference(tpr, d.entry[attack][key], result.bootstrap[key], d.bootstrap[key])
-                points.append((frontier_point(d), d.entry[attack][key], (difference["low"], difference["high"])))
+                difference = paired_bootstrap_difference(tpr, d.entry.attacks[attack][key], result.bootstrap[key], d.bootstrap[key])
+                points.append((frontier_point(d), d.entry.attacks[attack][key], (difference["low"], difference["high"])))
             result.frontier_kind, result.frontier = frontier_verdict(frontier_point(result), tpr, points, "TPR@0.1%FPR")
 
 
@@ -304,7 +264,7 @@ def _comparisons(
                 a, b, attack,
                 {
                     metric: paired_bootstrap_difference(
-                        by_label[a].entry[attack][metric], by_label[b].entry[attack][metric],
+                        by_label[a].entry.attacks[attack][metric], by_label[b].entry.attacks[attack][metric],
                         by_label[a].bootstrap[metric], by_label[b].bootstrap[metric],
                     )
                     for metric in ("tpr@1%fpr", "tpr@0.1%fpr", "auc")

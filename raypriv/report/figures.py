@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from raypriv.report.results import ParadigmResult
+    from raypriv.run.store import RunStore
 
 
 def png_bytes(figure: Figure) -> bytes:
@@ -188,8 +189,8 @@ def headline_figures(results: list[ParadigmResult], attack: str, histogram_attac
         "roc": png_bytes(roc_figure({attack: {r.label: roc_metrics(r.is_in, r.scores[attack])[1] for r in results}}, f"ROC, {attack} (log-log)")),
         "privacy_utility": png_bytes(privacy_utility_figure(
             [
-                {"label": r.label, "acc": r.entry["test_acc"], "acc_std": r.entry.get("test_acc_std", 0.0),
-                 "tpr": r.entry[attack]["tpr@0.1%fpr"], "frontier": is_frontier(r.paradigm),
+                {"label": r.label, "acc": r.entry.test_acc, "acc_std": r.entry.test_acc_std,
+                 "tpr": r.entry.attacks[attack]["tpr@0.1%fpr"], "frontier": is_frontier(r.paradigm),
                  **dict(zip(("low", "high"), percentile_interval(r.bootstrap["tpr@0.1%fpr"])))}
                 for r in results
             ],
@@ -197,3 +198,11 @@ def headline_figures(results: list[ParadigmResult], attack: str, histogram_attac
         )),
         "scores": png_bytes(score_histogram_figure({r.label: (r.scores[histogram_attack], r.is_in) for r in results}, histogram_attack)),
     }
+
+
+def write_roc_png(store: RunStore, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], title: str) -> None:
+    """A run's ``roc.png``: one paradigm gives a panel with a curve per attack; several, a panel per attack with a
+    curve per paradigm.  ``curves``: paradigm -> attack -> (fpr, tpr), as scoring returns them."""
+    attacks = list(dict.fromkeys(a for by_attack in curves.values() for a in by_attack))
+    panels = curves if len(curves) == 1 else {a: {p: c[a] for p, c in curves.items() if a in c} for a in attacks}
+    store.write_bytes("roc.png", png_bytes(roc_figure(panels, title)))

@@ -27,7 +27,7 @@ from raypriv.report.tables import (
     vulnerable_rows,
 )
 from raypriv.report.verdicts import MAX_UNDETECTED_MULTIPLE, MIN_MODELS
-from raypriv.store import RunStore
+from raypriv.run.store import RunStore
 
 # ------------------------------------------------------------ the section model
 #
@@ -135,10 +135,13 @@ METHOD_NOTES = [
     "CP (all-attacks table): exact Clopper–Pearson interval for the count round(TPR·n_in) out of n_in IN pairs at "
     "the threshold chosen at that FPR. It treats pairs as independent and the threshold as given, so it is "
     "narrower than the bootstrap; read it as the precision of the operating point, not of the audit.",
-    "ε lower bound: the smallest ε any (ε, δ)-DP training could have and still give the ROC counts (one-sided "
-    "Clopper–Pearson bounds at 95%, best threshold, δ the paradigm's own or 0). Taking the best threshold is "
-    "optimistic, so values below about 1 on a chance-level curve are noise. It sits beside the accounted ε of a "
-    "DP-SGD paradigm.",
+    "ε lower bound: the smallest ε any (ε, δ)-DP training could have and still give these attack scores, valid "
+    "at 95% (δ the paradigm's own, or 0). The audit samples are split at random (a fixed seed) into two halves: the "
+    "threshold is chosen on one half's pairs, and the bound comes from the other half, one (model, sample) pair "
+    "per held-out sample, with one-sided Clopper–Pearson bounds on its TPR and FPR. Choosing and measuring on "
+    "different samples keeps it valid; keeping one pair per sample makes the sample the unit, but it also caps the "
+    "bound by the number of samples, so a small value is weak evidence of privacy. It sits beside the accounted "
+    "ε of a DP-SGD paradigm.",
     "Paired comparison: both paradigms are recomputed on the same resample of audit samples; the difference's "
     "95% interval and p (twice the smaller share of resampled differences on either side of zero) test 'no "
     "difference'. Different runs pair only when their audit samples, labels and keep matrix are identical.",

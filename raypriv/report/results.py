@@ -7,29 +7,12 @@ can take them without importing the code that builds them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from raypriv.config import ExperimentConfig
-from raypriv.store import RunStore
-
-
-@dataclass
-class RunData:
-    """One finished run directory, as the report reads it."""
-
-    uri: str
-    name: str
-    store: RunStore
-    config: ExperimentConfig | None  # None if the stored config no longer validates
-    raw_config: dict[str, Any]
-    manifest: dict[str, Any]
-    keep: np.ndarray
-    audit: pd.DataFrame  # indexed by sample_id order
-    models: pd.DataFrame
-    metrics: dict[str, Any]
+from raypriv.results import ParadigmMetrics
+from raypriv.run.reader import Run
 
 
 @dataclass
@@ -37,9 +20,9 @@ class ParadigmResult:
     """One paradigm of one run, with everything the report shows about it."""
 
     label: str
-    run: RunData
+    run: Run
     paradigm: str
-    entry: dict[str, Any]  # its metrics.json entry
+    entry: ParadigmMetrics
     is_in: np.ndarray
     scores: dict[str, np.ndarray]
     bootstrap: dict[str, np.ndarray] = field(default_factory=dict)  # headline attack replicates
@@ -54,7 +37,7 @@ class ParadigmResult:
 
     @property
     def accounted(self) -> tuple[float | None, float | None]:
-        info = self.entry.get("info", {})
+        info = self.entry.info
         return info.get("epsilon"), info.get("delta")
 
 
@@ -78,7 +61,7 @@ class Comparison:
 
 @dataclass
 class Report:
-    runs: list[RunData]
+    runs: list[Run]
     results: list[ParadigmResult]
     attack: str
     histogram_attack: str

@@ -83,7 +83,7 @@ def nearest_neighbours(result: ParadigmResult, frame: pd.DataFrame, dataset: Any
     judged against.  Returns the frame, the neighbour images by sample id,
     and a note on what was searched.
     """
-    from raypriv.store import synthetic_path
+    from raypriv.run.format import synthetic_path
 
     run, paradigm = result.run, result.paradigm
     frame = frame.copy()

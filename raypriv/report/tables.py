@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from raypriv.metrics import LOW_FPRS, percentile_interval, tpr_interval
-from raypriv.report.build import Comparison, Report, attacks_of
+from raypriv.report.build import Comparison, Report
 from raypriv.report.verdicts import MIN_FALSE_POSITIVES, percent
 
 
@@ -21,24 +21,24 @@ def privacy_table(report: Report) -> pd.DataFrame:
     """The summary: one row per paradigm, headline attack, bootstrap CIs, ε, utility, cost."""
     rows = []
     for r in report.results:
-        m = r.entry[report.attack]
+        m = r.entry.attacks[report.attack]
         epsilon, delta = r.accounted
         models = r.models
         rows.append(
             {
                 "paradigm": r.label,
-                "AUC": m["auc"],
+                "AUC": m.auc,
                 "AUC CI": percentile_interval(r.bootstrap["auc"]),
                 "TPR@1%FPR": m["tpr@1%fpr"],
                 "TPR@1%FPR CI": percentile_interval(r.bootstrap["tpr@1%fpr"]),
                 "TPR@0.1%FPR": m["tpr@0.1%fpr"],
                 "TPR@0.1%FPR CI": percentile_interval(r.bootstrap["tpr@0.1%fpr"]),
-                "ε lower bound": m.get("eps_lower_bound", float("nan")),
+                "ε lower bound": m.eps_lower_bound,
                 "accounted ε": epsilon if epsilon is not None else float("nan"),
                 "δ": delta if delta is not None else float("nan"),
-                "test acc": r.entry["test_acc"],
-                "test acc std": r.entry.get("test_acc_std", float("nan")),
-                "models": int(r.entry.get("n_models", len(models))),
+                "test acc": r.entry.test_acc,
+                "test acc std": r.entry.test_acc_std,
+                "models": r.entry.n_models,
                 "synthesis s/model": float(models.synth_seconds.mean()) if len(models) else float("nan"),
                 "training s/model": float(models.train_seconds.mean()) if len(models) else float("nan"),
             }
@@ -50,19 +50,18 @@ def attacks_table(report: Report) -> pd.DataFrame:
     """Every attack of every paradigm, with Clopper–Pearson intervals on the TPR counts."""
     rows = []
     for r in report.results:
-        for attack in attacks_of(r.entry):
-            m = r.entry[attack]
+        for attack, m in r.entry.attacks.items():
             rows.append(
                 {
                     "paradigm": r.label,
                     "attack": attack,
-                    "AUC": m["auc"],
+                    "AUC": m.auc,
                     "TPR@1%FPR": m["tpr@1%fpr"],
-                    "TPR@1%FPR CP": tpr_interval(m["tpr@1%fpr"], m["n_in"]),
+                    "TPR@1%FPR CP": tpr_interval(m["tpr@1%fpr"], m.n_in),
                     "TPR@0.1%FPR": m["tpr@0.1%fpr"],
-                    "TPR@0.1%FPR CP": tpr_interval(m["tpr@0.1%fpr"], m["n_in"]),
-                    "bal.acc": m.get("balanced_acc", float("nan")),
-                    "ε lower bound": m.get("eps_lower_bound", float("nan")),
+                    "TPR@0.1%FPR CP": tpr_interval(m["tpr@0.1%fpr"], m.n_in),
+                    "bal.acc": m.balanced_acc,
+                    "ε lower bound": m.eps_lower_bound,
                     "IN/OUT pairs": f"{m['n_in']}/{m['n_out']}",
                 }
             )
@@ -137,7 +136,7 @@ def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
               "accounted ε", "test acc", "s/model (synthesis + training)"]
     rows = []
     for result, (_, row) in zip(report.results, privacy_table(report).iterrows()):
-        n_out = result.entry[report.attack]["n_out"]
+        n_out = result.entry.attacks[report.attack].n_out
         mark = {fpr: "" if fpr * n_out >= MIN_FALSE_POSITIVES else " †" for fpr in LOW_FPRS.values()}
         rows.append([
             row["paradigm"],
@@ -154,8 +153,8 @@ def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
 
 def summary_footnote(report: Report) -> str:
     """Explains the † of the summary table, if any level is too fine for its OUT pairs."""
-    thin = sorted({r.entry[report.attack]["n_out"] for r in report.results
-                   if any(f * r.entry[report.attack]["n_out"] < MIN_FALSE_POSITIVES for f in LOW_FPRS.values())})
+    thin = sorted({r.entry.attacks[report.attack].n_out for r in report.results
+                   if any(f * r.entry.attacks[report.attack].n_out < MIN_FALSE_POSITIVES for f in LOW_FPRS.values())})
     if not thin:
         return ""
     return (f"† fewer than {MIN_FALSE_POSITIVES:.0f} OUT pairs pass the threshold at this FPR "

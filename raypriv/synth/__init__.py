@@ -1,34 +1,36 @@
 """Paradigms: how a shadow pipeline turns a private set into a trained model.
 
-The interface (:class:`Paradigm`, :class:`ShadowContext`, :class:`LabeledSet`,
-:func:`register`, option checks) is in :mod:`raypriv.synth.base`; every other
-module of this package is one paradigm, imported here so that it registers.
-A new paradigm is one new file here: a :class:`Paradigm` subclass decorated
-with :func:`register`.  Paradigms from outside the package (an entry point in
-group ``raypriv.paradigms``, or a ``module:Class`` reference in the config)
-are resolved by :func:`paradigm_class`; :mod:`raypriv.synth.catalogue`
-describes them all for ``raypriv paradigms``.
+The interface (:class:`Paradigm`, :class:`ShadowContext`, :class:`LabeledSet`)
+is in :mod:`raypriv.synth.base`; the registry (the table of built-ins
+:data:`BUILTINS`, :func:`register`, option checks, plugins and variants) in
+:mod:`raypriv.synth.registry`; :mod:`raypriv.synth.catalogue` describes every
+paradigm for ``raypriv paradigms``.  Each built-in paradigm is a module
+(``real``, ``coreset``, ``dfkd``, ``dpsgd``, ``external``, their options in
+:mod:`raypriv.synth.options`) or a family of modules (``distill/``,
+``diffusion/``, ``dpgen/``, each with its own ``options`` module).
+
+Importing this package imports no paradigm's implementation, nor torch: the
+registry names each built-in's class as ``module:Class`` and imports it when
+the paradigm is made.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
-from raypriv.synth.base import (
+from raypriv.synth.base import LabeledSet, NoOptions, Paradigm, ShadowContext
+from raypriv.synth.registry import (
+    BUILTINS,
     ENTRY_POINT_GROUP,
     PARADIGMS,
     PLUGINS,
     VARIANT_SEPARATOR,
-    LabeledSet,
-    NoOptions,
-    Paradigm,
-    ShadowContext,
+    ParadigmEntry,
     build_options,
     is_known_paradigm,
     load_entry_points,
     make_paradigm,
     paradigm_class,
+    paradigm_entry,
+    paradigm_names,
     plugin_identity,
     qualified_name,
     register,
@@ -39,16 +41,5 @@ __all__ = [
     "PARADIGMS", "VARIANT_SEPARATOR", "LabeledSet", "NoOptions", "Paradigm", "ShadowContext", "build_options",
     "is_known_paradigm", "make_paradigm", "paradigm_class", "register", "resolved_options",
     "ENTRY_POINT_GROUP", "PLUGINS", "load_entry_points", "plugin_identity", "qualified_name",
+    "BUILTINS", "ParadigmEntry", "paradigm_entry", "paradigm_names",
 ]
-
-_SHARED_MODULES = {"base", "catalogue", "diffusion_sd", "distill_common", "distill_mtt", "dpgen_common", "language_models"}  # helpers, not paradigms
-
-
-def _import_paradigm_modules() -> None:
-    """Import every paradigm module of this package; each registers its paradigm."""
-    for module in pkgutil.iter_modules(__path__):
-        if module.name not in _SHARED_MODULES:
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
-_import_paradigm_modules()

@@ -4,23 +4,78 @@ Built-ins and entry points (group ``raypriv.paradigms``) are listed; a
 ``module:Class`` reference is described when named (``raypriv paradigms
 mypkg.mix:MixupSynth``).  A paradigm's description is the first line of its
 class docstring, else of its module's docstring; its options are the fields
-of its ``Options`` dataclass.
+of its ``Options`` dataclass.  A built-in's docstrings are read from its
+source (as :func:`pydoc.synopsis` does), not imported: the catalogue needs no
+torch.  Docstrings are reStructuredText; the catalogue prints them as plain
+text (:func:`plain_text`).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import importlib.util
 import inspect
+import re
 import sys
 import typing
+from pathlib import Path
 from typing import Any, Literal
 
-from raypriv.synth.base import PARADIGMS, PLUGINS, Paradigm, load_entry_points, paradigm_class
+from raypriv.synth.registry import PARADIGMS, PLUGINS, ParadigmEntry, paradigm_entry, paradigm_names
+
+_ROLE = re.compile(r":[\w.:-]+:`([^`]*)`")  # :func:`x`, :mod:`~a.b`, :class:`title <target>`
+_LITERAL = re.compile(r"``(.+?)``")
+_STRONG = re.compile(r"\*\*(\S(?:.*?\S)?)\*\*")
 
 
-def _docstring(cls: type[Paradigm]) -> str:
-    doc = cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else getattr(sys.modules.get(cls.__module__), "__doc__", "")
-    return inspect.cleandoc(doc or "(no description)")
+def _role_text(match: re.Match) -> str:
+    text = match.group(1)
+    titled = re.fullmatch(r"(.*?)\s*<[^>]+>", text, flags=re.S)
+    if titled:
+        return titled.group(1)
+    return text[1:].rsplit(".", 1)[-1] if text.startswith("~") else text
+
+
+def plain_text(rst: str) -> str:
+    """``rst`` with its inline markup as plain text: ````x```` and ``:role:`x``` become ``x``, ``**x**`` becomes ``x``.
+
+    ``:role:`~a.b``` keeps the last part (``b``), ``:role:`title <target>``` the
+    title, as Sphinx shows them.
+    """
+    return _STRONG.sub(r"\1", _LITERAL.sub(r"\1", _ROLE.sub(_role_text, rst)))
+
+
+def _source_docstrings(reference: str) -> tuple[str | None, str | None]:
+    """(class docstring, module docstring) of ``module:Class``, read from the module's source without importing it."""
+    module, _, attribute = reference.partition(":")
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None, None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == attribute:
+            return ast.get_docstring(node), ast.get_docstring(tree)
+    return None, ast.get_docstring(tree)
+
+
+def _docstrings(entry: ParadigmEntry) -> tuple[str, str]:
+    """(the description: class docstring else module docstring, the module docstring), cleaned of indentation."""
+    if entry.cls is None:  # a built-in
+        class_doc, module_doc = _source_docstrings(entry.implementation)
+    else:
+        cls = entry.cls
+        class_doc = cls.__doc__ if "__doc__" in vars(cls) else None
+        module_doc = getattr(sys.modules.get(cls.__module__), "__doc__", None)
+    module_doc = inspect.cleandoc(module_doc or "")
+    return inspect.cleandoc(class_doc) if class_doc else (module_doc or "(no description)"), module_doc
+
+
+def _summary(name: str, description: str) -> str:
+    """The description's first line as plain text, without a leading ``name:`` (the catalogue shows the name)."""
+    first = plain_text(description.splitlines()[0])
+    base = name.partition("@")[0]
+    return first[len(base) + 2:] if first.startswith(f"{base}: ") else first
 
 
 def _type_name(tp: Any) -> str:
@@ -34,11 +89,11 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def option_rows(cls: type[Paradigm]) -> list[dict[str, Any]]:
-    """One row per option: name, type, default, allowed values (a Literal's, else None)."""
-    hints = typing.get_type_hints(cls.Options)
+def option_rows(options: type) -> list[dict[str, Any]]:
+    """One row per field of an ``Options`` dataclass: name, type, default, allowed values (a Literal's, else None)."""
+    hints = typing.get_type_hints(options)
     rows = []
-    for item in dataclasses.fields(cls.Options):
+    for item in dataclasses.fields(options):
         if item.metadata.get("required"):  # a default that does not validate (e.g. external's empty command)
             default = "(required)"
         elif item.default is not dataclasses.MISSING:
@@ -64,8 +119,8 @@ def source(name: str) -> str:
     return f"{kind}, {plugin['class']} ({origin})"
 
 
-def _options_block(cls: type[Paradigm]) -> list[str]:
-    rows = option_rows(cls)
+def _options_block(entry: ParadigmEntry) -> list[str]:
+    rows = option_rows(entry.Options)
     if not rows:
         return ["    options: none"]
     lines = []
@@ -78,12 +133,11 @@ def _options_block(cls: type[Paradigm]) -> list[str]:
 
 def format_catalogue() -> str:
     """Every built-in and entry-point paradigm: name, source, one-line description, options."""
-    load_entry_points()
     lines = []
-    for name in sorted(PARADIGMS):
-        cls = PARADIGMS[name]
-        lines.append(f"{name} [{source(name)}]: {_docstring(cls).splitlines()[0]}")
-        lines += _options_block(cls)
+    for name in paradigm_names():
+        entry = PARADIGMS[name]
+        lines.append(f"{name} [{source(name)}]: {_summary(name, _docstrings(entry)[0])}")
+        lines += _options_block(entry)
     lines.append("")
     lines.append("`raypriv paradigms NAME` shows one in full; a paradigm may also be a 'module:Class' reference in the "
                  "config, and any paradigm a variant 'NAME@tag' with its own options")
@@ -92,10 +146,9 @@ def format_catalogue() -> str:
 
 def format_paradigm(name: str) -> str:
     """One paradigm (a name, variant or ``module:Class``) with its whole docstring and options."""
-    cls = paradigm_class(name)
-    body = _docstring(cls)
-    module_doc = inspect.cleandoc(getattr(sys.modules.get(cls.__module__), "__doc__", None) or "")
+    entry = paradigm_entry(name)
+    body, module_doc = _docstrings(entry)
     if module_doc and module_doc not in body:  # the module docstring holds the details
         body += "\n\n" + module_doc
-    lines = [f"{name} [{source(name)}]", "", body, "", "options (paradigm_options." + name + "):"]
-    return "\n".join(lines + _options_block(cls)) + "\n"
+    lines = [f"{name} [{source(name)}]", "", plain_text(body), "", "options (paradigm_options." + name + "):"]
+    return "\n".join(lines + _options_block(entry)) + "\n"

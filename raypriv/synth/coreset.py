@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -48,32 +46,13 @@ from torch import nn
 
 from raypriv.config import ExperimentConfig, TrainConfig
 from raypriv.errors import RayprivError
-from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
+from raypriv.synth.base import LabeledSet, Paradigm, ShadowContext
+from raypriv.synth.options import CoresetOptions
 from raypriv.training import Normalizer, train_classifier
 
 _WHERE = "paradigm_options.coreset"
 
 
-@dataclass
-class CoresetOptions:
-    method: Literal["random", "herding", "kcenter", "forgetting"] = "herding"
-    ipc: int = 10  # samples per class
-    feature_epochs: int | None = None  # epochs of the scoring model; None: train.epochs
-    # Epochs of the audited model on the coreset; None: train.epochs.  A coreset of 10 per
-    # class is one batch, so the recipe's 15 epochs would be 15 steps (digits: ~0.3 test
-    # accuracy); coreset benchmarks train ~200 epochs on the small set (DeepCore, Guo et al. 2022).
-    train_epochs: int | None = 200
-
-    def __post_init__(self) -> None:
-        if self.ipc < 1:
-            raise RayprivError(f"{_WHERE}.ipc={self.ipc!r}: the number of samples per class must be at least 1")
-        for field in ("feature_epochs", "train_epochs"):
-            value = getattr(self, field)
-            if value is not None and value < 1:
-                raise RayprivError(f"{_WHERE}.{field}={value!r}: must be at least 1, or null for train.epochs")
-
-
-@register
 class Coreset(Paradigm):
     name = "coreset"
     Options = CoresetOptions

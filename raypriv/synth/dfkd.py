@@ -53,85 +53,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raypriv.errors import RayprivError
 from raypriv.config import ExperimentConfig, ModelConfig, TrainConfig
-from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
+from raypriv.errors import RayprivError
+from raypriv.synth.base import LabeledSet, Paradigm, ShadowContext
+from raypriv.synth.options import DFKDOptions
 from raypriv.training import Normalizer, accuracy, make_scheduler
-
-
-@dataclass
-class DFKDOptions:
-    """Options of ``dfkd`` (``paradigm_options.dfkd``).
-
-    Shared: ``method``, ``teacher_epochs``, ``n_synthetic``, ``temperature``,
-    ``batch_size``.  DeepInversion only: ``iterations``, ``lr``, ``bn_weight``,
-    ``tv_weight``, ``l2_weight``, ``jitter``, ``flip``.  DFAD only:
-    ``steps``, ``student_steps``, ``student_lr``, ``generator_lr``,
-    ``latent_dim``, ``generator_width``.
-    """
-
-    method: Literal["deepinversion", "dfad"] = "deepinversion"
-    teacher_epochs: int | None = None  # None: the config's train.epochs
-    # The teacher's architecture (a name in raypriv.models.ARCHITECTURES, e.g. wrn16_4 as the reference
-    # study on CIFAR-10) and width; None: the audited model's (model.arch / model.width).  Its norm is model.norm.
-    teacher_arch: str | None = None
-    teacher_width: int | None = None
-    n_synthetic: int = 2048  # inputs made (DeepInversion: the student's training set; DFAD: the stored record)
-    temperature: float = 1.0  # soft labels are softmax(teacher logits / temperature)
-    batch_size: int = 128  # DeepInversion: inputs optimised together; DFAD: generator batch
-    # DeepInversion
-    iterations: int = 50  # Adam steps per batch of inputs (the paper: 2,000 on CIFAR; 8x8 digits need far fewer)
-    lr: float = 0.2
-    bn_weight: float = 1.0  # weight of R_feature (BatchNorm statistics)
-    tv_weight: float = 1e-3  # weight of the total-variation prior
-    l2_weight: float = 0.0  # weight of the L2 prior on the (normalised) inputs
-    # Random roll of up to this many pixels per step; the paper uses 2 on CIFAR, but on 8x8 digits it cost accuracy.
-    jitter: int = 0
-    flip: bool = False  # random horizontal flip per step (off: digits are not mirror-symmetric)
-    # DFAD
-    steps: int = 200  # generator steps; the student takes student_steps per generator step
-    student_steps: int = 5
-    student_lr: float = 0.1  # SGD, momentum 0.9, weight decay 5e-4, cosine decay
-    generator_lr: float = 1e-3  # Adam, cosine decay
-    latent_dim: int = 64  # the paper: 256 for CIFAR; 8x8 digits need less
-    # Channels of the generator's last block (the paper: 64, where the generator would cost more than cnn_small).
-    generator_width: int = 16
-
-    def __post_init__(self) -> None:
-        def check(ok: bool, field: str, allowed: str) -> None:
-            if not ok:
-                value = getattr(self, field)
-                raise RayprivError(f"config: paradigm_options.dfkd.{field}={value!r} is not allowed; it must be {allowed}")
-
-        epochs = self.teacher_epochs
-        if self.teacher_arch is not None:
-            from raypriv.models import ARCHITECTURES
-
-            check(self.teacher_arch in ARCHITECTURES, "teacher_arch", f"one of {sorted(ARCHITECTURES)}, or null for model.arch")
-        check(self.teacher_width is None or self.teacher_width >= 1, "teacher_width", "at least 1, or null for the default")
-        check(epochs is None or epochs >= 1, "teacher_epochs", "at least 1, or null for train.epochs")
-        check(self.n_synthetic >= 2, "n_synthetic", "at least 2 (BatchNorm needs batches of two or more)")
-        check(self.temperature > 0, "temperature", "positive")
-        check(self.batch_size >= 2, "batch_size", "at least 2 (batch statistics need two or more inputs)")
-        check(self.iterations >= 1, "iterations", "at least 1")
-        check(self.lr > 0, "lr", "positive")
-        for field in ("bn_weight", "tv_weight", "l2_weight"):
-            check(getattr(self, field) >= 0, field, "non-negative")
-        check(self.jitter >= 0, "jitter", "a non-negative number of pixels")
-        check(self.steps >= 1, "steps", "at least 1")
-        check(self.student_steps >= 1, "student_steps", "at least 1")
-        check(self.student_lr > 0, "student_lr", "positive")
-        check(self.generator_lr > 0, "generator_lr", "positive")
-        check(self.latent_dim >= 1, "latent_dim", "at least 1")
-        check(self.generator_width >= 1, "generator_width", "at least 1")
-
 
 # ------------------------------------------------------------------ teacher
 
@@ -148,8 +79,14 @@ def teacher_model(options: DFKDOptions, model: ModelConfig) -> ModelConfig | Non
 def train_teacher(
     private: LabeledSet, context: ShadowContext, epochs: int | None, model: ModelConfig | None = None
 ) -> nn.Module:
-    """A teacher trained on the private set (the only use of private data): the config's
-    architecture, or ``model`` (see :func:`teacher_model`), with the config's recipe."""
+    """A teacher trained on the private set (the only use of private data).
+
+    Its architecture is the config's, or ``model`` where ``teacher_arch`` or
+    ``teacher_width`` name another (see :func:`teacher_model`); it trains with
+    the config's recipe (``epochs`` overriding its epoch count), then is
+    frozen in eval mode: BatchNorm keeps its running statistics, which
+    DeepInversion matches.
+    """
     recipe = context.config.train if epochs is None else dataclasses.replace(context.config.train, epochs=epochs)
     teacher = context.train_classifier(context.build_model(model, stream="dfkd-teacher"), private, recipe)
     teacher.eval()  # BatchNorm uses its running statistics from now on
@@ -379,7 +316,6 @@ def adversarial_distillation(
 # ------------------------------------------------------------------ paradigm
 
 
-@register
 class DataFreeKD(Paradigm):
     name = "dfkd"
     Options = DFKDOptions

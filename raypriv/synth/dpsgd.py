@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,53 +33,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from raypriv.config import ExperimentConfig, TrainConfig
 from raypriv.errors import RayprivError
-from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
+from raypriv.synth.base import LabeledSet, Paradigm, ShadowContext
+from raypriv.synth.options import DPSGDOptions
 from raypriv.training import augment, make_optimizer, make_scheduler
 
 _WHERE = "paradigm_options.dpsgd"
 
 
-@dataclass
-class DPSGDOptions:
-    """DP-SGD settings; a ``None`` takes the experiment's ``train`` value.
-
-    The defaults suit the digits default: DP-SGD needs more steps and a larger
-    learning rate than the non-private recipe, because clipped gradients are
-    small and the noise averages out only over many steps.
-    """
-
-    epsilon: float | None = 8.0  # target epsilon after all epochs; null: clipping only, no noise (no DP guarantee)
-    delta: float | None = None  # None: 1 / (private set size)
-    max_grad_norm: float = 1.0  # per-sample clipping norm C
-    accountant: Literal["rdp", "prv"] = "rdp"
-    epochs: int | None = 30
-    batch_size: int | None = 256  # expected (Poisson) batch size
-    lr: float | None = 0.5
-    optimizer: Literal["sgd", "adam"] | None = None  # momentum, weight decay, schedule: the train config's
-
-    def __post_init__(self) -> None:
-        if self.epsilon is not None and not self.epsilon > 0:
-            raise RayprivError(f"{_WHERE}.epsilon={self.epsilon!r}: the target epsilon must be positive (e.g. 1 or 8)")
-        if self.delta is not None and not 0.0 < self.delta < 1.0:
-            raise RayprivError(
-                f"{_WHERE}.delta={self.delta!r}: delta must lie strictly between 0 and 1 "
-                "(well below 1/n, e.g. 1e-5), or be null for 1/(private set size)"
-            )
-        if not self.max_grad_norm > 0:
-            raise RayprivError(
-                f"{_WHERE}.max_grad_norm={self.max_grad_norm!r}: the clipping norm must be positive (e.g. 1.0)"
-            )
-        if self.epochs is not None and self.epochs < 1:
-            raise RayprivError(f"{_WHERE}.epochs={self.epochs!r}: must be at least 1, or null for train.epochs")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise RayprivError(
-                f"{_WHERE}.batch_size={self.batch_size!r}: must be at least 1, or null for train.batch_size"
-            )
-        if self.lr is not None and not self.lr > 0:
-            raise RayprivError(f"{_WHERE}.lr={self.lr!r}: the learning rate must be positive, or null for train.lr")
-
-
-@register
 class DPSGD(Paradigm):
     name = "dpsgd"
     Options = DPSGDOptions

@@ -40,53 +40,20 @@ stderr): the run goes on for the other models, and a rerun retries it.
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import signal
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from raypriv.errors import ModelFailed, RayprivError
+from raypriv.errors import ModelFailed
 from raypriv.seeding import torch_seed
-from raypriv.synth.base import LabeledSet, Paradigm, ShadowContext, register
+from raypriv.synth.base import LabeledSet, Paradigm, ShadowContext
+from raypriv.synth.options import ExternalOptions
 
-PLACEHOLDERS = ("private", "output", "seed", "model_id", "workdir")
-_EMBEDDED = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 STDERR_TAIL = 2000  # characters of the command's stderr kept in a failure message
-
-
-@dataclass
-class ExternalOptions:
-    command: list[str] = field(default_factory=list, metadata={"required": True})
-    timeout_s: float = 600.0
-    env: dict[str, str] = field(default_factory=dict)
-    output: Literal["npz"] = "npz"
-
-    def __post_init__(self) -> None:
-        where = "config: paradigm_options.external"
-        if not self.command:
-            raise RayprivError(
-                f"{where}.command is not set; give the program as an argv list, e.g. "
-                "[python3, synth.py, '{private}', '{output}']"
-            )
-        for argument in self.command:
-            if argument not in {f"{{{p}}}" for p in PLACEHOLDERS} and _EMBEDDED.search(argument):
-                raise RayprivError(
-                    f"{where}.command argument {argument!r} embeds a placeholder; placeholders are replaced only "
-                    "as whole arguments (write ['--out', '{output}'], not '--out={output}')"
-                )
-        if shutil.which(self.command[0]) is None:
-            raise RayprivError(
-                f"{where}.command: program {self.command[0]!r} is not found on PATH (nor as an executable path); "
-                "install it on every node that trains shadow models, or give its full path"
-            )
-        if not self.timeout_s > 0:
-            raise RayprivError(f"{where}.timeout_s={self.timeout_s} must be positive")
 
 
 def _tail(data: bytes) -> str:
@@ -137,20 +104,11 @@ def validate_output(arrays: Any, private: LabeledSet, num_classes: int, image: b
     return x, labels
 
 
-@register
 class ExternalCommand(Paradigm):
     """Your own program makes each shadow model's training set: it reads {private} and writes {output} (.npz)."""
 
     name = "external"
     Options = ExternalOptions
-
-    @classmethod
-    def check_raw_options(cls, raw: dict[str, Any], where: str) -> None:
-        if isinstance(raw.get("command"), str):
-            raise RayprivError(
-                f"config: {where}.command is the string {raw['command']!r}; give an argv list instead, e.g. "
-                f"{raw['command'].split()!r}: raypriv never runs a shell"
-            )
 
     def argv(self, values: dict[str, str]) -> list[str]:
         """The command with whole-argument placeholders replaced; relative paths to existing files made absolute."""

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from raypriv.synth import LabeledSet, Paradigm, ShadowContext, register
+from raypriv.synth.base import LabeledSet, Paradigm, ShadowContext
 
 
-@register
 class RealData(Paradigm):
     name = "real"
     stores_training_set = False  # the training set is the private set

@@ -1,0 +1,126 @@
+"""One block of audit samples, every model's scores for it, and the leave-one-out statistics the attacks share.
+
+Every model in turn is the target and all others are its shadows, so each
+statistic is "over the group less one": less the target when it is in the
+group, else less the group's highest model id, so that every group has
+``n_models/2 - 1`` members (see :mod:`raypriv.attacks`).  Arrays are
+``(B, Q, M)`` (samples, queries, models) or ``(B, M)``.  A
+:class:`SampleBlock` computes each statistic the first time an attack asks for
+it, so LiRA's online and offline variants share one OUT fit.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+from scipy.special import expit
+
+STD_FLOOR = 1e-30  # added to every standard deviation, as the reference LiRA code does
+_HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
+
+
+def log_normal_pdf(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``log N(x; mean, std)``, elementwise."""
+    return -0.5 * ((x - mean) / std) ** 2 - np.log(std) - _HALF_LOG_2PI
+
+
+def group_ids(member: np.ndarray) -> np.ndarray:
+    """``(B, K)`` model ids of each sample's group, ascending; ``member`` is ``(B, M)`` with K Trues per row."""
+    n_rows, n_models = member.shape
+    flat = np.flatnonzero(member)
+    return (flat - np.repeat(np.arange(n_rows) * n_models, member.sum(axis=1))).reshape(n_rows, -1)
+
+
+def loo_moments(
+    scores32: np.ndarray, scores64: np.ndarray, member: np.ndarray, ids: np.ndarray, need_median: bool, center: str = "median"
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Leave-one-out centre (median, or mean with ``center="mean"``) and variance of one group, for one block; arrays are ``(B, Q, M)``.
+
+    ``scores32``/``scores64``: the block's scores (float32 as stored, and as
+    float64); ``member``: ``(B, M)`` group membership; ``ids``: its
+    :func:`group_ids`.  Same definitions as :func:`raypriv.attacks.reference.lira_attack`'s leave-one-out statistics:
+    the removed value is the target's own score if it is in the group, else
+    the group's highest model id; the median of the shortened sorted list
+    reads position ``p`` at ``p`` before the removed value's rank and at
+    ``p + 1`` from it on, so only the order statistics around the middle are
+    needed, and ``v < removed`` decides the side (with ties the removed copy
+    does not matter: the shortened list is the same).
+    """
+    k = ids.shape[1]
+    size = k - 1
+    values32 = np.take_along_axis(scores32, ids[:, None, :], axis=2)  # (B, Q, K) by model id
+    values = values32.astype(np.float64)
+    removed = np.where(member[:, None, :], scores64, values[:, :, k - 1 : k])
+    mean = (values.sum(axis=2)[:, :, None] - removed) / size
+    mean_sq = ((values * values).sum(axis=2)[:, :, None] - removed * removed) / size
+    variance = np.maximum(mean_sq - mean * mean, 0.0)
+    if not need_median:
+        return None, variance
+    if center == "mean":
+        return mean, variance
+    values32.sort(axis=2)
+    low, high = (size - 1) // 2, size // 2
+    picks = [values32[:, :, i : i + 1].astype(np.float64) for i in (low, low + 1, high, high + 1)]
+    median = 0.5 * (
+        np.where(picks[0] < removed, picks[0], picks[1]) + np.where(picks[2] < removed, picks[2], picks[3])
+    )
+    return median, variance
+
+
+def loo_sum(probs: np.ndarray, member: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per (sample, target): the sum of ``probs`` over the group ``ids`` less one (the target, else the highest id)."""
+    values = np.take_along_axis(probs, ids, axis=1)  # (B, K)
+    prefix = np.zeros_like(values)
+    np.cumsum(values[:, :-1], axis=1, out=prefix[:, 1:])
+    suffix = np.zeros_like(values)
+    np.cumsum(values[:, :0:-1], axis=1, out=suffix[:, -2::-1])
+    total = np.empty_like(probs)
+    np.put_along_axis(total, ids, prefix + suffix, axis=1)  # targets in this group drop themselves
+    return np.where(member, total, prefix[:, -1:])  # targets outside it: the group less its highest model id
+
+
+class SampleBlock:
+    """Every model's scores for one block of audit samples, and the statistics attacks share.
+
+    Arrays are ``(B, Q, M)`` (samples, queries, models) or ``(B, M)``.  Each
+    statistic is computed the first time an attack asks for it and then kept,
+    so LiRA's online and offline variants share one OUT fit.
+    """
+
+    def __init__(self, scores: np.ndarray, keep: np.ndarray, start: int, stop: int, pooled: dict | None = None,
+                 center: str = "median", offline_a: np.ndarray | None = None):
+        self.scores32 = np.ascontiguousarray(scores[:, start:stop, :].transpose(1, 2, 0))  # (B, Q, M)
+        self.scores64 = self.scores32.astype(np.float64)
+        self.member = np.ascontiguousarray(keep[:, start:stop].T)  # (B, M)
+        self.ids_in, self.ids_out = group_ids(self.member), group_ids(~self.member)
+        self.pooled = pooled or {}  # {is_in_side: (Q, M) pooled variance} for the fixed-variance attacks
+        self.center, self.offline_a = center, offline_a  # LiRA's Gaussian centre; RMIA offline's a per target
+
+    def variance(self, in_side: bool) -> np.ndarray:
+        """Leave-one-out variance of the IN (or OUT) shadows, without the median (the pooling pre-pass)."""
+        member, ids = (self.member, self.ids_in) if in_side else (~self.member, self.ids_out)
+        return loo_moments(self.scores32, self.scores64, member, ids, need_median=False)[1]
+
+    @cached_property
+    def moments_out(self) -> tuple[np.ndarray, np.ndarray]:
+        return loo_moments(self.scores32, self.scores64, ~self.member, self.ids_out, True, self.center)
+
+    @cached_property
+    def moments_in(self) -> tuple[np.ndarray, np.ndarray]:
+        return loo_moments(self.scores32, self.scores64, self.member, self.ids_in, True, self.center)
+
+    def log_pdf(self, in_side: bool, fixed_variance: bool) -> np.ndarray:
+        """``log N(s; centre, std)`` of each score under its leave-one-out IN or OUT Gaussian."""
+        key = (in_side, fixed_variance)
+        cache = self.__dict__.setdefault("_log_pdf", {})
+        if key not in cache:
+            median, variance = self.moments_in if in_side else self.moments_out
+            std = np.sqrt(self.pooled[in_side] if fixed_variance else variance) + STD_FLOOR
+            cache[key] = log_normal_pdf(self.scores64, median, std)
+        return cache[key]
+
+    @cached_property
+    def label_probability(self) -> np.ndarray:
+        """RMIA's ``Pr(x|theta)``: ``sigmoid(s) = p_y``, mean over queries, ``(B, M)``."""
+        return expit(self.scores64).mean(axis=1)

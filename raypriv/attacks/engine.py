@@ -1,0 +1,208 @@
+"""The attack table and the engine that runs it over blocks of audit samples.
+
+:data:`ATTACKS` lists every attack once: its name, family, inputs, its place
+in the report's fixed headline order, and a function of one
+:class:`~raypriv.attacks.block.SampleBlock`.  A new attack is one entry here
+plus its function (in :mod:`raypriv.attacks.lira`, :mod:`raypriv.attacks.rmia`
+or a module of its own).
+
+:func:`score_attacks` is pass 2 of scoring: it walks blocks of audit samples
+(each holds every model's scores for those samples, which is what a
+leave-one-out median needs), first pooling the per-sample variances for the
+fixed-variance attacks (a cheap pass without sorting), then computing every
+attack.  Per-block memory is bounded by ``block_elements``; the outputs are
+float32 ``(n_models, n_audit)``.  Medians come from order statistics of the
+sorted float32 scores (the values the reference picks), sums are in float64,
+so the engine matches :mod:`raypriv.attacks.reference` on float32-rounded
+scores to rounding error.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+from scipy.special import expit
+
+from raypriv.attacks.block import SampleBlock
+from raypriv.attacks.lira import lira_offline, lira_online, reduce_logits, to_float32
+from raypriv.attacks.rmia import (
+    RMIA_GAMMA,
+    fit_offline_a,
+    population_log_ratio,
+    rmia_log_ratio,
+    rmia_offline_log_ratio,
+    rmia_ranks,
+)
+from raypriv.errors import RayprivError
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One entry of the attack table."""
+
+    family: str  # "loss", "lira" or "rmia"
+    inputs: str  # "loss": the label log-probability on query 0; "scores": the per-query LiRA scores
+    headline_rank: int  # the report's fixed preference for its headline attack (0 first)
+    block: Callable[[SampleBlock], np.ndarray] | None = None  # block -> float64 (B, M); None: the input itself
+    # whole rows of block output, gamma, the rows' population log ratios (or None) -> scores
+    finish: Callable[[np.ndarray, float, np.ndarray | None], np.ndarray] | None = None
+    pooled_variance: tuple[bool, ...] = ()  # sides (True: IN) whose variance is pooled over all samples first
+
+
+ATTACKS: dict[str, Attack] = {
+    "loss": Attack("loss", "loss", 5),
+    "lira_online": Attack("lira", "scores", 0, lira_online),
+    "lira_offline": Attack("lira", "scores", 3, lira_offline),
+    "lira_online_fixed": Attack("lira", "scores", 2, lambda b: lira_online(b, True), pooled_variance=(True, False)),
+    "lira_offline_fixed": Attack("lira", "scores", 4, lambda b: lira_offline(b, True), pooled_variance=(False,)),
+    "rmia": Attack("rmia", "scores", 1, rmia_log_ratio, finish=rmia_ranks),
+    "rmia_offline": Attack("rmia", "scores", 6, rmia_offline_log_ratio, finish=rmia_ranks),
+}
+
+
+def headline_order() -> list[str]:
+    """Attack names in the report's fixed order of preference for its headline attack."""
+    return sorted(ATTACKS, key=lambda name: ATTACKS[name].headline_rank)
+
+
+def check_attacks(attacks: Iterable[str]) -> list[str]:
+    """The attack names as a list; an unknown one is a RayprivError listing the known ones."""
+    attacks = list(attacks)
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise RayprivError(f"unknown attack(s) {unknown}; choose from {list(ATTACKS)}")
+    return attacks
+
+
+def map_threads(function: Callable, items: Iterable, workers: int) -> list:
+    """``list(map(function, items))`` on ``workers`` threads (NumPy releases the GIL in its kernels)."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, items))
+
+
+def group_sizes(keep: np.ndarray, attacks: list[str]) -> tuple[int, int]:
+    """IN and OUT models per sample; the leave-one-out attacks need the same counts for every sample."""
+    counts = keep.sum(axis=0)
+    k_in, k_out = int(counts[0]), keep.shape[0] - int(counts[0])
+    if any(ATTACKS[a].inputs == "scores" for a in attacks):
+        if not (counts == k_in).all():
+            raise RayprivError(
+                "the membership matrix must make every audit sample IN for the same number of models "
+                f"(it has {counts.min()} to {counts.max()}); use the run's own keep.npy"
+            )
+        if min(k_in, k_out) < 2:
+            raise RayprivError(
+                f"{keep.shape[0]} models give {k_in} IN and {k_out} OUT models per sample; the leave-one-out "
+                "attacks need at least 2 of each (n_models >= 8 for LiRA); use more models or only 'loss'"
+            )
+    return k_in, k_out
+
+
+def score_attacks(
+    scores: np.ndarray | None,
+    loss: np.ndarray | None,
+    keep: np.ndarray,
+    attacks: Iterable[str],
+    gamma: float = RMIA_GAMMA,
+    block_elements: int = 1 << 20,
+    workers: int = 1,
+    center: str = "median",
+    population: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Every named attack from the reduced logits: ``{attack: float32 (n_models, n_audit)}``.
+
+    ``scores``: float32 ``(M, N, Q)`` LiRA scores (needed by LiRA and RMIA);
+    ``loss``: ``(M, N)`` log-probability of the label on query 0 (the loss
+    attack, returned as it is); ``keep``: ``(M, N)`` membership.  Sample
+    blocks of about ``block_elements`` scores are processed on ``workers``
+    threads; results do not depend on either.  ``center``: LiRA's Gaussian
+    centre, ``"median"`` or ``"mean"``; ``gamma``: RMIA's; ``population``:
+    float32 ``(M, P, Q)`` LiRA scores on the population set, RMIA's ``z``.
+    """
+    attacks = check_attacks(attacks)
+    keep = np.asarray(keep, dtype=bool)
+    n_models, n_samples = keep.shape
+    group_sizes(keep, attacks)
+    results: dict[str, np.ndarray] = {}
+    for name in attacks:
+        if ATTACKS[name].inputs == "loss":
+            if loss is None or loss.shape != keep.shape:
+                raise ValueError(f"the loss attack needs the (n_models, n_audit) = {keep.shape} label log-probabilities")
+            results[name] = to_float32(loss)
+    blocked = [name for name in attacks if ATTACKS[name].block is not None]
+    if not blocked:
+        return {a: results[a] for a in attacks}
+    if scores is None or scores.shape[:2] != keep.shape:
+        raise ValueError(f"LiRA and RMIA need (n_models, n_audit, n_queries) scores matching keep {keep.shape}")
+    if scores.dtype != np.float32:
+        scores = to_float32(scores)
+    block = max(1, block_elements // (n_models * scores.shape[2]))
+    bounds = [(start, min(n_samples, start + block)) for start in range(0, n_samples, block)]
+
+    # The fixed-variance attacks pool each side's per-sample variances over all samples first: a cheap pass.
+    pooled_sides = sorted({side for name in blocked for side in ATTACKS[name].pooled_variance})
+    pooled: dict[bool, np.ndarray] = {}
+    if pooled_sides:
+        partial = map_threads(lambda b: [SampleBlock(scores, keep, *b).variance(side).sum(axis=0) for side in pooled_sides], bounds, workers)
+        for i, side in enumerate(pooled_sides):
+            pooled[side] = sum(p[i] for p in partial) / n_samples  # (Q, M): one variance per query and target
+
+    offline_a = None
+    if "rmia_offline" in blocked:  # Pr(x|theta) of every pair, as SampleBlock.label_probability computes it
+        rows = max(1, block_elements // (n_samples * scores.shape[2]))
+        probs = np.concatenate([expit(scores[i : i + rows].astype(np.float64)).mean(axis=2) for i in range(0, n_models, rows)])
+        offline_a = fit_offline_a(probs, keep, gamma)
+        del probs
+
+    staged = {}  # attacks with a whole-row finish keep their block outputs in float64 until then
+    for name in blocked:
+        if ATTACKS[name].finish is None:
+            results[name] = np.empty((n_models, n_samples), dtype=np.float32)
+        else:
+            staged[name] = np.empty((n_models, n_samples), dtype=np.float64)
+
+    def main_pass(b: tuple[int, int]) -> None:
+        sample_block = SampleBlock(scores, keep, *b, pooled=pooled, center=center, offline_a=offline_a)
+        for name in blocked:
+            value = ATTACKS[name].block(sample_block)
+            if name in staged:
+                staged[name][:, b[0] : b[1]] = value.T
+            else:
+                results[name][:, b[0] : b[1]] = to_float32(value).T
+
+    map_threads(main_pass, bounds, workers)
+    for name, values in staged.items():
+        rows = max(1, (1 << 22) // max(n_samples, 1))
+        results[name] = np.empty((n_models, n_samples), dtype=np.float32)
+        versus = None if population is None else population_log_ratio(population, offline_a if name == "rmia_offline" else None)
+
+        def finish(start: int, name: str = name, values: np.ndarray = values, versus: np.ndarray | None = versus) -> None:
+            z = None if versus is None else versus[start : start + rows]
+            results[name][start : start + rows] = ATTACKS[name].finish(values[start : start + rows], gamma, z)
+
+        map_threads(finish, range(0, n_models, rows), workers)
+    return {a: results[a] for a in attacks}
+
+
+def run_attacks(
+    logits: np.ndarray, labels: np.ndarray, keep: np.ndarray, attacks: list[str], gamma: float = RMIA_GAMMA, workers: int = 1,
+    center: str = "median",
+) -> dict[str, np.ndarray]:
+    """Every named attack on in-memory logits ``(n_models, n_audit, n_queries, C)``; float32 ``(n_models, n_audit)`` each.
+
+    The audit streams the logits from the store instead
+    (:func:`raypriv.scoring.load_attack_inputs`); both feed :func:`score_attacks`.
+    """
+    attacks = check_attacks(attacks)
+    n_models, n_samples, n_queries, n_classes = logits.shape
+    row_labels = np.broadcast_to(np.asarray(labels)[None, :, None], (n_models, n_samples, n_queries)).ravel()
+    score, log_p = reduce_logits(logits.reshape(-1, n_classes), row_labels)
+    score = to_float32(score.reshape(n_models, n_samples, n_queries))
+    log_p = log_p.reshape(n_models, n_samples, n_queries)[:, :, 0]
+    return score_attacks(score, log_p, keep, attacks, gamma=gamma, workers=workers, center=center)

@@ -1,0 +1,199 @@
+"""Reference implementations, for tests and analysis only: the audit path never imports this module.
+
+Each function is the plain whole-array float64 version of a definition the
+audit computes elsewhere in bounded memory, written to read like the
+definition (see the docstring of :mod:`raypriv.attacks` for the choices):
+
+* :func:`lira_scores_from_logits`, :func:`loss_attack`,
+  :func:`label_probabilities`, :func:`lira_attack`, :func:`rmia_attack`:
+  the attacks on whole ``(n_models, n_audit, n_queries, C)`` logit arrays;
+  the engine is :func:`raypriv.attacks.score_attacks`.
+* :func:`roc` and :func:`attack_metrics`: ROC metrics on sklearn's full
+  curve; the engine is :func:`raypriv.metrics.roc_metrics`.
+* :func:`best_threshold_epsilon`: the epsilon "lower bound" of the best ROC
+  threshold, each bounded at 95% on the same data.  It is *not* a valid
+  bound (it exceeds a known epsilon in about a third of simulated audits:
+  ``benchmarks/epsilon_coverage.py``); the audit reports
+  :func:`raypriv.metrics.epsilon_lower_bound_from_scores`.  It stays here as
+  the comparison the coverage benchmark and tests draw.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from raypriv.attacks.block import STD_FLOOR, log_normal_pdf
+from raypriv.attacks.lira import LOG_FLOOR
+from raypriv.attacks.rmia import RMIA_GAMMA, rmia_ranks
+from raypriv.metrics import LOW_FPRS, clopper_pearson_lower, clopper_pearson_upper, tpr_at_fpr
+
+# ------------------------------------------------------------------ attacks
+
+
+def lira_scores_from_logits(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``log p_y - log sum_{y' != y} p_y'`` per model, sample and query.
+
+    ``logits``: ``(n_models, n_audit, n_queries, C)``; ``labels``: ``(n_audit,)``.
+    Returns float64 ``(n_models, n_audit, n_queries)``.
+    """
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=-1, keepdims=True)
+    sample = np.arange(len(labels))
+    p_true = p[:, sample, :, labels].copy()  # advanced indexing moves the sample axis first
+    p[:, sample, :, labels] = 0.0
+    p_wrong = p.sum(axis=-1)
+    p_true = np.moveaxis(p_true, 0, 1)  # back to (n_models, n_audit, n_queries)
+    return np.log(p_true + LOG_FLOOR) - np.log(p_wrong + LOG_FLOOR)
+
+
+def loss_attack(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Minus the cross-entropy on query 0: ``(n_models, n_audit)``."""
+    z = logits[:, :, 0, :].astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    log_softmax = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return log_softmax[:, np.arange(len(labels)), labels]
+
+
+def label_probabilities(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """RMIA's ``Pr(x|theta)``: softmax probability of the label, mean over queries, ``(n_models, n_audit)``."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=-1, keepdims=True)
+    sample = np.arange(len(labels))
+    return np.moveaxis(p[:, sample, :, labels], 0, 1).mean(axis=2)
+
+
+def _leave_one_out_stats(scores: np.ndarray, member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and variance of the shadows in group ``member``, leaving each target out.
+
+    ``scores``: ``(M, N, Q)``; ``member``: ``(M, N)`` bool, and every column
+    holds the same number ``K`` of Trues.  For target ``m`` and sample ``n``
+    the shadows are the group ``{j : member[j, n]}`` less one model: ``m``
+    itself if it is in the group, else the group's highest model id.  So every
+    group has ``K - 1`` shadows, as the reference code's truncation to the
+    smallest group gives; unequal sizes would bias the ddof-0 standard
+    deviations against the target's own group.  Returns ``(M, N, Q)`` arrays.
+    """
+    n_models, n_samples, n_queries = scores.shape
+    k = int(member[:, 0].sum())
+    # Model ids of the group per sample, shape (K, N); stable, so ordered by model id.
+    group = np.argsort(~member, axis=0, kind="stable")[:k]
+    columns = np.arange(n_samples)
+    values = scores[group, columns[None, :], :]  # (K, N, Q)
+    order = np.argsort(values, axis=0, kind="stable")
+    sorted_values = np.take_along_axis(values, order, axis=0)
+
+    # rank_in_group[j, n, q]: position of group member j in the sorted values.
+    rank_in_group = np.empty_like(order)
+    np.put_along_axis(rank_in_group, order, np.arange(k)[:, None, None], axis=0)
+    removed = np.broadcast_to(rank_in_group[k - 1], (n_models, n_samples, n_queries)).copy()
+    removed[group, columns[None, :], :] = rank_in_group  # targets in the group remove themselves
+
+    size = k - 1
+    low, high = (size - 1) // 2, size // 2
+    # Position p of the shortened list is index p, or p + 1 at and past the removed rank.
+    low_index = low + (low >= removed)
+    high_index = high + (high >= removed)
+    sample, query = columns[None, :, None], np.arange(n_queries)[None, None, :]
+    median = 0.5 * (sorted_values[low_index, sample, query] + sorted_values[high_index, sample, query])
+    removed_value = sorted_values[removed, sample, query]
+    mean = (values.sum(axis=0)[None] - removed_value) / size
+    mean_sq = ((values**2).sum(axis=0)[None] - removed_value**2) / size
+    return median, np.maximum(mean_sq - mean**2, 0.0)
+
+
+def lira_attack(scores: np.ndarray, keep: np.ndarray, online: bool, fixed_variance: bool) -> np.ndarray:
+    """LiRA membership scores ``(n_models, n_audit)`` from per-query scores (reference, float64).
+
+    ``scores``: ``(M, N, Q)`` from :func:`lira_scores_from_logits`;
+    ``keep``: ``(M, N)`` balanced membership matrix.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    median_out, variance_out = _leave_one_out_stats(scores, ~keep)
+    if fixed_variance:
+        variance_out = variance_out.mean(axis=1, keepdims=True)  # pooled over samples, per target and query
+    std_out = np.sqrt(variance_out) + STD_FLOOR
+    log_out = log_normal_pdf(scores, median_out, std_out)
+    if not online:
+        return -log_out.mean(axis=2)
+    median_in, variance_in = _leave_one_out_stats(scores, keep)
+    if fixed_variance:
+        variance_in = variance_in.mean(axis=1, keepdims=True)
+    std_in = np.sqrt(variance_in) + STD_FLOOR
+    log_in = log_normal_pdf(scores, median_in, std_in)
+    return (log_in - log_out).mean(axis=2)
+
+
+def _removed_value(values: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """Per (target, sample): the value leave-one-out drops from group ``member`` (see :func:`_leave_one_out_stats`)."""
+    last = member.shape[0] - 1 - np.argmax(member[::-1], axis=0)  # highest model id in the group, per sample
+    return np.where(member, values, values[last, np.arange(values.shape[1])][None, :])
+
+
+def rmia_attack(probs: np.ndarray, keep: np.ndarray, gamma: float = RMIA_GAMMA) -> np.ndarray:
+    """RMIA (online) scores ``(n_models, n_audit)`` from ``Pr(x|theta)`` (reference, float64).
+
+    ``probs``: ``(M, N)`` label probabilities (:func:`label_probabilities`);
+    ``keep``: ``(M, N)`` membership.  ``Pr(x)`` for target ``m`` is the mean
+    over its leave-one-out IN and OUT shadows; the population ``z`` is every
+    other audit sample (module docstring).
+    """
+    keep = np.asarray(keep, dtype=bool)
+    probs = np.asarray(probs, dtype=np.float64)
+    k_in, k_out = int(keep[:, 0].sum()), int((~keep[:, 0]).sum())
+    shadow_sum = probs.sum(axis=0)[None, :] - _removed_value(probs, keep) - _removed_value(probs, ~keep)
+    prior = shadow_sum / (k_in - 1 + k_out - 1)
+    log_ratio = np.log(probs + LOG_FLOOR) - np.log(prior + LOG_FLOOR)
+    return rmia_ranks(log_ratio, gamma)
+
+
+# -------------------------------------------------------------- ROC metrics
+
+
+def roc(is_in: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Full ROC curve (every threshold kept, so low-FPR points are not dropped)."""
+    fpr, tpr, _ = roc_curve(np.asarray(is_in, dtype=bool).ravel(), np.asarray(score, dtype=np.float64).ravel(), drop_intermediate=False)
+    return fpr, tpr
+
+
+def best_threshold_epsilon(
+    fpr: np.ndarray, tpr: np.ndarray, n_in: int, n_out: int, delta: float = 0.0, alpha: float = 0.05
+) -> float:
+    """The largest epsilon over all ROC points, each from one-sided Clopper-Pearson bounds at ``1 - alpha``.
+
+    DP forces ``TPR <= e^eps FPR + delta`` and ``1 - FPR <= e^eps (1 - TPR) + delta``;
+    taking the best of many thresholds without a correction makes it optimistic.
+    """
+    false_pos = np.rint(np.asarray(fpr) * n_out)
+    true_pos = np.rint(np.asarray(tpr) * n_in)
+    fpr_high = clopper_pearson_upper(false_pos, n_out, alpha)
+    tpr_low = clopper_pearson_lower(true_pos, n_in, alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        upper_left = np.log((tpr_low - delta) / fpr_high)
+        lower_right = np.log((1.0 - fpr_high - delta) / (1.0 - tpr_low))
+    candidates = np.concatenate([upper_left, lower_right])
+    candidates = candidates[np.isfinite(candidates)]
+    return float(max(0.0, candidates.max())) if len(candidates) else 0.0
+
+
+def attack_metrics(is_in: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """AUC, balanced accuracy and TPR at 0.1% and 1% FPR, from sklearn's full ROC curve."""
+    is_in = np.asarray(is_in, dtype=bool).ravel()
+    score = np.asarray(score, dtype=np.float64).ravel()
+    fpr, tpr = roc(is_in, score)
+    metrics = {
+        "auc": float(roc_auc_score(is_in, score)),
+        "balanced_acc": float(np.max(1.0 - (fpr + (1.0 - tpr)) / 2.0)),
+    }
+    for key, target in LOW_FPRS.items():
+        metrics[key] = tpr_at_fpr(fpr, tpr, target)
+    metrics["n_in"] = int(is_in.sum())
+    metrics["n_out"] = int((~is_in).sum())
+    return metrics
+
+
+# --------------------------------------------------------------- the store

@@ -1,0 +1,393 @@
+"""Experiment configuration: the schema, as dataclasses, and YAML coercion.
+
+A config is a tree of dataclasses.  :func:`parse_config` turns a plain
+mapping (read from YAML) into that tree and checks every field on its own: an
+unknown name, a wrong type, a value outside the allowed set or range raises
+:class:`RayprivError` naming the field (``train.epochs``) and what is
+allowed.  The dataclass defaults *are* the default experiment
+(``jobs/configs/digits-quick.yaml`` spells the same values out; a test keeps
+the two equal).
+
+This module imports nothing else from raypriv but the error type, so every
+other module may import it.  Checking names against the registries (datasets,
+paradigms, attacks, architectures, queries) and the fingerprints of a config
+live one level up, in :mod:`raypriv.run.fingerprints`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from raypriv.errors import RayprivError
+
+MAX_INT = 2**31 - 1  # bound of every integer field
+MAX_MODELS = 100_000
+MAX_KEEP_ENTRIES = 10**9  # n_models * n_audit: the keep matrix stays under 1 GB
+
+
+@dataclass
+class DatasetConfig:
+    """Which data to audit.  ``root``/``download`` are for torchvision sets (and adult from OpenML)."""
+
+    name: str = "digits"
+    root: str = "~/.cache/raypriv/data"
+    download: bool = False
+    path: str | None = None  # the file when name is "npz", "csv" or "parquet" (optional for "adult": its CSV)
+    test_fraction: float = 0.2  # held-out share for sets without a test split
+    label_column: str | None = None  # the class column of a "csv" or "parquet" table
+
+
+@dataclass
+class AuditConfig:
+    """The audit samples: drawn from the training pool, IN for half the models."""
+
+    n_audit: int = 200
+    canary: Literal["none", "mislabel"] = "mislabel"
+    # Held-out samples (from the test split) no model trains on; every model logs its logits on them too and
+    # RMIA draws its population z from them.  0: no population set (z: the other audit samples).
+    n_population: int = 0
+
+
+@dataclass
+class LiraConfig:
+    """LiRA's settings.  Attack settings never change a model (they stay out of the fingerprints)."""
+
+    center: Literal["median", "mean"] = "median"  # the Gaussians' centre: reference LiRA code, or Aerni et al. 2024
+
+
+@dataclass
+class RmiaConfig:
+    gamma: float = 1.0  # the threshold on the ratio of likelihood ratios; the paper's code uses 2
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "cnn_small"  # a name in raypriv.models.ARCHITECTURES
+    width: int | None = None  # None: the arch's default (raypriv.models.ARCHITECTURES)
+    norm: Literal["batch", "group", "none"] = "batch"
+
+
+@dataclass
+class TrainConfig:
+    # "loop": one model at a time (raypriv.training); "ensemble": a group at once with
+    # torch.func (raypriv.ensemble); "auto": ensemble for small archs on CUDA, loop otherwise
+    # (on CPU the loop is faster: see benchmarks/RESULTS.md).
+    engine: Literal["auto", "loop", "ensemble"] = "auto"
+    epochs: int = 15
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    augment: Literal["none", "flip_crop", "crop"] = "none"
+    crop_padding: int = 4
+    amp: bool = True  # bfloat16 autocast, used on CUDA only
+    eval_batch_size: int = 1024
+
+
+@dataclass
+class RayConfig:
+    """How the shadow-model pool is laid out.  Never changes the results."""
+
+    address: str | None = None  # None: RAY_ADDRESS if set, else a new local instance; "auto": a `ray start` cluster here
+    num_actors: int | None = None  # shadow-model pool; None: as many as the cluster's resources fit
+    num_cpus_per_actor: float = 1.0
+    num_gpus_per_actor: float = 0.0  # fractional values share a GPU
+    # Ensemble engine: the most models one actor trains at once.  On a GPU a group is cut
+    # further to what fits in free memory; a group that runs out of memory is halved.
+    models_per_group: int = 32
+    # Synthesis pool: 0 means the shadow-model actors run whole pipelines.
+    num_synthesis_workers: int = 0
+    synthesis_cpus_per_worker: float = 1.0
+    synthesis_gpus_per_worker: float = 0.0
+
+
+@dataclass
+class ScoringConfig:
+    """Where the attacks run (raypriv.scoring.ray_data).  Never changes the results, so it stays out of the fingerprints."""
+
+    backend: Literal["local", "ray", "auto"] = "local"  # auto: ray above driver_memory_gb or for a cloud run dir
+    driver_memory_gb: float = 4.0  # auto: ray when the local scoring arrays would exceed this (ScoringPlan.local_gb)
+    num_cpus: float = 1.0  # CPUs per Ray Data scoring task (never GPUs)
+    block_samples: int | None = None  # audit samples per attack task; None: about 2^22 scores per task
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "digits-quick"
+    seed: int = 0
+    out_dir: str = "runs/digits-quick"
+    n_models: int = 64
+    paradigms: list[str] = field(default_factory=lambda: ["real"])
+    paradigm_options: dict[str, dict] = field(default_factory=dict)
+    queries: list[str] = field(default_factory=lambda: ["identity"])  # names in raypriv.queries.QUERIES
+    # Names in raypriv.attacks.ATTACKS; None: all of them, in table order (filled in by raypriv.run.fingerprints).
+    attacks: list[str] | None = None
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    lira: LiraConfig = field(default_factory=LiraConfig)
+    rmia: RmiaConfig = field(default_factory=RmiaConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it normalised."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise RayprivError(f"config: {where}={value!r} is not allowed; choose one of {list(args)}")
+        return value
+    if origin is list:
+        if isinstance(value, str):  # "real,dpsgd" from the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise RayprivError(f"config: {where} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RayprivError(f"config: {where} must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RayprivError(f"config: {where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RayprivError(f"config: {where} must be an integer, got {value!r}")
+        # One bound for every integer field (paradigm options too): larger values overflow int64 seeds and sizes.
+        if abs(value) > MAX_INT:
+            raise RayprivError(f"config: {where}={value} is out of range; integers must lie within ±{MAX_INT} (2**31 - 1)")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RayprivError(f"config: {where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise RayprivError(f"config: {where}={value!r} is not a finite number; give a finite value")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise RayprivError(f"config: {where} must be a string, got {value!r}")
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise RayprivError(f"config: {where} must be a mapping, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {_type_name(tp)} at {where}")  # a bug, not user input
+
+
+def build_dataclass(cls: type, raw: Any, where: str) -> Any:
+    """The dataclass ``cls`` from the mapping ``raw``, every field coerced and checked; ``where`` prefixes error names."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RayprivError(f"config: {where or 'the top level'} must be a mapping of fields, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            prefix = f"{where}." if where else ""
+            raise RayprivError(f"config: unknown field '{prefix}{key}'; allowed fields here: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise RayprivError(f"config: {message}")
+
+
+def _check_unique(values: list[str], where: str) -> None:
+    _require(len(values) > 0, f"{where} must not be empty")
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    _require(not duplicates, f"{where} lists {duplicates} more than once")
+
+
+def check_fields(config: ExperimentConfig) -> ExperimentConfig:
+    """Check the ranges of fields and the relations between them that types alone cannot express.
+
+    Names that refer to a registry (datasets, paradigms, attacks, ...) are
+    checked by :func:`raypriv.run.fingerprints.check_names`.
+    """
+    if config.dataset.name == "npz":
+        _require(config.dataset.path is not None, "dataset.name is 'npz' but dataset.path is not set; give the .npz file")
+    if config.dataset.name in ("csv", "parquet"):
+        kind = config.dataset.name
+        _require(config.dataset.path is not None, f"dataset.name is '{kind}' but dataset.path is not set; give the .{kind} file")
+        _require(
+            bool(config.dataset.label_column),
+            f"dataset.name is '{kind}' but dataset.label_column is not set; name the column holding the class",
+        )
+    else:
+        _require(
+            config.dataset.label_column is None,
+            f"dataset.label_column is set but dataset {config.dataset.name!r} has its own labels; it is for csv and "
+            "parquet tables only",
+        )
+    _require(0.0 < config.dataset.test_fraction < 1.0, "dataset.test_fraction must be between 0 and 1")
+    _require(config.seed >= 0, "seed must be a non-negative integer")
+    _require(config.audit.n_audit >= 1, "audit.n_audit must be at least 1")
+    _require(config.audit.n_population >= 0, "audit.n_population must be 0 (no population set) or more")
+
+    _require(
+        np.isfinite(config.rmia.gamma) and config.rmia.gamma > 0,
+        f"rmia.gamma={config.rmia.gamma} must be a positive number (1: the likelihood ratios themselves; the paper uses 2)",
+    )
+    _check_unique(config.paradigms, "paradigms")
+    _check_unique(config.queries, "queries")
+    if config.attacks is not None:
+        _check_unique(config.attacks, "attacks")
+    _require(
+        config.n_models >= 2 and config.n_models % 2 == 0,
+        f"n_models={config.n_models}: it must be even and at least 2, so that every audit sample is IN "
+        "for exactly half the models",
+    )
+    _require(config.n_models <= MAX_MODELS, f"n_models={config.n_models} is above the limit of {MAX_MODELS}")
+    _require(
+        config.n_models * config.audit.n_audit <= MAX_KEEP_ENTRIES,
+        f"n_models × audit.n_audit = {config.n_models * config.audit.n_audit} is above the limit of "
+        f"{MAX_KEEP_ENTRIES} (the membership matrix would not fit in memory); lower one of them",
+    )
+    if config.attacks is not None and all(a in ("loss", "rmia", "rmia_offline") for a in config.attacks):
+        _require(
+            config.n_models >= 4 or config.attacks == ["loss"],
+            f"n_models={config.n_models} is too few for RMIA: leave-one-out needs at least 4 models (1 IN and 1 OUT "
+            "shadow per sample); use --models 4 or more, or keep only the 'loss' attack",
+        )
+    elif config.attacks is None or any(a != "loss" for a in config.attacks):
+        _require(
+            config.n_models >= 8,
+            f"n_models={config.n_models} is too few for LiRA and RMIA: leave-one-out needs at least 8 models "
+            "(3 IN and 3 OUT shadows per sample); use --models 8 or more (64+ for a real audit), "
+            "or keep only the 'loss' attack",
+        )
+
+    t = config.train
+    _require(t.epochs >= 1, "train.epochs must be at least 1")
+    _require(t.batch_size >= 1 and t.eval_batch_size >= 1, "train.batch_size and train.eval_batch_size must be at least 1")
+    _require(t.lr > 0, "train.lr must be positive")
+    _require(t.momentum >= 0 and t.weight_decay >= 0, "train.momentum and train.weight_decay must be non-negative")
+    _require(t.crop_padding >= 0, "train.crop_padding must be non-negative")
+    _require(config.model.width is None or config.model.width >= 1, "model.width must be at least 1")
+
+    r = config.ray
+    _require(r.num_cpus_per_actor > 0, "ray.num_cpus_per_actor must be positive")
+    _require(r.num_gpus_per_actor >= 0, "ray.num_gpus_per_actor must be zero (CPU) or positive (may be fractional)")
+    _require(r.num_actors is None or r.num_actors >= 1, "ray.num_actors must be at least 1, or null for automatic")
+    _require(r.models_per_group >= 1, "ray.models_per_group must be at least 1")
+    _require(r.num_synthesis_workers >= 0, "ray.num_synthesis_workers must be 0 (no separate pool) or more")
+    _require(r.synthesis_cpus_per_worker > 0, "ray.synthesis_cpus_per_worker must be positive")
+    _require(r.synthesis_gpus_per_worker >= 0, "ray.synthesis_gpus_per_worker must be zero or positive")
+    s = config.scoring
+    _require(np.isfinite(s.driver_memory_gb) and s.driver_memory_gb > 0, "scoring.driver_memory_gb must be a positive number")
+    _require(np.isfinite(s.num_cpus) and s.num_cpus > 0, "scoring.num_cpus must be positive (scoring tasks use CPUs only)")
+    _require(s.block_samples is None or s.block_samples >= 1, "scoring.block_samples must be at least 1, or null for automatic")
+    return config
+
+
+def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
+    """Build a config from a plain mapping and check its fields (not yet its names: see raypriv.run.fingerprints)."""
+    return check_fields(build_dataclass(ExperimentConfig, raw, ""))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}: each field may appear once", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(data: bytes, what: str) -> dict[str, Any]:
+    """The mapping YAML ``data`` holds ({} if empty); ``what`` names the source in errors (``config file x.yaml``)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise RayprivError(f"{what} is UTF-16 encoded; save it as UTF-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RayprivError(f"{what} is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as exc:
+        raise RayprivError(f"{what} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise RayprivError(f"{what} must hold a mapping of fields at the top level")
+    return raw
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RayprivError(f"config: cannot override {dotted}: {part} is not a mapping")
+    node[leaf] = value
+
+
+def read_config_file(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The mapping a YAML config file holds (``{}`` for None), with dotted overrides applied.
+
+    ``overrides`` maps dotted field names to values, e.g. ``{"n_models": 16,
+    "out_dir": "runs/x"}``; ``None`` values are ignored.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RayprivError(f"config file {path} does not exist; pass an existing YAML file to --config")
+        raw = load_yaml(path.read_bytes(), f"config file {path}")
+    return apply_overrides(raw, overrides)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Set dotted fields (``{"train.epochs": 2}``) in the mapping ``raw``, in place; ``None`` values are ignored."""
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, dotted, value)
+    return raw
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The resolved config as YAML (field order kept)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

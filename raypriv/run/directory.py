@@ -1,0 +1,346 @@
+"""The run directory's lifecycle: create or resume, the manifest, the stored split, completed models, status.
+
+:class:`RunDirectory` is the one reader of a run's own records: ``run.json``
+(the manifest), ``config.yaml``, ``keep.npy`` and ``audit.parquet``, and the
+one rule for which models are complete (:meth:`RunDirectory.completed`).  The
+audit, ``raypriv status`` and the report all go through it.  The file
+formats themselves are defined in :mod:`raypriv.run.store`.
+
+A run directory belongs to one protocol (:func:`raypriv.run.fingerprints.protocol_hash`):
+a rerun of the same config resumes, a different protocol is refused with
+the fields that differ, and every model row carries its paradigm's recipe
+hash, so models of changed paradigm options are never mixed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raypriv import __version__
+from raypriv.config import ExperimentConfig, dump_config, from_dict, load_yaml
+from raypriv.data import Dataset
+from raypriv.errors import RayprivError
+from raypriv.run.fingerprints import Fingerprints, differences, protocol_definition
+from raypriv.run.format import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, audit_table, logits_path
+from raypriv.run.lease import LOCK_FILE, RunLease
+from raypriv.run.store import RunStore
+from raypriv.split import AuditSplit, keep_digest
+from raypriv.synth import plugin_identity
+
+log = logging.getLogger("raypriv")
+
+
+@dataclass
+class CompletedScan:
+    """What :meth:`RunDirectory.completed` found for one paradigm."""
+
+    complete: dict[int, dict[str, Any]]  # model_id -> its row
+    discarded: list[str]  # why some stored files were not accepted
+    other_recipe: int = 0  # rows of another recipe (counted only by a read-only scan)
+
+
+def _ranges(ids: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    parts, start = [], None
+    for i, value in enumerate(ids):
+        if start is None:
+            start = value
+        if i + 1 == len(ids) or ids[i + 1] != value + 1:
+            parts.append(f"{start}" if start == value else f"{start}-{value}")
+            start = None
+    return ", ".join(parts)
+
+
+def _stored_plugin(row: dict[str, Any]) -> str | None:
+    """The plugin class and version a stored model row records (see ShadowTrainer._context), if any."""
+    try:
+        return json.loads(row.get("info") or "{}").get("plugin")
+    except (ValueError, AttributeError):
+        return None
+
+
+class RunDirectory:
+    """One run directory (a local path or a pyarrow-filesystem URI)."""
+
+    def __init__(self, uri: str):
+        self.store = RunStore(str(uri))
+        self.uri = self.store.uri
+
+    # ------------------------------------------------------------ reading
+
+    def exists(self) -> bool:
+        return self.store.exists("run.json")
+
+    def require_run(self, what: str = "an audit") -> None:
+        if not self.exists():
+            raise RayprivError(f"{self.uri} holds no raypriv run (no run.json); give the --out of {what}")
+
+    def manifest(self) -> dict[str, Any]:
+        return self.store.read_json("run.json")
+
+    def stored_config_raw(self) -> dict[str, Any]:
+        """The mapping in the run's config.yaml ({} if it has none)."""
+        if not self.store.exists("config.yaml"):
+            return {}
+        try:
+            return load_yaml(self.store.read_bytes("config.yaml"), self.store.path("config.yaml"))
+        except RayprivError as exc:
+            raise RayprivError(
+                f"{exc}; the run's own config is damaged: rerun `raypriv audit --config YOUR.yaml --out {self.uri}` "
+                "with the config that made it to rewrite it"
+            ) from None
+
+    def stored_config(self) -> ExperimentConfig:
+        return from_dict(self.stored_config_raw())
+
+    def keep(self) -> np.ndarray:
+        """keep.npy, checked against the hash run.json records (runs made before the hash: unchecked)."""
+        recorded = self.manifest().get("keep_sha256") if self.exists() else None
+        try:
+            keep = self.store.read_npy("keep.npy")
+            intact = recorded is None or keep_digest(keep) == recorded
+        except RayprivError:
+            intact = False
+        if not intact:
+            raise RayprivError(
+                f"{self.store.path('keep.npy')} is corrupt (it does not match the hash in run.json). It is drawn "
+                f"from the seed: rerun `raypriv audit --config {self.store.path('config.yaml')} --out {self.uri}` "
+                "to rebuild it"
+            )
+        return keep
+
+    def lease(self, force: bool = False) -> RunLease:
+        """Take the run's exclusive lease (see :mod:`raypriv.lease`); ``force`` breaks another holder's."""
+        return RunLease(self.store, force).acquire()
+
+    def audit(self) -> pd.DataFrame:
+        """audit.parquet in sample_id order."""
+        return self.store.read_table("audit.parquet").to_pandas().sort_values("sample_id").reset_index(drop=True)
+
+    # ------------------------------------------------------ create or resume
+
+    def check_resumable(self, config: ExperimentConfig, fingerprints: Fingerprints) -> None:
+        """Refuse a directory that holds another protocol, another schema, or files that are not a run.
+
+        ``fingerprints``: the config's, computed once by the driver.
+        """
+        store = self.store
+        if self.exists():
+            manifest = self.manifest()
+            if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
+                raise RayprivError(
+                    f"{store.uri} was written with store schema {manifest.get('schema_version')}, this raypriv "
+                    f"writes schema {SCHEMA_VERSION}; use a new --out"
+                )
+            digest = fingerprints.protocol
+            if manifest.get("protocol_hash") != digest:
+                stored = self.stored_config_raw()
+                found = differences(protocol_definition(from_dict(stored)), protocol_definition(config)) if stored else []
+                detail = "; ".join(found[:8]) or "the stored config could not be read"
+                raise RayprivError(
+                    f"{store.uri} holds a run of a different config (protocol {manifest.get('protocol_hash')}, this "
+                    f"config is {digest}; differences: {detail}). Use a new --out, or delete that directory to start over"
+                )
+        elif not store.is_empty(ignore=(LOCK_FILE,)):
+            raise RayprivError(f"{store.uri} is not empty and holds no raypriv run (no run.json); choose a new or empty --out")
+
+    def record(self, config: ExperimentConfig, fingerprints: Fingerprints, dataset: Dataset, split: AuditSplit) -> None:
+        """Write (or refresh) the manifest and config, and store the split; check a stored split is this one."""
+        store = self.store
+        manifest = self.manifest() if self.exists() else {}
+        rebuild = False
+        if store.exists("keep.npy"):
+            recorded = manifest.get("keep_sha256")
+            try:
+                matches = np.array_equal(store.read_npy("keep.npy"), split.keep)
+            except RayprivError:
+                matches = False
+            if not matches and recorded == keep_digest(split.keep):
+                # The file is corrupt but the seed redraws the very matrix run.json recorded.
+                log.warning("%s is corrupt; rebuilt from the seed (it matches the recorded hash)", store.path("keep.npy"))
+                rebuild = True
+            elif not matches:
+                raise RayprivError(
+                    f"{store.path('keep.npy')} differs from the membership matrix this config draws "
+                    "(corrupt, or made by another raypriv version, and run.json records no hash to rebuild it "
+                    "from); use a new --out"
+                )
+        created = manifest.get("created_at")
+        for relative in store.temporaries():  # left by a writer killed mid-write; we hold the lease, so none is live
+            if not relative.endswith(LOCK_FILE):  # but our own heartbeat's may be
+                store.delete(relative)
+        store.write_bytes("config.yaml", dump_config(config).encode())
+        store.write_json(
+            "run.json",
+            {
+                "schema_version": SCHEMA_VERSION,
+                "protocol_hash": fingerprints.protocol,
+                "config_hash": fingerprints.config,
+                "raypriv_version": __version__,
+                "created_at": created or datetime.now(timezone.utc).isoformat(),
+                "queries": list(config.queries),
+                "n_models": config.n_models,
+                "n_audit": config.audit.n_audit,
+                "num_classes": dataset.num_classes,
+                "keep_sha256": keep_digest(split.keep),
+            },
+        )
+        if rebuild or not store.exists("keep.npy"):
+            store.write_npy("keep.npy", split.keep)
+        if not store.exists("audit.parquet"):
+            store.write_table("audit.parquet", audit_table(split.audit_index, split.true_labels, split.audit_labels))
+
+    # ------------------------------------------------------ completed models
+
+    def scan(self, paradigm: str, recipe: str, expected_rows: int, repair: bool = True) -> CompletedScan:
+        """The models of ``paradigm`` already complete for ``recipe``: the one rule for "complete".
+
+        A model counts as complete when its row exists, names ``recipe``, and
+        its logits file matches the sha256 the row records (rows written
+        before checksums: decodes in full) with the expected number of rows.  With
+        ``repair`` (the audit), broken files are deleted so the model is
+        retrained, and a model of another recipe (the paradigm's options
+        changed) is an error: mixing recipes would corrupt the attack, and
+        deleting them silently would lose work.  Without it (``status``)
+        nothing is changed and other recipes are counted.
+        """
+        store = self.store
+        complete: dict[int, dict[str, Any]] = {}
+        discarded: list[str] = []
+        other = 0
+        for relative in store.list_files(f"models/{paradigm}", ".parquet"):
+            model_id = int(relative.rsplit("model-", 1)[1].split(".")[0])
+            culprit = relative
+            try:
+                row = store.read_table(relative).to_pylist()[0]
+                culprit = logits_path(paradigm, model_id)
+                if not store.exists(culprit):
+                    raise RayprivError("the logits file is missing")
+                data = store.read_bytes(culprit)
+                if row.get("logits_sha256"):
+                    if hashlib.sha256(data).hexdigest() != row["logits_sha256"]:
+                        raise RayprivError("its sha256 differs from the one its model row records (corrupt or replaced)")
+                    rows = pq.read_metadata(pa.BufferReader(data)).num_rows
+                else:  # a row from before checksums: decode every page instead
+                    rows = pq.read_table(pa.BufferReader(data)).num_rows
+                if rows != expected_rows:
+                    raise RayprivError(f"it has {rows} rows, expected {expected_rows}")
+            except (RayprivError, pa.ArrowException, OSError, IndexError, KeyError) as exc:
+                if not repair:
+                    continue  # a broken row is retrained on resume; it is not complete
+                reason = str(exc).split("; delete it")[0]
+                discarded.append(f"{store.path(culprit)}: {reason}; model {model_id} of {paradigm} will be retrained")
+                store.delete(relative)
+                store.delete(logits_path(paradigm, model_id))
+                continue
+            if row["recipe_hash"] != recipe:
+                if not repair:
+                    other += 1
+                    continue
+                raise self._other_recipe(paradigm, row["recipe_hash"], recipe)
+            complete[int(row["model_id"])] = row
+        return CompletedScan(complete, discarded, other)
+
+    def _other_recipe(self, paradigm: str, found: str, recipe: str, stored_plugin: str | None = None) -> RayprivError:
+        store = self.store
+        plugin = plugin_identity(paradigm)
+        cause = "its paradigm_options changed"
+        if plugin is not None:  # a plugin's class and version are part of its recipe
+            now = " ".join(filter(None, (plugin["class"], plugin["distribution"], plugin["version"])))
+            cause = (
+                f"its paradigm_options or its plugin changed (the stored models were made by {stored_plugin or 'another version'}, "
+                f"this config runs {now}; models of two plugin versions are never mixed)"
+            )
+        return RayprivError(
+            f"{store.uri} holds {paradigm} models of another recipe ({found}, this config gives "
+            f"{recipe}): {cause}. Use a new --out, or delete "
+            f"{store.path('models/' + paradigm)} and {store.path('logits/paradigm=' + paradigm)} to retrain it"
+        )
+
+    def check_recipes(self, fingerprints: Fingerprints) -> None:
+        """Refuse, before anything is written, a run holding models of another recipe of a paradigm of the config."""
+        for paradigm, recipe in fingerprints.recipes.items():
+            for relative in self.store.list_files(f"models/{paradigm}", ".parquet"):
+                try:
+                    row = self.store.read_table(relative).to_pylist()[0]
+                    found = row["recipe_hash"]
+                except (RayprivError, pa.ArrowException, KeyError, IndexError):
+                    continue  # a broken row is discarded and retrained later
+                if found != recipe:
+                    raise self._other_recipe(paradigm, found, recipe, _stored_plugin(row))
+
+    def completed(self, config: ExperimentConfig, fingerprints: Fingerprints, repair: bool = True
+                  ) -> tuple[dict[tuple[str, int], dict[str, Any]], list[str]]:
+        """Rows of the models already stored for this config, keyed (paradigm, model id), and what was discarded."""
+        expected_rows = (config.audit.n_audit + config.audit.n_population) * len(config.queries)
+        complete: dict[tuple[str, int], dict[str, Any]] = {}
+        discarded: list[str] = []
+        for paradigm in config.paradigms:
+            found = self.scan(paradigm, fingerprints.recipes[paradigm], expected_rows, repair)
+            discarded += found.discarded
+            complete.update({(paradigm, m): row for m, row in found.complete.items() if m < config.n_models})
+        return complete, discarded
+
+    # ------------------------------------------------------------ status
+
+    def status(self, config: ExperimentConfig | None = None) -> str:
+        """What the directory holds: complete and missing models, and whether ``config`` matches it."""
+        self.require_run()
+        manifest = self.manifest()
+        stored = self.stored_config()
+        lines = [
+            f"run {self.uri}: created {manifest.get('created_at')}, schema {manifest.get('schema_version')}, "
+            f"protocol {manifest.get('protocol_hash')}",
+        ]
+        holder = RunLease(self.store).holder()
+        if holder is not None:
+            age = time.time() - float(holder.get("heartbeat", 0))
+            lines.append(f"lease: held by {holder.get('host', '?')} pid {holder.get('pid', '?')} (heartbeat {age:.0f}s ago; "
+                         f"an audit is running, or was killed: a stale lease is taken over when rerun)")
+        if config is None:
+            config = stored
+            lines.append("config: the stored config.yaml (pass --config to check another)")
+        elif Fingerprints.of(config).protocol != manifest.get("protocol_hash"):
+            found = "; ".join(differences(protocol_definition(stored), protocol_definition(config))[:8])
+            lines.append(
+                f"config: DOES NOT MATCH this run (differences: {found}); `raypriv audit` will refuse it. "
+                "The run's own config.yaml holds:"
+            )
+            config = stored
+        else:
+            lines.append("config: matches this run's protocol")
+        total_missing = 0
+        name_width = max(10, *map(len, config.paradigms))
+        expected_rows = (config.audit.n_audit + config.audit.n_population) * len(config.queries)
+        recipes = Fingerprints.of(config).recipes
+        for paradigm in config.paradigms:
+            found = self.scan(paradigm, recipes[paradigm], expected_rows, repair=False)
+            done = sorted(m for m in found.complete if m < config.n_models)
+            missing = sorted(set(range(config.n_models)) - set(done))
+            total_missing += len(missing)
+            note = f"; {found.other_recipe} models of another recipe (options changed)" if found.other_recipe else ""
+            lines.append(
+                f"  {paradigm:<{name_width}} {len(done):>5}/{config.n_models} complete"
+                + (f"; missing: {_ranges(missing)}" if missing else "")
+                + note
+            )
+        if total_missing:
+            lines.append(
+                f"{total_missing} models missing: rerun `raypriv audit --config {self.store.path('config.yaml')} "
+                f"--out {self.uri}` to finish"
+            )
+        else:
+            stale = not self.store.exists("metrics.json")
+            lines.append("all models complete; " + ("attacks not yet computed: rerun `raypriv audit` to score" if stale else "metrics.json is written"))
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,63 @@
+"""What both scoring backends share: the recipe check, the model rows' part of the metrics, and the files.
+
+Each backend computes the attacks' metrics its own way; both start a
+paradigm's :class:`raypriv.results.ParadigmMetrics` from its model rows
+(:func:`paradigm_metrics`), and :func:`raypriv.scoring.score.score_run` ends
+with :func:`write_metrics_files` (``metrics.json`` and ``metrics.csv``).
+``roc.png`` is drawn by the driver from the curves scoring returns
+(:func:`raypriv.report.figures.write_roc_png`), so scoring never imports
+matplotlib.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from raypriv.errors import RayprivError
+from raypriv.results import ParadigmMetrics, metrics_to_json
+from raypriv.run.store import RunStore
+from raypriv.scoring.plan import ScoringPlan
+
+Curve = tuple[np.ndarray, np.ndarray]  # an attack's ROC curve: (fpr, tpr), from the highest threshold down
+
+
+def paradigm_metrics(rows: pd.DataFrame) -> ParadigmMetrics:
+    """A paradigm's utility, cost and reported info from its model rows (no attacks yet)."""
+    reported = pd.DataFrame([json.loads(info) for info in rows["info"]])
+    numeric = reported.select_dtypes("number")
+    return ParadigmMetrics(
+        test_acc=float(rows.test_acc.mean()),
+        test_acc_std=float(rows.test_acc.std(ddof=1)) if len(rows) > 1 else 0.0,
+        n_models=int(len(rows)),
+        synth_seconds_mean=float(rows.synth_seconds.mean()),
+        train_seconds_mean=float(rows.train_seconds.mean()),
+        info={key: float(value) for key, value in numeric.mean().items()} if not numeric.empty else {},
+    )
+
+
+def check_recipes(plan: ScoringPlan, paradigm: str, rows: pd.DataFrame) -> None:
+    """Refuse to attack models of another recipe than the plan's (the driver's fingerprint of the config)."""
+    hashes = set(rows.recipe_hash)
+    expected = plan.recipe_hashes[paradigm]
+    if hashes != {expected}:
+        raise RayprivError(
+            f"models of {paradigm} come from recipes {sorted(hashes)}, not {expected}; "
+            "the attack will not mix recipes. Use a new --out"
+        )
+
+
+def write_metrics_files(store: RunStore, metrics: Mapping[str, ParadigmMetrics]) -> None:
+    """``metrics.json`` (:func:`raypriv.results.metrics_to_json`) and ``metrics.csv`` (one row per paradigm and attack)."""
+    store.write_json("metrics.json", metrics_to_json(metrics))
+    flat = [
+        {"paradigm": paradigm, "attack": attack, **values.to_json(), "test_acc": entry.test_acc}
+        for paradigm, entry in metrics.items()
+        for attack, values in entry.attacks.items()
+    ]
+    store.write_bytes("metrics.csv", pd.DataFrame(flat).to_csv(index=False).encode())
+
+

@@ -1,0 +1,159 @@
+"""The scoring plan: everything both backends need to score a run, fixed once, before the first read.
+
+A :class:`ScoringPlan` is built by the driver from the config and the audit
+split (:meth:`ScoringPlan.from_config`).  It holds the sizes, the attack list
+and their options, the resolved backend, and each paradigm's recipe
+fingerprint, computed once by the driver and passed down.  The backends
+(:mod:`raypriv.scoring.local`, :mod:`raypriv.scoring.ray_data`) take it as
+their one description of the work, so neither reads the config again.
+
+Every paradigm is scored in the same :data:`STAGES`:
+
+1. ``read``: each model's logits, reduced as read to the per-query LiRA
+   score and the label log-probability (:mod:`raypriv.scoring.read`);
+2. ``attacks``: every attack, leave-one-out (:mod:`raypriv.attacks`);
+3. ``metrics``: each attack's ROC summary and ε bound (:mod:`raypriv.metrics`);
+4. ``scores``: the per-pair scores appended to ``scores.parquet``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+
+from raypriv.attacks import ATTACKS, check_attacks
+from raypriv.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from raypriv.split import AuditSplit
+
+STAGES = ("read", "attacks", "metrics", "scores")
+
+
+@dataclass(frozen=True, eq=False)
+class ScoringPlan:
+    """What scoring a run means: sizes, attacks, options, backend, fingerprints.
+
+    Arrays: ``keep`` bool ``(n_models, n_audit)``, ``audit_labels`` int64
+    ``(n_audit,)``, ``population_labels`` int64 ``(n_population,)`` (empty
+    without a population set).  ``backend``: ``"local"`` or ``"ray"``, already
+    resolved from ``scoring.backend: auto``.  ``recipe_hashes``: each
+    paradigm's recipe fingerprint, which its stored models must carry.
+    """
+
+    name: str
+    paradigms: tuple[str, ...]
+    attacks: tuple[str, ...]
+    keep: np.ndarray
+    audit_labels: np.ndarray
+    population_labels: np.ndarray
+    n_queries: int
+    recipe_hashes: Mapping[str, str]
+    backend: str = "local"
+    gamma: float = 1.0  # RMIA's threshold on the ratio of likelihood ratios
+    center: str = "median"  # LiRA's Gaussian centre
+    block_samples: int | None = None  # Ray backend: audit samples per attack task (None: about 2^22 scores)
+    num_cpus: float = 1.0  # Ray backend: CPUs per task
+    ray_address: str | None = None  # Ray backend: the cluster to join when Ray is not running yet
+    driver_memory_gb: float = 4.0
+    show_progress: bool = False
+    stages: tuple[str, ...] = field(default=STAGES)
+
+    @property
+    def n_models(self) -> int:
+        return int(self.keep.shape[0])
+
+    @property
+    def n_audit(self) -> int:
+        return int(self.keep.shape[1])
+
+    @property
+    def n_population(self) -> int:
+        return int(len(self.population_labels))
+
+    @property
+    def needs_scores(self) -> bool:
+        """Whether any attack reads the per-query LiRA scores (all but ``loss``)."""
+        return any(ATTACKS[a].inputs == "scores" for a in self.attacks)
+
+    @property
+    def needs_loss(self) -> bool:
+        return any(ATTACKS[a].inputs == "loss" for a in self.attacks)
+
+    @property
+    def needs_population(self) -> bool:
+        """Whether RMIA's ``z`` come from a population set (the run has one and an RMIA attack is asked for)."""
+        return self.n_population > 0 and any(ATTACKS[a].finish is not None for a in self.attacks)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ExperimentConfig,
+        split: AuditSplit,
+        *,
+        recipe_hashes: Mapping[str, str] | None = None,
+        store_uri: str = "",
+        show_progress: bool = False,
+    ) -> ScoringPlan:
+        """The plan of ``config`` on its audit ``split``.
+
+        ``recipe_hashes``: the driver's fingerprints (computed here from the
+        config when not given); ``store_uri``: the run directory, which
+        ``scoring.backend: auto`` sends to Ray when it is in the cloud.
+        """
+        if recipe_hashes is None:
+            from raypriv.run.fingerprints import recipe_hashes as compute  # the paradigm tables: torch
+
+            recipe_hashes = compute(config)
+        plan = cls(
+            name=config.name,
+            paradigms=tuple(config.paradigms),
+            attacks=tuple(check_attacks(config.attacks)),
+            keep=np.asarray(split.keep, dtype=bool),
+            audit_labels=np.asarray(split.audit_labels, dtype=np.int64),
+            population_labels=np.asarray(
+                split.population_labels if config.audit.n_population else np.empty(0), dtype=np.int64),
+            n_queries=len(config.queries),
+            recipe_hashes=dict(recipe_hashes),
+            gamma=config.rmia.gamma,
+            center=config.lira.center,
+            block_samples=config.scoring.block_samples,
+            num_cpus=config.scoring.num_cpus,
+            ray_address=config.ray.address,
+            driver_memory_gb=config.scoring.driver_memory_gb,
+            show_progress=show_progress,
+        )
+        return plan.with_backend(choose_backend(config.scoring.backend, plan, store_uri))
+
+    def with_backend(self, backend: str) -> ScoringPlan:
+        from dataclasses import replace
+
+        return replace(self, backend=backend)
+
+    def score_array_gb(self) -> float:
+        """GB of one paradigm's float32 (models x samples x queries) LiRA scores, population rows included."""
+        return self.n_models * (self.n_audit + self.n_population) * self.n_queries * 4 / 2**30
+
+    def local_gb(self) -> float:
+        """GB of the arrays the local backend holds at once for one paradigm.
+
+        The score array, the label log-probabilities and every attack's
+        ``(models x samples)`` output, float32, plus float64 for the RMIA
+        variants until they are ranked.  Its measured peak RSS is this plus
+        1.3 to 1.9 GB (interpreter, torch, per-block copies;
+        ``benchmarks/RESULTS.md``).
+        """
+        staged = sum(ATTACKS[a].finish is not None for a in self.attacks)
+        pair_bytes = 4 + 4 * len(self.attacks) + 8 * staged
+        return self.score_array_gb() + self.n_models * self.n_audit * pair_bytes / 2**30
+
+
+def choose_backend(requested: str, plan: ScoringPlan, store_uri: str = "") -> str:
+    """``scoring.backend`` with ``auto`` resolved: ray for a cloud run directory, or when the local backend's
+    arrays (:meth:`ScoringPlan.local_gb`) would exceed ``scoring.driver_memory_gb``; local otherwise."""
+    if requested != "auto":
+        return requested
+    cloud = "://" in store_uri and not store_uri.startswith("file://")
+    return "ray" if cloud or plan.local_gb() > plan.driver_memory_gb else "local"
