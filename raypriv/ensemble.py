@@ -106,7 +106,7 @@ class _StackedOptimizer:
                 p.sub_(lr.to(p.dtype).view(shape) * d)
             if rows is not None:
                 full_param[rows] = p
-                for full, part in zip(full_state, state):
+                for full, part in zip(full_state, state, strict=True):
                     full[rows] = part
 
 
@@ -142,7 +142,7 @@ def train_ensemble(
 
     batch_iterators = [
         _batches(len(y), config, torch_generator(seed, "order", model_id), device)
-        for (_, y), model_id in zip(training_sets, model_ids)
+        for (_, y), model_id in zip(training_sets, model_ids, strict=True)
     ]
     augment_rngs = [torch_generator(seed, "augment", model_id) for model_id in model_ids]
     total_steps = [config.epochs * max(1, math.ceil(len(y) / config.batch_size)) for _, y in training_sets]
@@ -171,7 +171,9 @@ def train_ensemble(
                 # same in every group.
                 pair = lambda tree: {name: v.expand(2, *v.shape[1:]).clone() for name, v in tree.items()}
                 b_pair = pair(b)
-                grads, _ = batched_step(pair(p), b_pair, inputs.expand(2, *inputs.shape[1:]), targets.expand(2, *targets.shape[1:]))
+                grads, _ = batched_step(
+                    pair(p), b_pair, inputs.expand(2, *inputs.shape[1:]), targets.expand(2, *targets.shape[1:])
+                )
                 grads = {name: v[:1] for name, v in grads.items()}
                 for name, value in b.items():
                     value.copy_(b_pair[name][:1])

@@ -60,7 +60,9 @@ def _group_size(config: ExperimentConfig, paradigm: str, pending: int, workers: 
     return group_size(engine, config.ray.models_per_group, pending, workers)
 
 
-def _make_groups(config: ExperimentConfig, keys: list[tuple[str, int]], workers: int, on_gpu: bool) -> list[tuple[str, tuple[int, ...]]]:
+def _make_groups(
+    config: ExperimentConfig, keys: list[tuple[str, int]], workers: int, on_gpu: bool
+) -> list[tuple[str, tuple[int, ...]]]:
     """Cut pending (paradigm, model id) pairs into (paradigm, model ids) calls, paradigms interleaved."""
     by_paradigm: dict[str, list[int]] = {}
     for paradigm, model_id in keys:
@@ -159,6 +161,35 @@ def _train_on_ray(config, store, dataset, split, pending, recipe_hashes, progres
     The others (``real``, DP-SGD, paradigms that keep state between the
     stages) run whole on the shadow-model pool.
     """
+    synthesis, trainers, to_synthesize, unfit = _start_pools(config, store, dataset, split, pending, recipe_hashes)
+    on_gpu = config.ray.num_gpus_per_actor > 0
+    waiting = set(to_synthesize)
+    group_sizes = {
+        p: _group_size(config, p, sum(key[0] == p for key in pending), len(trainers.actors), on_gpu)
+        for p in config.paradigms
+    }
+    for key in to_synthesize:
+        synthesis.add(key)
+    for group in _make_groups(config, [k for k in pending if k not in waiting], len(trainers.actors), on_gpu):
+        trainers.add(group)
+    try:
+        _run_pools(synthesis, trainers, waiting, group_sizes, unfit, progress)
+    finally:
+        synthesis.shutdown()
+        trainers.shutdown()
+
+
+def _start_pools(config, store, dataset, split, pending, recipe_hashes) -> tuple[_ActorPool, _ActorPool, list, list[str]]:
+    """Start the synthesis and shadow-model actor pools for the pending pipelines.
+
+    Returns ``(synthesis, trainers, to_synthesize, unfit)``: the two pools,
+    the (paradigm, model id) pairs whose separable synthesis runs on the
+    synthesis pool (those without a stored set, when
+    ``ray.num_synthesis_workers > 0``), and
+    :func:`raypriv.cluster.check_placeable`'s reasons why an actor may not fit
+    the cluster (empty if all fit).  The dataset and split are put in Ray's
+    object store once, for every actor.
+    """
     import ray
 
     data_ref = ray.put(dataset)
@@ -193,12 +224,28 @@ def _train_on_ray(config, store, dataset, split, pending, recipe_hashes, progres
         len(pending), len(trainers.actors),
         f", {len(to_synthesize)} synthetic sets made by {len(synthesis.actors)} synthesis workers" if to_synthesize else "",
     )
-    on_gpu = r.num_gpus_per_actor > 0
-    waiting = set(to_synthesize)
-    group_sizes = {
-        p: _group_size(config, p, sum(key[0] == p for key in pending), len(trainers.actors), on_gpu)
-        for p in config.paradigms
-    }
+    return synthesis, trainers, to_synthesize, unfit
+
+
+def _run_pools(
+    synthesis: _ActorPool,
+    trainers: _ActorPool,
+    waiting: set[tuple[str, int]],
+    group_sizes: dict[str, int],
+    unfit: list[str],
+    progress: _Progress,
+) -> None:
+    """The main loop: collect each finished call of either pool until neither has one in flight.
+
+    A synthesized set takes its model from ``waiting`` to the shadow-model
+    pool, in groups of ``group_sizes[paradigm]`` (the remainder once the
+    paradigm has no synthesis outstanding); a failed synthesis and every
+    trained model's row go to ``progress``.  Actors with nothing left to do
+    are released.  With ``unfit`` reasons, a warning names them if nothing
+    has finished after ``PLACEMENT_WARN_SECONDS``.
+    """
+    import ray
+
     ready: dict[str, list[int]] = {}  # synthesized models waiting to fill a group
 
     def dispatch_ready(paradigm: str) -> None:
@@ -210,42 +257,34 @@ def _train_on_ray(config, store, dataset, split, pending, recipe_hashes, progres
             trainers.add((paradigm, tuple(ids[:size])))
             del ids[:size]
 
-    for key in to_synthesize:
-        synthesis.add(key)
-    for group in _make_groups(config, [k for k in pending if k not in waiting], len(trainers.actors), on_gpu):
-        trainers.add(group)
     warn_at = time.monotonic() + PLACEMENT_WARN_SECONDS if unfit else None
-    try:
-        while synthesis.in_flight or trainers.in_flight:
-            timeout = None if warn_at is None else max(0.0, warn_at - time.monotonic())
-            refs, _ = ray.wait([*synthesis.in_flight, *trainers.in_flight], num_returns=1, timeout=timeout)
-            if not refs:  # an autoscaling cluster may still add a node that fits; a fixed-size one never will
-                log.warning("nothing has run for %.0fs: %s. Waiting for the autoscaler; on a fixed-size cluster stop "
-                            "(Ctrl-C) and lower the request", PLACEMENT_WARN_SECONDS, "; ".join(unfit))
-                warn_at = None
-                continue
-            ref = refs[0]
-            if ref in synthesis.in_flight:
-                done = synthesis.collect(ref)
-                if done is not None:
-                    waiting.discard(done[0])
-                    if done[1].get("status") == "failed":  # no set to train on; reported at the end
-                        progress.record(done[1])
-                    else:
-                        ready.setdefault(done[0][0], []).append(done[0][1])
-                    dispatch_ready(done[0][0])
-                if not synthesis.queue:
-                    synthesis.release_idle()
-            else:
-                done = trainers.collect(ref)
-                if done is not None:
-                    for row in done[1]:
-                        progress.record(row)
-            if not (synthesis.queue or synthesis.in_flight or trainers.queue):
-                trainers.release_idle()
-    finally:
-        synthesis.shutdown()
-        trainers.shutdown()
+    while synthesis.in_flight or trainers.in_flight:
+        timeout = None if warn_at is None else max(0.0, warn_at - time.monotonic())
+        refs, _ = ray.wait([*synthesis.in_flight, *trainers.in_flight], num_returns=1, timeout=timeout)
+        if not refs:  # an autoscaling cluster may still add a node that fits; a fixed-size one never will
+            log.warning("nothing has run for %.0fs: %s. Waiting for the autoscaler; on a fixed-size cluster stop "
+                        "(Ctrl-C) and lower the request", PLACEMENT_WARN_SECONDS, "; ".join(unfit))
+            warn_at = None
+            continue
+        ref = refs[0]
+        if ref in synthesis.in_flight:
+            done = synthesis.collect(ref)
+            if done is not None:
+                waiting.discard(done[0])
+                if done[1].get("status") == "failed":  # no set to train on; reported at the end
+                    progress.record(done[1])
+                else:
+                    ready.setdefault(done[0][0], []).append(done[0][1])
+                dispatch_ready(done[0][0])
+            if not synthesis.queue:
+                synthesis.release_idle()
+        else:
+            done = trainers.collect(ref)
+            if done is not None:
+                for row in done[1]:
+                    progress.record(row)
+        if not (synthesis.queue or synthesis.in_flight or trainers.queue):
+            trainers.release_idle()
 
 
 def train_pending(config: ExperimentConfig, store: RunStore, dataset: Dataset, split: AuditSplit,

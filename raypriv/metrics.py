@@ -181,7 +181,7 @@ def roc_metrics(
     (:class:`RocWalk`): AUC as the exact trapezoid sum in integer counts,
     balanced accuracy as a running maximum, TPR at each low FPR from the two
     operating points around it.  Values equal
-    :func:`raypriv.attacks.reference.attack_metrics`' (sklearn's full curve; AUC to
+    :func:`raypriv.attacks.reference.sklearn_metrics`' (sklearn's full curve; AUC to
     rounding).  The epsilon lower bound is
     :func:`epsilon_lower_bound_from_scores`: the best threshold of this curve
     would be an optimistic, invalid bound.  The returned ``(fpr, tpr)``

@@ -193,7 +193,7 @@ class ShadowTrainer:
         models = self._train_ensemble(prepared, recipe)
         self._sync()
         seconds = (time.perf_counter() - start) / len(prepared)  # the group's wall time, shared evenly
-        return [self._finish(c, m, t, r, seconds) for (c, t, r), m in zip(prepared, models)] + failed
+        return [self._finish(c, m, t, r, seconds) for (c, t, r), m in zip(prepared, models, strict=True)] + failed
 
     def _train_ensemble(self, prepared: list, recipe) -> list:
         """Train the prepared models together, in groups that fit the device's memory."""
@@ -219,14 +219,17 @@ class ShadowTrainer:
             )
         return train_fitting_memory(ids, train_group, self.models_that_fit[paradigm], on_split)
 
-    def _finish(self, context: ShadowContext, model, training_set: LabeledSet, record: dict[str, Any], train_seconds: float) -> dict[str, Any]:
+    def _finish(
+        self, context: ShadowContext, model, training_set: LabeledSet, record: dict[str, Any], train_seconds: float
+    ) -> dict[str, Any]:
         """Query a trained model on the audit samples and store its logits and row."""
         config, paradigm_name, model_id = self.config, context.paradigm, context.model_id
         batch = config.train.eval_batch_size
         logits = predict_logits(model, self.x_audit, self.normalizer, config.queries, batch)
         population = None
         if len(self.split.population_index):
-            population = (predict_logits(model, self.x_population, self.normalizer, config.queries, batch), self.split.population_labels)
+            population_logits = predict_logits(model, self.x_population, self.normalizer, config.queries, batch)
+            population = (population_logits, self.split.population_labels)
         row = {
             "paradigm": paradigm_name,
             "model_id": model_id,

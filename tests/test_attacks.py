@@ -6,7 +6,7 @@ from raypriv.attacks import ATTACKS, run_attacks, score_attacks
 from raypriv.attacks.block import group_ids, loo_moments
 from raypriv.attacks.reference import (
     _leave_one_out_stats,
-    attack_metrics,
+    sklearn_metrics,
     label_probabilities,
     lira_attack,
     lira_scores_from_logits,
@@ -21,7 +21,7 @@ ALL = list(ATTACKS)
 
 
 def metrics_of(keep, score):
-    """attack_metrics' numbers (tests/test_scoring.py checks roc_metrics equals it), fast at 10^5+ pairs."""
+    """sklearn_metrics' numbers (tests/test_scoring.py checks roc_metrics equals it), fast at 10^5+ pairs."""
     return roc_metrics(keep, score)[0]
 
 
@@ -185,8 +185,8 @@ def test_rmia_calibrates_per_sample_difficulty():
 
 def test_queries_are_averaged():
     logits, labels, keep = gaussian_audit(32, 2000, 1.0, seed=4, n_queries=4)
-    one = attack_metrics(keep, lira_attack(lira_scores_from_logits(logits[:, :, :1], labels), keep, True, False))
-    four = attack_metrics(keep, lira_attack(lira_scores_from_logits(logits, labels), keep, True, False))
+    one = sklearn_metrics(keep, lira_attack(lira_scores_from_logits(logits[:, :, :1], labels), keep, True, False))
+    four = sklearn_metrics(keep, lira_attack(lira_scores_from_logits(logits, labels), keep, True, False))
     assert four["auc"] > one["auc"] + 0.05  # four independent looks beat one
     for attack in ("lira_online", "rmia"):
         one = metrics_of(keep, run_attacks(logits[:, :, :1], labels, keep, [attack])[attack])
@@ -229,7 +229,7 @@ def test_tpr_at_fpr_interpolates_between_operating_points():
     assert tpr_at_fpr(fpr, tpr, 0.001) == pytest.approx(0.2)  # halfway from (0, 0.1) to (0.002, 0.3)
     assert tpr_at_fpr(fpr, tpr, 0.002) == pytest.approx(0.3)
     assert tpr_at_fpr(fpr, tpr, 0.01) == pytest.approx(0.3 + 0.2 * 8 / 18)
-    metrics = attack_metrics(np.array([1, 1, 0, 0], bool), np.array([3.0, 2.0, 1.0, 0.0]))
+    metrics = sklearn_metrics(np.array([1, 1, 0, 0], bool), np.array([3.0, 2.0, 1.0, 0.0]))
     assert metrics["auc"] == 1.0 and metrics["tpr@0.1%fpr"] == 1.0 and metrics["balanced_acc"] == 1.0
 
 

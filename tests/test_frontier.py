@@ -5,6 +5,7 @@ import numpy as np
 from raypriv.report.build import ParadigmResult, _judge_against_frontier
 from raypriv.report.figures import privacy_utility_figure
 from raypriv.report.verdicts import FrontierPoint, frontier_verdict, is_frontier
+from raypriv.results import AttackMetrics, ParadigmMetrics
 
 
 def point(label, acc, std=0.005, n=32, seconds=1.0, epsilon=None):
@@ -42,9 +43,11 @@ def test_report_judges_each_paradigm_against_its_runs_dpsgd_points():
     replicates = np.random.default_rng(0).normal(0, 0.001, 200)
 
     def result(paradigm, acc, tpr, epsilon=None):
-        entry = {"test_acc": acc, "test_acc_std": 0.004, "n_models": 32, "synth_seconds_mean": 1.0,
-                 "train_seconds_mean": 2.0, "lira_online": {"tpr@0.1%fpr": tpr},
-                 "info": {"epsilon": epsilon} if epsilon else {}}
+        attack = AttackMetrics(auc=0.5, balanced_acc=0.5, tpr={"tpr@0.1%fpr": tpr, "tpr@1%fpr": tpr}, n_in=6400,
+                               n_out=6400, eps_lower_bound=0.0)
+        entry = ParadigmMetrics(test_acc=acc, test_acc_std=0.004, n_models=32, synth_seconds_mean=1.0,
+                                train_seconds_mean=2.0, info={"epsilon": epsilon} if epsilon else {},
+                                attacks={"lira_online": attack})
         return ParadigmResult(paradigm, run, paradigm, entry, None, {}, bootstrap={"tpr@0.1%fpr": tpr + replicates})
 
     results = [result("real", 0.98, 0.3), result("coreset", 0.90, 0.05),

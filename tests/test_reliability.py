@@ -272,7 +272,7 @@ def test_7_the_fixed_size_rule_reads_the_autoscalers_state(monkeypatch, mapping,
     import ray
     from ray.core.generated import autoscaler_pb2
 
-    from raypriv import execution
+    from raypriv import cluster
 
     status = {"autoscaler_report": {"node_type_mapping": mapping, "pending_launches": pending, "pending_nodes": []}}
     config = None if groups is None else autoscaler_pb2.ClusterConfig(node_group_configs=[
@@ -281,7 +281,7 @@ def test_7_the_fixed_size_rule_reads_the_autoscalers_state(monkeypatch, mapping,
     monkeypatch.setattr(ray._private.state.state, "get_cluster_config", lambda: config)
     monkeypatch.setattr("ray.experimental.internal_kv._internal_kv_get",
                         lambda key: json.dumps(status).encode() if mapping else None)
-    assert execution.cluster_can_add_nodes() is expected
+    assert cluster.cluster_can_add_nodes() is expected
 
 
 # 8. Environment problems: one error line each, never a traceback.

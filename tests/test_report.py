@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raypriv.attacks.reference import attack_metrics
+from raypriv.attacks.reference import sklearn_metrics
 from raypriv.cli import main
 from raypriv.config import from_dict as config_from_dict
 from raypriv.driver import run_audit
@@ -138,7 +138,7 @@ def synthetic_scores(n_models=16, n_audit=200, signal=1.0, seed=0):
 
 def test_bootstrap_metrics_with_unit_weights_equal_attack_metrics():
     keep, score = synthetic_scores()
-    expected = attack_metrics(keep, score)
+    expected = sklearn_metrics(keep, score)
     got = bootstrap_roc_metrics(keep, score, np.ones((1, keep.shape[1])))
     for key in ("auc", "tpr@1%fpr", "tpr@0.1%fpr"):
         assert got[key][0] == pytest.approx(expected[key], abs=1e-12), key
@@ -151,7 +151,7 @@ def test_bootstrap_weights_equal_duplicating_the_resampled_samples():
     got = bootstrap_roc_metrics(keep, score, weights)
     for r in range(3):
         columns = np.repeat(np.arange(60), weights[r])
-        expected = attack_metrics(keep[:, columns], score[:, columns])
+        expected = sklearn_metrics(keep[:, columns], score[:, columns])
         for key in ("auc", "tpr@1%fpr", "tpr@0.1%fpr"):
             assert got[key][r] == pytest.approx(expected[key], abs=1e-12)
 
@@ -167,7 +167,7 @@ def leak_and_chance_replicates():
 def test_bootstrap_interval_covers_the_estimate_and_separates_leak_from_chance():
     keep, leak, leaky, chance = leak_and_chance_replicates()
     low, high = percentile_interval(leaky["tpr@1%fpr"])
-    assert low <= attack_metrics(keep, leak)["tpr@1%fpr"] <= high and low > 0.01
+    assert low <= sklearn_metrics(keep, leak)["tpr@1%fpr"] <= high and low > 0.01
     low, high = percentile_interval(chance["tpr@1%fpr"])
     assert low <= 0.01 <= high
     assert percentile_interval(chance["auc"])[0] < 0.5 < percentile_interval(chance["auc"])[1]

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raypriv.attacks import ATTACKS, run_attacks, score_attacks
-from raypriv.attacks.reference import attack_metrics, roc
+from raypriv.attacks.reference import sklearn_metrics, roc
 from raypriv.errors import RayprivError
 from raypriv.metrics import roc_metrics
 from raypriv.run.format import SCHEMA_VERSION, logits_path, logits_table, scores_schema, scores_write_options
@@ -99,7 +99,7 @@ def test_roc_metrics_equal_attack_metrics():
         if trial % 2:
             score = np.round(score, 1)  # many ties
         score = score.astype(np.float32)
-        expected = attack_metrics(is_in, score)
+        expected = sklearn_metrics(is_in, score)
         for chunk in (5, 1 << 22):
             for dtype in (np.float32, np.float64):
                 got, (fpr, tpr) = roc_metrics(is_in, score.astype(dtype), chunk=chunk)

@@ -168,7 +168,7 @@ class TestLocalRay:
         for backend in ("local", "ray"):
             cfg = config(tmp_path / "run", "default", backend)
             with pytest.raises(RayprivError) as caught:
-                score_run(cfg, *inputs(cfg))
+                score_run(*inputs(cfg))
             errors[backend] = caught.value
         assert type(errors["ray"]) is RayprivError and str(errors["ray"]) == str(errors["local"])
         assert str(broken) in str(errors["ray"]) and "Traceback" not in str(errors["ray"])

@@ -35,9 +35,9 @@ def group_ids(member: np.ndarray) -> np.ndarray:
 def loo_moments(
     scores32: np.ndarray, scores64: np.ndarray, member: np.ndarray, ids: np.ndarray, need_median: bool, center: str = "median"
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """Leave-one-out centre (median, or mean with ``center="mean"``) and variance of one group, for one block; arrays are ``(B, Q, M)``.
+    """Leave-one-out centre (median, or mean with ``center="mean"``) and variance of one group, for one block.
 
-    ``scores32``/``scores64``: the block's scores (float32 as stored, and as
+    Arrays are ``(B, Q, M)``.  ``scores32``/``scores64``: the block's scores (float32 as stored, and as
     float64); ``member``: ``(B, M)`` group membership; ``ids``: its
     :func:`group_ids`.  Same definitions as :func:`raypriv.attacks.reference.lira_attack`'s leave-one-out statistics:
     the removed value is the target's own score if it is in the group, else

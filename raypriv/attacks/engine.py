@@ -147,18 +147,8 @@ def score_attacks(
 
     # The fixed-variance attacks pool each side's per-sample variances over all samples first: a cheap pass.
     pooled_sides = sorted({side for name in blocked for side in ATTACKS[name].pooled_variance})
-    pooled: dict[bool, np.ndarray] = {}
-    if pooled_sides:
-        partial = map_threads(lambda b: [SampleBlock(scores, keep, *b).variance(side).sum(axis=0) for side in pooled_sides], bounds, workers)
-        for i, side in enumerate(pooled_sides):
-            pooled[side] = sum(p[i] for p in partial) / n_samples  # (Q, M): one variance per query and target
-
-    offline_a = None
-    if "rmia_offline" in blocked:  # Pr(x|theta) of every pair, as SampleBlock.label_probability computes it
-        rows = max(1, block_elements // (n_samples * scores.shape[2]))
-        probs = np.concatenate([expit(scores[i : i + rows].astype(np.float64)).mean(axis=2) for i in range(0, n_models, rows)])
-        offline_a = fit_offline_a(probs, keep, gamma)
-        del probs
+    pooled = _pooled_variances(scores, keep, bounds, pooled_sides, workers)
+    offline_a = _rmia_offline_a(scores, keep, gamma, block_elements) if "rmia_offline" in blocked else None
 
     staged = {}  # attacks with a whole-row finish keep their block outputs in float64 until then
     for name in blocked:
@@ -178,16 +168,66 @@ def score_attacks(
 
     map_threads(main_pass, bounds, workers)
     for name, values in staged.items():
-        rows = max(1, (1 << 22) // max(n_samples, 1))
-        results[name] = np.empty((n_models, n_samples), dtype=np.float32)
         versus = None if population is None else population_log_ratio(population, offline_a if name == "rmia_offline" else None)
-
-        def finish(start: int, name: str = name, values: np.ndarray = values, versus: np.ndarray | None = versus) -> None:
-            z = None if versus is None else versus[start : start + rows]
-            results[name][start : start + rows] = ATTACKS[name].finish(values[start : start + rows], gamma, z)
-
-        map_threads(finish, range(0, n_models, rows), workers)
+        results[name] = _finish_rows(ATTACKS[name].finish, values, gamma, versus, workers)
     return {a: results[a] for a in attacks}
+
+
+def _pooled_variances(
+    scores: np.ndarray, keep: np.ndarray, bounds: list[tuple[int, int]], sides: list[bool], workers: int
+) -> dict[bool, np.ndarray]:
+    """Each side's per-sample variance pooled over all audit samples, ``{side: (Q, M)}`` (True: IN); ``{}`` for no sides.
+
+    The input of the fixed-variance attacks: one pass over the sample blocks
+    ``bounds`` on ``workers`` threads, summing each block's variances, then
+    the mean over all samples (one variance per query and target).
+    """
+    if not sides:
+        return {}
+    n_samples = keep.shape[1]
+
+    def block_sums(b: tuple[int, int]) -> list[np.ndarray]:
+        return [SampleBlock(scores, keep, *b).variance(side).sum(axis=0) for side in sides]
+
+    partial = map_threads(block_sums, bounds, workers)
+    return {side: sum(p[i] for p in partial) / n_samples for i, side in enumerate(sides)}
+
+
+def _rmia_offline_a(scores: np.ndarray, keep: np.ndarray, gamma: float, block_elements: int) -> np.ndarray:
+    """Offline RMIA's fitted ``a`` (:func:`~raypriv.attacks.rmia.fit_offline_a`) from Pr(x|theta) of every pair.
+
+    Pr(x|theta) is computed as :meth:`SampleBlock.label_probability` does
+    (the mean over queries of the sigmoid of the float64 score), a group of
+    models of about ``block_elements`` scores at a time.
+    """
+    n_models, n_samples = keep.shape
+    rows = max(1, block_elements // (n_samples * scores.shape[2]))
+    probs = np.concatenate([expit(scores[i : i + rows].astype(np.float64)).mean(axis=2) for i in range(0, n_models, rows)])
+    return fit_offline_a(probs, keep, gamma)
+
+
+def _finish_rows(
+    finish: Callable[[np.ndarray, float, np.ndarray | None], np.ndarray],
+    values: np.ndarray,
+    gamma: float,
+    versus: np.ndarray | None,
+    workers: int,
+) -> np.ndarray:
+    """An attack's whole-row ``finish`` on its float64 block outputs ``values`` ``(M, N)``: float32 ``(M, N)``.
+
+    Rows (models) are finished in chunks of about 4M values on ``workers``
+    threads; ``versus`` is the rows' population log ratios, or None.
+    """
+    n_models, n_samples = values.shape
+    rows = max(1, (1 << 22) // max(n_samples, 1))
+    out = np.empty((n_models, n_samples), dtype=np.float32)
+
+    def finish_chunk(start: int) -> None:
+        z = None if versus is None else versus[start : start + rows]
+        out[start : start + rows] = finish(values[start : start + rows], gamma, z)
+
+    map_threads(finish_chunk, range(0, n_models, rows), workers)
+    return out
 
 
 def run_attacks(

@@ -8,7 +8,7 @@ definition (see the docstring of :mod:`raypriv.attacks` for the choices):
   :func:`label_probabilities`, :func:`lira_attack`, :func:`rmia_attack`:
   the attacks on whole ``(n_models, n_audit, n_queries, C)`` logit arrays;
   the engine is :func:`raypriv.attacks.score_attacks`.
-* :func:`roc` and :func:`attack_metrics`: ROC metrics on sklearn's full
+* :func:`roc` and :func:`sklearn_metrics`: ROC metrics on sklearn's full
   curve; the engine is :func:`raypriv.metrics.roc_metrics`.
 * :func:`best_threshold_epsilon`: the epsilon "lower bound" of the best ROC
   threshold, each bounded at 95% on the same data.  It is *not* a valid
@@ -156,7 +156,9 @@ def rmia_attack(probs: np.ndarray, keep: np.ndarray, gamma: float = RMIA_GAMMA) 
 
 def roc(is_in: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Full ROC curve (every threshold kept, so low-FPR points are not dropped)."""
-    fpr, tpr, _ = roc_curve(np.asarray(is_in, dtype=bool).ravel(), np.asarray(score, dtype=np.float64).ravel(), drop_intermediate=False)
+    is_in = np.asarray(is_in, dtype=bool).ravel()
+    score = np.asarray(score, dtype=np.float64).ravel()
+    fpr, tpr, _ = roc_curve(is_in, score, drop_intermediate=False)
     return fpr, tpr
 
 
@@ -180,7 +182,7 @@ def best_threshold_epsilon(
     return float(max(0.0, candidates.max())) if len(candidates) else 0.0
 
 
-def attack_metrics(is_in: np.ndarray, score: np.ndarray) -> dict[str, float]:
+def sklearn_metrics(is_in: np.ndarray, score: np.ndarray) -> dict[str, float]:
     """AUC, balanced accuracy and TPR at 0.1% and 1% FPR, from sklearn's full ROC curve."""
     is_in = np.asarray(is_in, dtype=bool).ravel()
     score = np.asarray(score, dtype=np.float64).ravel()

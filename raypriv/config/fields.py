@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import yaml
@@ -158,52 +158,100 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, where)
+        return _coerce_optional(args, value, where)
     if origin is Literal:
-        if value not in args:
-            raise RayprivError(f"config: {where}={value!r} is not allowed; choose one of {list(args)}")
-        return value
+        return _coerce_literal(args, value, where)
     if origin is list:
-        if isinstance(value, str):  # "real,dpsgd" from the command line
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise RayprivError(f"config: {where} must be a list, got {value!r}")
-        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return _coerce_list(args[0], value, where)
     if origin is dict:
-        if not isinstance(value, dict):
-            raise RayprivError(f"config: {where} must be a mapping, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+        return _coerce_mapping(args[1], value, where)
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise RayprivError(f"config: {where} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RayprivError(f"config: {where} must be an integer, got {value!r}")
-        # One bound for every integer field (paradigm options too): larger values overflow int64 seeds and sizes.
-        if abs(value) > MAX_INT:
-            raise RayprivError(f"config: {where}={value} is out of range; integers must lie within ±{MAX_INT} (2**31 - 1)")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RayprivError(f"config: {where} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise RayprivError(f"config: {where}={value!r} is not a finite number; give a finite value")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise RayprivError(f"config: {where} must be a string, got {value!r}")
-        return value
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise RayprivError(f"config: {where} must be a mapping, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config annotation {_type_name(tp)} at {where}")  # a bug, not user input
+    coerce_plain = _PLAIN_TYPES.get(tp)
+    if coerce_plain is None:
+        raise TypeError(f"unsupported config annotation {_type_name(tp)} at {where}")  # a bug, not user input
+    return coerce_plain(value, where)
+
+
+def _coerce_optional(args: tuple[Any, ...], value: Any, where: str) -> Any:
+    """An ``X | None`` field (``args``: the union's members): None if allowed, else ``value`` coerced to ``X``."""
+    if value is None and type(None) in args:
+        return None
+    (inner,) = [a for a in args if a is not type(None)]
+    return _coerce(inner, value, where)
+
+
+def _coerce_literal(args: tuple[Any, ...], value: Any, where: str) -> Any:
+    """A ``Literal[...]`` field: ``value`` if it is one of ``args``."""
+    if value not in args:
+        raise RayprivError(f"config: {where}={value!r} is not allowed; choose one of {list(args)}")
+    return value
+
+
+def _coerce_list(item_type: Any, value: Any, where: str) -> list:
+    """A ``list[item_type]`` field, each item coerced; a string is split on commas (as given on the command line)."""
+    if isinstance(value, str):  # "real,dpsgd" from the command line
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise RayprivError(f"config: {where} must be a list, got {value!r}")
+    return [_coerce(item_type, v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+def _coerce_mapping(value_type: Any, value: Any, where: str) -> dict[str, Any]:
+    """A ``dict[str, value_type]`` field: keys as strings, each value coerced."""
+    if not isinstance(value, dict):
+        raise RayprivError(f"config: {where} must be a mapping, got {value!r}")
+    return {str(k): _coerce(value_type, v, f"{where}.{k}") for k, v in value.items()}
+
+
+def _coerce_bool(value: Any, where: str) -> bool:
+    """A ``bool`` field: only true or false (no 0/1 or strings)."""
+    if not isinstance(value, bool):
+        raise RayprivError(f"config: {where} must be true or false, got {value!r}")
+    return value
+
+
+def _coerce_int(value: Any, where: str) -> int:
+    """An ``int`` field: an integer (not a bool) within ±MAX_INT."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RayprivError(f"config: {where} must be an integer, got {value!r}")
+    # One bound for every integer field (paradigm options too): larger values overflow int64 seeds and sizes.
+    if abs(value) > MAX_INT:
+        raise RayprivError(f"config: {where}={value} is out of range; integers must lie within ±{MAX_INT} (2**31 - 1)")
+    return value
+
+
+def _coerce_float(value: Any, where: str) -> float:
+    """A ``float`` field: a finite int or float (not a bool), returned as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RayprivError(f"config: {where} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise RayprivError(f"config: {where}={value!r} is not a finite number; give a finite value")
+    return float(value)
+
+
+def _coerce_str(value: Any, where: str) -> str:
+    """A ``str`` field: a string as it is."""
+    if not isinstance(value, str):
+        raise RayprivError(f"config: {where} must be a string, got {value!r}")
+    return value
+
+
+def _coerce_plain_dict(value: Any, where: str) -> dict:
+    """A bare ``dict`` field: any mapping, as it is."""
+    if not isinstance(value, dict):
+        raise RayprivError(f"config: {where} must be a mapping, got {value!r}")
+    return value
+
+
+# The annotations without type arguments that config fields use, and their checks.
+_PLAIN_TYPES: dict[Any, Callable[[Any, str], Any]] = {
+    bool: _coerce_bool,
+    int: _coerce_int,
+    float: _coerce_float,
+    str: _coerce_str,
+    dict: _coerce_plain_dict,
+}
 
 
 def build_dataclass(cls: type, raw: Any, where: str) -> Any:
@@ -345,7 +393,8 @@ def load_yaml(data: bytes, what: str) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise RayprivError(f"{what} is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
+        bad_byte = data[exc.start : exc.start + 1]
+        raise RayprivError(f"{what} is not UTF-8 text (byte {exc.start}: {bad_byte!r}); save it as UTF-8") from None
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:

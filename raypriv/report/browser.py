@@ -91,7 +91,9 @@ def browser_check(html_path: str, chromium: str | None = None, width: int = 1280
     return json.loads(unescape(found.group(1)))
 
 
-def screenshot(html_path: str, png_path: str, chromium: str | None = None, width: int = 1280, height: int = 4000, timeout: float = 60.0) -> None:
+def screenshot(
+    html_path: str, png_path: str, chromium: str | None = None, width: int = 1280, height: int = 4000, timeout: float = 60.0
+) -> None:
     """Render a report to a PNG with headless Chromium (for looking at it, and for the README)."""
     import subprocess
     import tempfile

@@ -131,7 +131,10 @@ def _evidence(result: ParadigmResult, attack: str) -> VerdictInput:
     metrics = result.entry.attacks[attack]
     levels = []
     for key, fpr in LOW_FPRS.items():
-        low, high = percentile_interval(result.bootstrap[key]) if result.bootstrap else tpr_interval(metrics[key], metrics["n_in"])
+        if result.bootstrap:
+            low, high = percentile_interval(result.bootstrap[key])
+        else:
+            low, high = tpr_interval(metrics[key], metrics["n_in"])
         levels.append(LevelEvidence(fpr, metrics[key], low, high))
     epsilon, delta = result.accounted
     return VerdictInput(
@@ -174,7 +177,7 @@ def build_report(
         raise RayprivError(f"{runs[0].uri}: metrics.json lists no paradigm; rerun `raypriv audit`")
     labels = _labels(pairs)
     results = []
-    for label, (run, paradigm) in zip(labels, pairs):
+    for label, (run, paradigm) in zip(labels, pairs, strict=True):
         entry = run.results[paradigm]
         is_in, scores = load_scores(run, paradigm, list(entry.attacks))
         results.append(ParadigmResult(label, run, paradigm, entry, is_in, scores))
@@ -222,8 +225,9 @@ def _judge_against_frontier(results: list[ParadigmResult], attack: str, key: str
             tpr = result.entry.attacks[attack][key]
             points = []
             for d in frontier:
-                difference = paired_bootstrap_difference(tpr, d.entry.attacks[attack][key], result.bootstrap[key], d.bootstrap[key])
-                points.append((frontier_point(d), d.entry.attacks[attack][key], (difference["low"], difference["high"])))
+                d_tpr = d.entry.attacks[attack][key]
+                difference = paired_bootstrap_difference(tpr, d_tpr, result.bootstrap[key], d.bootstrap[key])
+                points.append((frontier_point(d), d_tpr, (difference["low"], difference["high"])))
             result.frontier_kind, result.frontier = frontier_verdict(frontier_point(result), tpr, points, "TPR@0.1%FPR")
 
 

@@ -56,7 +56,7 @@ def roc_figure(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], titl
     figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.4 * rows), dpi=110, squeeze=False)
     floor = 1e-4
     colours = plt.get_cmap("tab10")
-    for ax, (panel, lines) in zip(axes.flat, panels.items()):
+    for ax, (panel, lines) in zip(axes.flat, panels.items(), strict=False):  # the grid's spare cells are blanked below
         for i, (label, (fpr, tpr)) in enumerate(lines.items()):
             auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
             ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), color=colours(i % 10), linewidth=1.4,
@@ -100,13 +100,18 @@ def privacy_utility_figure(points: list[dict[str, Any]], attack: str) -> Figure:
     return figure
 
 
+def _symlog_position(value: float, scale: float) -> float:
+    """Where ``value`` lies on a symmetric-log axis of linear scale ``scale``: ``sign(v) * log1p(|v| / scale)``."""
+    return np.sign(value) * np.log1p(np.abs(value) / scale)
+
+
 def score_histogram_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]], attack: str) -> Figure:
     """Per-sample scores of the IN and the OUT (model, sample) pairs, one panel per paradigm."""
     plt = _pyplot()
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
-    for ax, (label, (score, is_in)) in zip(axes.flat, panels.items()):
+    for ax, (label, (score, is_in)) in zip(axes.flat, panels.items(), strict=False):  # spare cells blanked below
         finite = score[np.isfinite(score)]
         low, high = np.percentile(finite, [0.5, 99.5]) if len(finite) else (0.0, 1.0)
         if high <= low:
@@ -118,8 +123,7 @@ def score_histogram_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]], att
         symlog = (high - low) / spread > 40
         if symlog:
             scale = max(spread, 1e-3)
-            to_axis = lambda v: np.sign(v) * np.log1p(np.abs(v) / scale)  # noqa: E731
-            edges = np.linspace(to_axis(low), to_axis(high), 50)
+            edges = np.linspace(_symlog_position(low, scale), _symlog_position(high, scale), 50)
             bins = np.sign(edges) * np.expm1(np.abs(edges)) * scale
         else:
             bins = np.linspace(low, high, 50)
@@ -185,18 +189,18 @@ def neighbour_figure(frame: pd.DataFrame, dataset: Any, images: dict[int, np.nda
 def headline_figures(results: list[ParadigmResult], attack: str, histogram_attack: str) -> dict[str, bytes]:
     """The report's three headline plots as PNG: ROC, privacy–utility and the score histograms."""
     results = [dataclasses.replace(r, label=literal(r.label)) for r in results]
+    curves = {r.label: roc_metrics(r.is_in, r.scores[attack])[1] for r in results}
+    points = [
+        {"label": r.label, "acc": r.entry.test_acc, "acc_std": r.entry.test_acc_std,
+         "tpr": r.entry.attacks[attack]["tpr@0.1%fpr"], "frontier": is_frontier(r.paradigm),
+         **dict(zip(("low", "high"), percentile_interval(r.bootstrap["tpr@0.1%fpr"]), strict=True))}
+        for r in results
+    ]
+    histograms = {r.label: (r.scores[histogram_attack], r.is_in) for r in results}
     return {
-        "roc": png_bytes(roc_figure({attack: {r.label: roc_metrics(r.is_in, r.scores[attack])[1] for r in results}}, f"ROC, {attack} (log-log)")),
-        "privacy_utility": png_bytes(privacy_utility_figure(
-            [
-                {"label": r.label, "acc": r.entry.test_acc, "acc_std": r.entry.test_acc_std,
-                 "tpr": r.entry.attacks[attack]["tpr@0.1%fpr"], "frontier": is_frontier(r.paradigm),
-                 **dict(zip(("low", "high"), percentile_interval(r.bootstrap["tpr@0.1%fpr"])))}
-                for r in results
-            ],
-            attack,
-        )),
-        "scores": png_bytes(score_histogram_figure({r.label: (r.scores[histogram_attack], r.is_in) for r in results}, histogram_attack)),
+        "roc": png_bytes(roc_figure({attack: curves}, f"ROC, {attack} (log-log)")),
+        "privacy_utility": png_bytes(privacy_utility_figure(points, attack)),
+        "scores": png_bytes(score_histogram_figure(histograms, histogram_attack)),
     }
 
 

@@ -165,7 +165,10 @@ def _notes(report: Report) -> list[str]:
 
 FIGURE_CAPTIONS = {
     "roc": "ROC curves of all paradigms ({attack}), log-log: the low-FPR end is what matters.",
-    "privacy_utility": "Privacy–utility: TPR at 0.1% FPR ({attack}, 95% bootstrap CI) against test accuracy (± std over models); the dashed line is chance, and a TPR of 0 is drawn at 10⁻⁴.",
+    "privacy_utility": (
+        "Privacy–utility: TPR at 0.1% FPR ({attack}, 95% bootstrap CI) against test accuracy (± std over models); "
+        "the dashed line is chance, and a TPR of 0 is drawn at 10⁻⁴."
+    ),
     "scores": "Per-sample {histogram_attack} scores of IN and OUT (model, sample) pairs, one panel per paradigm.",
 }
 

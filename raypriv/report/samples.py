@@ -72,7 +72,9 @@ def _squared_distances(queries: np.ndarray, points: np.ndarray, chunk: int = 409
     return np.maximum(out, 0.0)
 
 
-def nearest_neighbours(result: ParadigmResult, frame: pd.DataFrame, dataset: Any) -> tuple[pd.DataFrame, dict[int, np.ndarray], str]:
+def nearest_neighbours(
+    result: ParadigmResult, frame: pd.DataFrame, dataset: Any
+) -> tuple[pd.DataFrame, dict[int, np.ndarray], str]:
     """Add each sample's nearest image among the synthetic sets trained on while it was IN.
 
     L2 in pixel space (0..1).  Only the models where the sample was IN count:
@@ -103,7 +105,7 @@ def nearest_neighbours(result: ParadigmResult, frame: pd.DataFrame, dataset: Any
         if len(rows) and (rows.synthetic_size == rows.private_size).all():
             frame["neighbour_distance"] = 0.0
             frame["neighbour_label"] = frame.label
-            for sample_id, index in zip(frame.sample_id, indices):
+            for sample_id, index in zip(frame.sample_id, indices, strict=True):
                 images[int(sample_id)] = dataset.x_train[index]
             return frame, images, "trains on the private set itself: each sample's nearest training image is itself"
         return frame, images, "no synthetic sets stored for this paradigm: no neighbours to show"
@@ -124,7 +126,7 @@ def nearest_neighbours(result: ParadigmResult, frame: pd.DataFrame, dataset: Any
         searched += 1
         distances = _squared_distances(queries[members], x)
         nearest = distances.argmin(axis=1)
-        for position, (row, column) in enumerate(zip(members, nearest)):
+        for position, (row, column) in enumerate(zip(members, nearest, strict=True)):
             value = float(np.sqrt(distances[position, column]))
             if value < best[row]:
                 best[row] = value

@@ -88,8 +88,8 @@ def cost_table(report: Report) -> pd.DataFrame:
             {
                 "paradigm": r.label,
                 "models": len(models),
-                "synthesis s/model": f"{models.synth_seconds.mean():.2f} ± {models.synth_seconds.std(ddof=1) if len(models) > 1 else 0:.2f}",
-                "training s/model": f"{models.train_seconds.mean():.2f} ± {models.train_seconds.std(ddof=1) if len(models) > 1 else 0:.2f}",
+                "synthesis s/model": _mean_and_std(models.synth_seconds),
+                "training s/model": _mean_and_std(models.train_seconds),
                 "worker-hours": float(seconds.sum()) / 3600.0,
                 "CPU-hours": cpu_hours,
                 "GPU-hours": gpu_hours,
@@ -97,6 +97,12 @@ def cost_table(report: Report) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _mean_and_std(seconds: pd.Series) -> str:
+    """``mean ± std`` of per-model seconds to 2 decimals; the std is 0 for a single model."""
+    std = seconds.std(ddof=1) if len(seconds) > 1 else 0
+    return f"{seconds.mean():.2f} ± {std:.2f}"
 
 
 def comparison_table(report: Report) -> pd.DataFrame:
@@ -135,7 +141,7 @@ def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     header = ["paradigm", f"AUC {ci}", f"TPR@1%FPR {ci}", f"TPR@0.1%FPR {ci}", "ε lower bound",
               "accounted ε", "test acc", "s/model (synthesis + training)"]
     rows = []
-    for result, (_, row) in zip(report.results, privacy_table(report).iterrows()):
+    for result, (_, row) in zip(report.results, privacy_table(report).iterrows(), strict=True):
         n_out = result.entry.attacks[report.attack].n_out
         mark = {fpr: "" if fpr * n_out >= MIN_FALSE_POSITIVES else " †" for fpr in LOW_FPRS.values()}
         rows.append([
@@ -163,7 +169,9 @@ def summary_footnote(report: Report) -> str:
 
 def attack_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """The all-attacks table as shown, with Clopper–Pearson intervals."""
-    header = ["paradigm", "attack", "AUC", "TPR@1%FPR (CP 95%)", "TPR@0.1%FPR (CP 95%)", "bal.acc", "ε lower bound", "IN/OUT pairs"]
+    header = [
+        "paradigm", "attack", "AUC", "TPR@1%FPR (CP 95%)", "TPR@0.1%FPR (CP 95%)", "bal.acc", "ε lower bound", "IN/OUT pairs"
+    ]
     rows = []
     for _, row in attacks_table(report).iterrows():
         rows.append([
@@ -250,10 +258,11 @@ def runs_lines(report: Report) -> list[str]:
     for run in report.runs:
         config = run.raw_config
         audit = config.get("audit", {}) or {}
+        created = str(run.manifest.get("created_at", "?"))[:16].replace("T", " ")
         lines.append(
             f"{run.name}: {run.uri} — {config.get('dataset', {}).get('name', '?')}, "
             f"{run.keep.shape[0]} models × {run.keep.shape[1]} audit samples (canary={audit.get('canary', '?')}), "
-            f"model {config.get('model', {}).get('arch', '?')}, created {str(run.manifest.get('created_at', '?'))[:16].replace('T', ' ')} UTC"
+            f"model {config.get('model', {}).get('arch', '?')}, created {created} UTC"
         )
     return lines
 

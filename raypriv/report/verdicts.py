@@ -171,7 +171,7 @@ def frontier_verdict(
     """
     cost = f"cost {point.seconds:.1f} s/model"
     dominating, ahead = [], []
-    for d, d_tpr, (low, high) in frontier:
+    for d, d_tpr, (low, _high) in frontier:
         acc_low, acc_high = accuracy_difference_interval(point, d)
         if acc_high <= 0 and np.isfinite(low) and low >= 0:
             dominating.append((d, d_tpr))
@@ -188,5 +188,8 @@ def frontier_verdict(
         )
     text = f"not dominated by DP-SGD ({len(frontier)} points); {cost}"
     if ahead:
-        text += f"; {', '.join(name(d) for d in ahead)} is ahead on both point estimates, but the intervals do not support dominance"
+        text += (
+            f"; {', '.join(name(d) for d in ahead)} is ahead on both point estimates, "
+            "but the intervals do not support dominance"
+        )
     return "not-dominated", text

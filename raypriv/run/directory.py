@@ -259,7 +259,8 @@ class RunDirectory:
         if plugin is not None:  # a plugin's class and version are part of its recipe
             now = " ".join(filter(None, (plugin["class"], plugin["distribution"], plugin["version"])))
             cause = (
-                f"its paradigm_options or its plugin changed (the stored models were made by {stored_plugin or 'another version'}, "
+                "its paradigm_options or its plugin changed "
+                f"(the stored models were made by {stored_plugin or 'another version'}, "
                 f"this config runs {now}; models of two plugin versions are never mixed)"
             )
         return RayprivError(
@@ -342,5 +343,6 @@ class RunDirectory:
             )
         else:
             stale = not self.store.exists("metrics.json")
-            lines.append("all models complete; " + ("attacks not yet computed: rerun `raypriv audit` to score" if stale else "metrics.json is written"))
+            state = "attacks not yet computed: rerun `raypriv audit` to score" if stale else "metrics.json is written"
+            lines.append("all models complete; " + state)
         return "\n".join(lines) + "\n"

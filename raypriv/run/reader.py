@@ -81,7 +81,9 @@ class Run:
             config = None
         audit, keep = directory.audit(), directory.keep()
         if len(audit) != keep.shape[1] or not np.array_equal(audit.sample_id.to_numpy(), np.arange(keep.shape[1])):
-            raise RayprivError(f"{store.uri}: audit.parquet and keep.npy disagree on the audit samples; rerun the audit in a new --out")
+            raise RayprivError(
+                f"{store.uri}: audit.parquet and keep.npy disagree on the audit samples; rerun the audit in a new --out"
+            )
         summary = store.read_bytes("summary.txt").decode() if store.exists("summary.txt") else ""
         return cls(
             uri=store.uri,

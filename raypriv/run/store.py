@@ -46,7 +46,9 @@ class RunStore:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(uri)
             except (pa.ArrowInvalid, ValueError, OSError) as exc:
-                raise RayprivError(f"cannot open run directory {uri} ({exc}); give a local path or a URI pyarrow supports") from None
+                raise RayprivError(
+                    f"cannot open run directory {uri} ({exc}); give a local path or a URI pyarrow supports"
+                ) from None
         else:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
         self.uri = uri if "://" in uri else self.root

@@ -184,7 +184,7 @@ def walk_partition(pieces: list[np.ndarray], above: np.ndarray, totals: np.ndarr
 def merge_partitions(walks: list[PartitionWalk], totals: np.ndarray, delta: float) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
     """The attack's metrics.json entry and ROC curve from its partitions' walks, highest scores first.
 
-    Equal to :func:`raypriv.scoring.attack_metrics` on the whole array."""
+    Equal to :func:`raypriv.scoring.local.attack_metrics` on the whole array."""
     n_in, n_out, sel_in, sel_out, held_in, held_out = (int(v) for v in totals)
     if n_in == 0 or n_out == 0:
         raise ValueError(f"ROC metrics need IN and OUT pairs; got {n_in} IN and {n_out} OUT")

@@ -158,7 +158,9 @@ def _sub_blocks(block: int, width: int, task_block: int, sub: int) -> list[tuple
     return [(a, min(width, a + sub), first + a) for a in range(0, width, sub)]
 
 
-def _variance_partials(row: dict[str, Any], keep: Any, n_queries: int, task_block: int, sub: int, sides: list[bool]) -> dict[str, Any]:
+def _variance_partials(
+    row: dict[str, Any], keep: Any, n_queries: int, task_block: int, sub: int, sides: list[bool]
+) -> dict[str, Any]:
     """Stage 2b (fixed-variance attacks only): per engine sub-block, each side's (Q, M) sum of per-sample variances."""
     import ray
 
@@ -259,7 +261,9 @@ def _fit_offline(refs: list, keep: np.ndarray, task_block: int, gamma: float) ->
     return fit_offline_a(_gather(refs, "probs", keep.shape, np.float64, task_block), keep, gamma)
 
 
-def _population_ratios(refs: list, shape: tuple[int, int, int], names: list[str], offline_a: np.ndarray | None) -> dict[str, np.ndarray]:
+def _population_ratios(
+    refs: list, shape: tuple[int, int, int], names: list[str], offline_a: np.ndarray | None
+) -> dict[str, np.ndarray]:
     """Each RMIA variant's ``(M, P)`` population log ratios (:func:`raypriv.attacks.rmia.population_log_ratio`), on a worker."""
     scores = _gather(refs, "scores", shape, np.float32)
     return {name: population_log_ratio(scores, offline_a if name == "rmia_offline" else None) for name in names}
@@ -433,6 +437,8 @@ def _attacked_rows(plan: ScoringPlan, store: RunStore, paradigm: str, output: Ra
     per_model = attacked.groupby("model_id").map_groups(
         _finish_model, fn_kwargs={"attacks": attacks, "gamma": plan.gamma, "versus": versus}, batch_format="numpy", **args)
     per_model = per_model.materialize()  # sorted by model_id: the sort-based groupby sorted it, preserve_order keeps it
-    log.info("scoring %s on Ray Data: %d attacks on %d blocks in %.1fs", paradigm, len(attacks), n_blocks, time.perf_counter() - start)
+    log.info(
+        "scoring %s on Ray Data: %d attacks on %d blocks in %.1fs", paradigm, len(attacks), n_blocks, time.perf_counter() - start
+    )
     output.stage("attacks")
     return per_model

@@ -97,10 +97,11 @@ def metrics_on_ray(refs: list, attacks: list[str], keep_ref: Any, halves_ref: An
                   for ref in refs] for a in attacks}
     walk = ray.remote(**args)(_walk)
     walks = {}
+    keep_all = n_pairs <= MAX_CURVE_POINTS
     for attack in attacks:
         counts = sum(_get([parts[-1] for parts in splits[attack]], progress))
         above, totals = counts_above(counts), counts.sum(axis=0)
-        walks[attack] = (totals, [walk.remote(above[i], totals, n_pairs <= MAX_CURVE_POINTS, *[parts[i] for parts in splits[attack]])
+        walks[attack] = (totals, [walk.remote(above[i], totals, keep_all, *[parts[i] for parts in splits[attack]])
                                   for i in reversed(range(len(counts)))])  # highest scores first
     # One attack's walks on the driver at a time.
     results = {a: merge_partitions(_get(attack_walks, progress), totals, delta) for a, (totals, attack_walks) in walks.items()}
