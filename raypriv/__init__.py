@@ -4,7 +4,7 @@ The public API, loaded on first use (importing ``raypriv`` or ``raypriv.config``
 loads no other raypriv module, nor torch):
 
 * ``raypriv.audit(config, **overrides)`` and ``raypriv.load_run(dir)`` give a
-  :class:`Run` (:mod:`raypriv.api`, :mod:`raypriv.run.reader`);
+  :class:`Run` (:mod:`raypriv.api`, :mod:`raypriv.reader`);
 * ``Paradigm``, ``ShadowContext``, ``LabeledSet`` and ``register``: what a
   paradigm plugin subclasses and uses (:mod:`raypriv.synth.base`, ``register`` :mod:`raypriv.synth.registry`);
 * ``RayprivError``: the one exception type of bad input.
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "audit": "raypriv.api",
     "load_run": "raypriv.api",
-    "Run": "raypriv.run.reader",
+    "Run": "raypriv.reader",
     "Paradigm": "raypriv.synth.base",
     "ShadowContext": "raypriv.synth.base",
     "LabeledSet": "raypriv.synth.base",

@@ -1,6 +1,6 @@
 """The Python API for notebooks and scripts: ``raypriv.audit(config, **overrides)`` and ``raypriv.load_run(dir)``.
 
-Both return one :class:`raypriv.run.reader.Run`: ``.metrics`` (a tidy
+Both return one :class:`raypriv.reader.Run`: ``.metrics`` (a tidy
 DataFrame: paradigm, attack, metric, value, ci_low, ci_high), ``.results``
 (typed, per paradigm), ``.models``, ``.keep``, ``.config``, ``.scores()``
 (read on demand) and ``.report(path)``.  Bad input raises
@@ -20,7 +20,7 @@ from typing import Any, Iterator, Mapping
 
 from raypriv.config import load
 from raypriv.driver import run_audit
-from raypriv.run.reader import Run, load_run
+from raypriv.reader import Run, load_run
 
 __all__ = ["audit", "load_run"]
 
@@ -32,7 +32,7 @@ def audit(
     show_progress: bool = True,
     **overrides: Any,
 ) -> Run:
-    """Run (or resume) an audit and return its :class:`~raypriv.run.reader.Run`.
+    """Run (or resume) an audit and return its :class:`~raypriv.reader.Run`.
 
     ``config`` is a mapping of config fields, a YAML file, or None (the
     defaults); it is never modified.  ``overrides`` set fields on top of it:

@@ -81,6 +81,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
+    from raypriv.reader import load_run
     from raypriv.report import build_report, format_comparison, format_verdicts, write_report
     from raypriv.run.store import RunStore
 
@@ -88,7 +89,7 @@ def report_command(args: argparse.Namespace) -> int:
         if not low <= value <= high:
             raise RayprivError(f"report {flag}={value} is out of range; give {low}..{high}")
     report = build_report(
-        args.run_dirs, attack=args.attack, n_boot=args.bootstrap, seed=args.seed,
+        [load_run(run_dir) for run_dir in args.run_dirs], attack=args.attack, n_boot=args.bootstrap, seed=args.seed,
         compare=tuple(args.compare) if args.compare else None, top=args.top,
     )
     out = args.out or RunStore(args.run_dirs[0]).path("report")

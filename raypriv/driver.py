@@ -25,11 +25,11 @@ from raypriv.data import load_dataset
 from raypriv.errors import RayprivError
 from raypriv.execution import train_pending
 from raypriv.queries import image_queries
+from raypriv.reader import Run, run_name
 from raypriv.report.figures import write_roc_png
 from raypriv.run.directory import RunDirectory
 from raypriv.run.fingerprints import Fingerprints
 from raypriv.run.format import MODEL_SCHEMA
-from raypriv.run.reader import Run, run_name
 from raypriv.scoring import ScoringPlan, score_run
 from raypriv.split import make_audit_split
 from raypriv.summary import format_summary

@@ -9,7 +9,7 @@
   runs (``{paradigm: {"test_acc": ..., "info": {...}, "<attack>": {...}}}``),
   so runs written before these types read back unchanged.
 
-The reader of a finished run directory, :class:`raypriv.run.reader.Run`
+The reader of a finished run directory, :class:`raypriv.reader.Run`
 (``raypriv.load_run``), hands these out.
 """
 

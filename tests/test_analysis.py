@@ -37,7 +37,7 @@ def outputs(small_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(small_run):
-    return build_report([str(small_run)], n_boot=100)
+    return build_report([raypriv.load_run(str(small_run))], n_boot=100)
 
 
 def test_every_script_is_percent_format_and_documented():

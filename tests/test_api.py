@@ -117,7 +117,7 @@ def test_the_api_loads_lazily_and_raypriv_audit_stays_callable():
     assert [p for p in raypriv.__all__ if p != "__version__"] == [
         "audit", "load_run", "Run", "Paradigm", "ShadowContext", "LabeledSet", "register", "RayprivError",
     ]
-    from raypriv.run.reader import Run
+    from raypriv.reader import Run
 
     assert raypriv.Run is Run
     with pytest.raises(AttributeError):

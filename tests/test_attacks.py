@@ -6,12 +6,12 @@ from raypriv.attacks import ATTACKS, run_attacks, score_attacks
 from raypriv.attacks.block import group_ids, loo_moments
 from raypriv.attacks.reference import (
     _leave_one_out_stats,
-    sklearn_metrics,
     label_probabilities,
     lira_attack,
     lira_scores_from_logits,
     loss_attack,
     rmia_attack,
+    sklearn_metrics,
 )
 from raypriv.errors import RayprivError
 from raypriv.metrics import roc_metrics, tpr_at_fpr

@@ -22,6 +22,7 @@ from raypriv.metrics import (
     percentile_interval,
     tpr_interval,
 )
+from raypriv.reader import load_run
 from raypriv.report import (
     LevelEvidence,
     VerdictInput,
@@ -33,7 +34,6 @@ from raypriv.report import (
     verdict,
     vulnerable_samples,
 )
-from raypriv.run.reader import load_run
 from raypriv.split import keep_digest
 from tests.conftest import build_once, tiny_config_dict
 
@@ -60,7 +60,7 @@ def small_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(small_run):
-    return build_report([str(small_run)], n_boot=200)
+    return build_report([load_run(str(small_run))], n_boot=200)
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +278,7 @@ def test_vulnerable_samples_rank_by_the_share_of_in_models_caught(small_run, rep
 def test_two_runs_of_one_split_are_labelled_and_paired_and_other_splits_are_refused(small_run, tmp_path):
     twin = tmp_path / "twin"
     shutil.copytree(small_run, twin, ignore=shutil.ignore_patterns("report"))
-    report = build_report([str(small_run), str(twin)], n_boot=100, load_images=False)
+    report = build_report([load_run(str(small_run)), load_run(str(twin))], n_boot=100, load_images=False)
     labels = [r.label for r in report.results]
     assert labels == ["report-small-run:real", "report-small-run:coreset", "twin:real", "twin:coreset"]
     assert len(report.comparisons) == 6 and not report.skipped_comparisons
@@ -292,9 +292,9 @@ def test_two_runs_of_one_split_are_labelled_and_paired_and_other_splits_are_refu
     manifest = json.loads((other / "run.json").read_text())  # another split, not a corrupt one: its own hash
     (other / "run.json").write_text(json.dumps({**manifest, "keep_sha256": keep_digest(keep[:, ::-1])}))
     with pytest.raises(RayprivError, match="do not share their audit samples.*keep.npy differs"):
-        build_report([str(small_run), str(other)], n_boot=100, compare=("report-small-run:real", "other:real"),
-                     load_images=False)
-    report = build_report([str(small_run), str(other)], n_boot=100, load_images=False)
+        build_report([load_run(str(small_run)), load_run(str(other))], n_boot=100,
+                     compare=("report-small-run:real", "other:real"), load_images=False)
+    report = build_report([load_run(str(small_run)), load_run(str(other))], n_boot=100, load_images=False)
     assert len(report.comparisons) == 2 and len(report.skipped_comparisons) == 4
 
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raypriv.attacks import ATTACKS, run_attacks, score_attacks
-from raypriv.attacks.reference import sklearn_metrics, roc
+from raypriv.attacks.reference import roc, sklearn_metrics
 from raypriv.errors import RayprivError
 from raypriv.metrics import roc_metrics
 from raypriv.run.format import SCHEMA_VERSION, logits_path, logits_table, scores_schema, scores_write_options

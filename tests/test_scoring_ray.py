@@ -91,8 +91,8 @@ def test_a_ray_scores_folder_reads_as_the_local_file(runs, tmp_path):
     import pyarrow.dataset as pads
 
     from raypriv import load_run
+    from raypriv.reader import Run
     from raypriv.report.build import load_scores
-    from raypriv.run.reader import Run
 
     local = runs / "paradigms" / "scores.parquet"
     folder = tmp_path / "run"

@@ -28,10 +28,9 @@ from raypriv.metrics import (
     tpr_interval,
 )
 from raypriv.report.figures import headline_figures, neighbour_figure, png_bytes
-from raypriv.report.results import Comparison, ParadigmResult, Report
+from raypriv.report.results import Comparison, FinishedRun, ParadigmResult, Report
 from raypriv.report.samples import TOP_SAMPLES, nearest_neighbours, vulnerable_samples
 from raypriv.report.verdicts import FrontierPoint, LevelEvidence, VerdictInput, frontier_verdict, is_frontier, verdict
-from raypriv.run.reader import Run
 from raypriv.seeding import numpy_rng
 
 HISTOGRAM_PREFERENCE = ("lira_online",)  # "per-sample LiRA scores", whatever the headline attack
@@ -41,7 +40,7 @@ _SCORE_KEYS = ("paradigm", "model_id", "sample_id", "is_in")
 # ------------------------------------------------------------- loading runs
 
 
-def load_scores(run: Run, paradigm: str, attacks: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def load_scores(run: FinishedRun, paradigm: str, attacks: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``is_in`` and each attack's scores of one paradigm as ``(n_models, n_audit)`` matrices.
 
     Read by column name and placed by ``(model_id, sample_id)``, so neither
@@ -81,7 +80,7 @@ def load_scores(run: Run, paradigm: str, attacks: list[str]) -> tuple[np.ndarray
     return is_in, scores
 
 
-def audit_split_mismatch(a: Run, b: Run) -> str | None:
+def audit_split_mismatch(a: FinishedRun, b: FinishedRun) -> str | None:
     """Why two runs' audit samples cannot be paired, or None if they can (same samples, labels, membership)."""
     if a.uri == b.uri:
         return None
@@ -101,7 +100,7 @@ def audit_split_mismatch(a: Run, b: Run) -> str | None:
 # ------------------------------------------------------------ the computations
 
 
-def _labels(pairs: list[tuple[Run, str]]) -> list[str]:
+def _labels(pairs: list[tuple[FinishedRun, str]]) -> list[str]:
     """Paradigm names, or ``run:paradigm`` where two runs share a paradigm name."""
     run_names: dict[str, str] = {}
     for run, _ in pairs:
@@ -153,7 +152,7 @@ def _evidence(result: ParadigmResult, attack: str) -> VerdictInput:
 
 
 def build_report(
-    runs: list[str | Run],
+    runs: list[FinishedRun],
     attack: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
@@ -161,7 +160,7 @@ def build_report(
     top: int = TOP_SAMPLES,
     load_images: bool = True,
 ) -> Report:
-    """Compute everything ``raypriv report`` shows for these runs.
+    """Compute everything ``raypriv report`` shows for these runs (``raypriv.load_run(dir)`` opens one).
 
     The bootstrap resamples audit samples (``n_boot`` replicates, drawn from
     ``seed``); runs with the same audit split share the replicates, so their
@@ -171,7 +170,6 @@ def build_report(
         raise RayprivError("give at least one run directory to report on")
     if n_boot < 100:
         raise RayprivError(f"--bootstrap {n_boot} is too few replicates for a 95% interval; use at least 100 (default 1000)")
-    runs = [run if isinstance(run, Run) else Run.open(run) for run in runs]
     pairs = [(run, p) for run in runs for p in run.results]
     if not pairs:
         raise RayprivError(f"{runs[0].uri}: metrics.json lists no paradigm; rerun `raypriv audit`")

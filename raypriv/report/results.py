@@ -1,18 +1,42 @@
 """The report's data: the runs it reads and what :mod:`raypriv.report.build` computes from them.
 
 Plain dataclasses, so that the figures, the sample tables and the renderers
-can take them without importing the code that builds them.
+can take them without importing the code that builds them.  A run enters as
+a :class:`FinishedRun`: the fields the report reads.  The one reader of a run
+directory, :class:`raypriv.reader.Run`, has them (and its ``.report()``
+calls into this package, so this package never imports it back).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+from raypriv.config import ExperimentConfig
 from raypriv.results import ParadigmMetrics
-from raypriv.run.reader import Run
+from raypriv.run.store import RunStore
+
+
+class FinishedRun(Protocol):
+    """What the report reads of a finished run (:class:`raypriv.reader.Run`, ``raypriv.load_run(dir)``).
+
+    ``keep``: bool ``(n_models, n_audit)``; ``audit``: the audit samples in
+    ``sample_id`` order; ``results``: each paradigm's typed metrics.
+    """
+
+    uri: str
+    name: str
+    store: RunStore
+    config: ExperimentConfig | None
+    raw_config: dict[str, Any]
+    manifest: dict[str, Any]
+    keep: np.ndarray
+    audit: pd.DataFrame
+    models: pd.DataFrame
+    results: dict[str, ParadigmMetrics]
 
 
 @dataclass
@@ -20,7 +44,7 @@ class ParadigmResult:
     """One paradigm of one run, with everything the report shows about it."""
 
     label: str
-    run: Run
+    run: FinishedRun
     paradigm: str
     entry: ParadigmMetrics
     is_in: np.ndarray
@@ -61,7 +85,7 @@ class Comparison:
 
 @dataclass
 class Report:
-    runs: list[Run]
+    runs: list[FinishedRun]
     results: list[ParadigmResult]
     attack: str
     histogram_attack: str

@@ -1,4 +1,4 @@
-"""A run directory: its on-disk format, its lifecycle, its lease, its fingerprints, and the reader of a finished run.
+"""A run directory: its on-disk format, its lifecycle, its lease and its fingerprints.
 
 * :mod:`raypriv.run.store`: the one place that defines the files of a run
   and writes them atomically (:class:`~raypriv.run.store.RunStore`);
@@ -6,7 +6,9 @@
   stored split, which models are complete, ``raypriv status``;
 * :mod:`raypriv.run.lease`: one audit at a time per run directory;
 * :mod:`raypriv.run.fingerprints`: the protocol and recipe hashes that decide
-  what a run may resume and attack;
-* :mod:`raypriv.run.reader`: :class:`~raypriv.run.reader.Run`, a finished
-  run as the API, the report and the analysis scripts read it.
+  what a run may resume and attack.
+
+A finished run as the API, the report and the analysis scripts read it is
+:class:`raypriv.reader.Run`, one floor up (it also opens the report and the
+logits dataset).
 """
