@@ -74,7 +74,7 @@ metric_rows = [
 ]
 metrics_frame = pd.DataFrame(metric_rows)
 metrics_frame.to_csv(OUT / "metrics_flat.csv", index=False)
-metrics_frame
+print(metrics_frame.to_string(index=False))
 
 # %% [markdown]
 # ## Joins
@@ -85,7 +85,7 @@ metrics_frame
 # %%
 scored = scores.merge(audit, on="sample_id", how="left", validate="many_to_one")
 assert len(scored) == len(scores)
-scored.head()
+print(scored.head().to_string(index=False))
 
 # %% [markdown]
 # ## Filters
@@ -104,7 +104,7 @@ attack = "lira_online" if "lira_online" in attacks else attacks[0]
 gap = scored.pivot_table(index=["paradigm", "true_label"], columns="is_in", values=attack, aggfunc="median")
 gap.columns = ["OUT median", "IN median"]
 gap.to_csv(OUT / "median_score_by_class.csv")
-gap.head(12)
+print(gap.head(12).to_string())
 
 # %% [markdown]
 # Logits are long format: one row per (model, sample, query).  Here, the
@@ -119,7 +119,7 @@ first_query["p_label"] = probabilities[np.arange(len(first_query)), first_query.
 first_query["is_in"] = keep[first_query.model_id.to_numpy(), first_query.sample_id.to_numpy()]
 confidence = first_query.groupby(["paradigm", "is_in"]).p_label.describe()[["count", "mean", "50%"]]
 confidence.to_csv(OUT / "label_confidence.csv")
-confidence
+print(confidence.to_string())
 
 # %%
 overview = pd.DataFrame(

@@ -103,7 +103,8 @@ fig.savefig(OUT / "privacy_utility.png", dpi=100)
 # %%
 score_attack = "lira_online" if "lira_online" in attacks else ATTACK
 fig, axes = plt.subplots(1, len(paradigms), figsize=(4 * len(paradigms), 3), squeeze=False)
-for ax, (paradigm, part) in zip(axes[0], scores.groupby("paradigm", sort=False)):
+# One panel per paradigm: scores.parquet and metrics.json hold the same paradigms.
+for ax, (paradigm, part) in zip(axes[0], scores.groupby("paradigm", sort=False), strict=True):
     low, high = part[score_attack].quantile([0.005, 0.995])
     bins = np.linspace(low, high, 50)
     for is_in, colour in ((False, "tab:blue"), (True, "tab:red")):

@@ -115,7 +115,7 @@ def nearest(paradigm: str, table: pd.DataFrame) -> pd.DataFrame:
         q = queries[members]
         # |q - x|^2 = |q|^2 + |x|^2 - 2 q.x: memory (samples x set size), not (samples x set size x pixels).
         distances = np.sqrt(np.maximum((q**2).sum(1)[:, None] + (x**2).sum(1)[None, :] - 2.0 * q @ x.T, 0.0))
-        for row, column, value in zip(members, distances.argmin(1), distances.min(1)):
+        for row, column, value in zip(members, distances.argmin(1), distances.min(1), strict=True):
             if value < table.loc[row, "neighbour_distance"]:
                 table.loc[row, ["neighbour_distance", "neighbour_model", "neighbour_index"]] = [value, model_id, column]
     return table

@@ -175,7 +175,8 @@ def main() -> None:
         "",
         f"### One model file ({file_samples:,} samples x {QUERIES} queries)",
         "",
-        "| writer | classes | rows | logits | file bytes | bytes per logit | logits column, bytes per logit | compression | logit encoding |",
+        "| writer | classes | rows | logits | file bytes | bytes per logit | logits column, bytes per logit "
+        "| compression | logit encoding |",
         "|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for size in sizes:

@@ -101,12 +101,14 @@ def main() -> None:
     lines = ["## Queries: the 18-query protocol, and the valid epsilon bound", "",
              f"Scoring of all {len(ATTACKS)} attacks ({', '.join(ATTACKS)}) on synthetic logits (10 classes), read + "
              f"attacks, {workers} threads, a fresh process per run; 18 queries against 2 on the same sizes.", "",
-             "| models | samples | 2 queries s | 18 queries s | time ratio | 2 queries peak GB | 18 queries peak GB | memory ratio |",
+             "| models | samples | 2 queries s | 18 queries s | time ratio "
+             "| 2 queries peak GB | 18 queries peak GB | memory ratio |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n_models, n_samples, m in rows:
         t2, t18 = (m[q]["read_s"] + m[q]["attack_s"] for q in (2, 18))
         r2, r18 = m[2]["peak_rss_gb"], m[18]["peak_rss_gb"]
-        lines.append(f"| {n_models:,} | {n_samples:,} | {t2:.2f} | {t18:.2f} | {t18 / t2:.1f}x | {r2:.2f} | {r18:.2f} | {r18 / r2:.1f}x |")
+        lines.append(f"| {n_models:,} | {n_samples:,} | {t2:.2f} | {t18:.2f} | {t18 / t2:.1f}x "
+                     f"| {r2:.2f} | {r18:.2f} | {r18 / r2:.1f}x |")
     base = epsilon["roc_metrics"]
     lines += ["", f"Epsilon bounds on {epsilon_size[0]:,} x {epsilon_size[1]:,} float32 scores in memory "
               f"(peak RSS {epsilon['peak_rss_gb']:.2f} GB):", "",

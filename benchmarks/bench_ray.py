@@ -68,15 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     rows, metrics = [], []
     try:
         seconds, m = timed_audit(scratch / "inprocess", overrides, use_ray=False)
-        rows.append(("in-process, 1 thread (baseline)", seconds)); metrics.append(m)
+        rows.append(("in-process, 1 thread (baseline)", seconds))
+        metrics.append(m)
         seconds, m = timed_audit(scratch / "ray-cold", {**overrides, "ray.num_actors": 1}, use_ray=True)
-        rows.append(("Ray, 1 actor, ray.init inside the timed call", seconds)); metrics.append(m)
+        rows.append(("Ray, 1 actor, ray.init inside the timed call", seconds))
+        metrics.append(m)
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         try:
             seconds, m = timed_audit(scratch / "ray-warm", {**overrides, "ray.num_actors": 1}, use_ray=True)
-            rows.append(("Ray, 1 actor, Ray already running", seconds)); metrics.append(m)
+            rows.append(("Ray, 1 actor, Ray already running", seconds))
+            metrics.append(m)
             seconds, m = timed_audit(scratch / "ray-all", {**overrides, "ray.num_actors": cores}, use_ray=True)
-            rows.append((f"Ray, {cores} actors (one per core), Ray already running", seconds)); metrics.append(m)
+            rows.append((f"Ray, {cores} actors (one per core), Ray already running", seconds))
+            metrics.append(m)
         finally:
             ray.shutdown()
     finally:

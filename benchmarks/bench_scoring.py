@@ -250,7 +250,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, well under a minute")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for scoring.md")
     parser.add_argument("--workers", type=int, default=None, help="scoring threads (default: raypriv's, min(4, CPUs))")
-    parser.add_argument("--data", default=None, help="folder for the synthetic stores (kept and reused); default: a temporary one")
+    parser.add_argument("--data", default=None,
+                        help="folder for the synthetic stores (kept and reused); default: a temporary one")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -317,7 +318,8 @@ def main() -> None:
         "",
         f"### All six attacks ({', '.join(ALL_ATTACKS)}), {QUERIES} queries",
         "",
-        "| models | samples | (target, sample) pairs | read s | attacks s | metrics + write s | total s | peak RSS GB | lira_online AUC | rmia AUC |",
+        "| models | samples | (target, sample) pairs | read s | attacks s | metrics + write s | total s "
+        "| peak RSS GB | lira_online AUC | rmia AUC |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n_models, n_samples, m in grid:
@@ -356,7 +358,8 @@ def main() -> None:
         f"{last['scores_bytes'] / 1e9:.2f} GB.  Parquet decode and reduction took {fmt(last['decode_cpu_s'])} and "
         f"{fmt(last['reduce_cpu_s'])} thread-seconds of the read.",
         "",
-        f"### Against a per-sample loop ({loop_size[0]} models x {loop_size[1]:,} samples x {QUERIES} queries, lira_online, one thread)",
+        f"### Against a per-sample loop ({loop_size[0]} models x {loop_size[1]:,} samples x {QUERIES} queries, "
+        "lira_online, one thread)",
         "",
         "The loop has the shape of the reference code (for each target and sample: gather the IN and OUT shadow "
         "scores, `np.median`, `np.std`, `scipy.stats.norm.logpdf`), with the same leave-one-out groups; both run "
@@ -364,7 +367,8 @@ def main() -> None:
         "",
         "| per-sample loop s | engine s | speed-up | max relative difference |",
         "|---:|---:|---:|---:|",
-        f"| {fmt(loop['loop_s'])} | {fmt(loop['engine_s'], 3)} | {loop['loop_s'] / loop['engine_s']:.0f}x | {loop['max_rel_diff']:.1e} |",
+        f"| {fmt(loop['loop_s'])} | {fmt(loop['engine_s'], 3)} | {loop['loop_s'] / loop['engine_s']:.0f}x "
+        f"| {loop['max_rel_diff']:.1e} |",
         "",
         f"Machine: {machine()}.  Load average {load_before[0]:.1f} at the start and {load_after[0]:.1f} at the end "
         f"(other processes share the CPUs when it exceeds the CPU count, and the times then read high).  "

@@ -155,8 +155,9 @@ def worker(job: dict) -> dict:
 
         ray.shutdown()
         cluster.shutdown()
-    return {"wall_s": wall, "startup_s": startup, "driver_peak_gb": vm_hwm_gb(), "driver_before_gb": baseline, "load_before": load_before,
-            "load_after": os.getloadavg()[0], "spilled_mib": spilled, "stages": stages, "metrics": metrics.decode()}
+    return {"wall_s": wall, "startup_s": startup, "driver_peak_gb": vm_hwm_gb(), "driver_before_gb": baseline,
+            "load_before": load_before, "load_after": os.getloadavg()[0], "spilled_mib": spilled, "stages": stages,
+            "metrics": metrics.decode()}
 
 
 def run_worker(job: dict) -> dict:
@@ -190,7 +191,8 @@ def main() -> None:
     start = time.perf_counter()
     store = bench_scoring.make_store(root, args.models, args.samples)
     made = time.perf_counter() - start
-    every_job = {"local": ("local", {"backend": "local", "nodes": 0}), "ray": ("ray, local Ray (2 CPUs)", {"backend": "ray", "nodes": 0}),
+    every_job = {"local": ("local", {"backend": "local", "nodes": 0}),
+                 "ray": ("ray, local Ray (2 CPUs)", {"backend": "ray", "nodes": 0}),
                  "cluster1": ("ray, cluster: 1 worker node x 1 CPU", {"backend": "ray", "nodes": 1}),
                  "cluster2": ("ray, cluster: 2 worker nodes x 1 CPU", {"backend": "ray", "nodes": 2})}
     chosen = args.jobs.split(",")
@@ -215,7 +217,8 @@ def main() -> None:
     local = results.get("local", first)
     pinned = "not pinned" if args.no_pin else "each pinned to a core of its own"
     lines = [
-        f"### Ray Data scoring: {args.models} models x {args.samples} samples x {args.queries} queries, {len(ATTACKS)} attacks",
+        f"### Ray Data scoring: {args.models} models x {args.samples} samples x {args.queries} queries, "
+        f"{len(ATTACKS)} attacks",
         "",
         f"`python benchmarks/bench_scoring_ray.py --models {args.models} --samples {args.samples} --queries {args.queries} "
         f"--jobs {args.jobs}{f' --repeat {args.repeat}' if args.repeat > 1 else ''}{' --no-pin' if args.no_pin else ''}` "
@@ -228,14 +231,16 @@ def main() -> None:
     ]
     for name, r in results.items():
         same = "yes" if r["metrics"] == first["metrics"] else "NO"
-        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | {r['driver_peak_gb']:.2f} | {r['driver_before_gb']:.2f} | "
-                     f"{r['load_before']:.1f} / {r['load_after']:.1f} | {r['spilled_mib']:.0f} | {same} |")
+        lines.append(f"| {name} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | {r['driver_peak_gb']:.2f} "
+                     f"| {r['driver_before_gb']:.2f} | {r['load_before']:.1f} / {r['load_after']:.1f} "
+                     f"| {r['spilled_mib']:.0f} | {same} |")
     staged = {name: r["stages"] for name, r in results.items() if r["stages"]}
     if staged:
         names = list(next(iter(staged.values())))
         lines += ["", "Ray backend, seconds per stage (the first run of each job):", "",
                   "| backend | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        lines += [f"| {name} | " + " | ".join(f"{s.get(n, float('nan')):.1f}" for n in names) + " |" for name, s in staged.items()]
+        lines += [f"| {name} | " + " | ".join(f"{s.get(n, float('nan')):.1f}" for n in names) + " |"
+                  for name, s in staged.items()]
     driver = max((r["driver_peak_gb"] for n, r in results.items() if n != "local"), default=float("nan"))
     growth = max((r["driver_peak_gb"] - r["driver_before_gb"] for n, r in results.items() if n != "local"), default=float("nan"))
 
@@ -250,12 +255,15 @@ def main() -> None:
     ]
     if "ray, local Ray (2 CPUs)" in results and "local" in results:
         ratio = results["ray, local Ray (2 CPUs)"]["wall_s"] / local["wall_s"]
-        lines.append(f"* Ray / local wall time {ratio:.2f}x (target <= {WALL_RATIO_TARGET:.0f}x): {verdict(ratio <= WALL_RATIO_TARGET)}.")
+        lines.append(f"* Ray / local wall time {ratio:.2f}x (target <= {WALL_RATIO_TARGET:.0f}x): "
+                     f"{verdict(ratio <= WALL_RATIO_TARGET)}.")
     if len(pair) == 2:
-        ratios = [a / b for a, b in zip(walls["cluster1"], walls["cluster2"])]
+        pair_walls = list(zip(walls["cluster1"], walls["cluster2"], strict=True))  # --repeat runs of each, alternating
+        ratios = [a / b for a, b in pair_walls]
         speedup = statistics.median(ratios)
-        each = ", ".join(f"{a:.1f}/{b:.1f} s = {a / b:.2f}x" for a, b in zip(walls["cluster1"], walls["cluster2"]))
-        lines.append(f"* 2 nodes vs 1 node speed-up {speedup:.2f}x{' (median of ' + str(len(ratios)) + ' pairs: ' + each + ')' if len(ratios) > 1 else ''} "
+        each = ", ".join(f"{a:.1f}/{b:.1f} s = {a / b:.2f}x" for a, b in pair_walls)
+        median_of = f" (median of {len(ratios)} pairs: {each})" if len(ratios) > 1 else ""
+        lines.append(f"* 2 nodes vs 1 node speed-up {speedup:.2f}x{median_of} "
                      f"(target >= {SPEEDUP_TARGET}x): {verdict(speedup >= SPEEDUP_TARGET)}.")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "scoring_ray.md").write_text("\n".join(lines) + "\n")

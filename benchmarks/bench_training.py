@@ -116,7 +116,8 @@ class Workload:
         _sync(self.device)
         start = time.perf_counter()
         for m in model_ids:
-            train_classifier(self.context(m).build_model(), *self.private(m), self.config.train, self.normalizer, self.config.seed, m)
+            train_classifier(self.context(m).build_model(), *self.private(m), self.config.train, self.normalizer,
+                             self.config.seed, m)
         _sync(self.device)
         return time.perf_counter() - start
 
@@ -131,7 +132,8 @@ class Workload:
         return time.perf_counter() - start
 
 
-def digits_rows(arch: str, groups: list[int], loop_models: int, epochs: int | None, device: torch.device, ceiling: float) -> list[dict]:
+def digits_rows(arch: str, groups: list[int], loop_models: int, epochs: int | None, device: torch.device,
+                ceiling: float) -> list[dict]:
     overrides = {"model.arch": arch, "train.epochs": epochs}
     config = raypriv.config.load(None, overrides)
     work = Workload(config, load_dataset(config.dataset), device)
@@ -236,12 +238,18 @@ def markdown(rows: list[dict], args, ceiling: float, device: torch.device, wall:
             f"gives {largest['vs loop']:.2f}x the loop's models per hour (best: {best['vs loop']:.2f}x at G={best['G']}); "
             f"the 3x target at G=64 is {'met' if largest['G'] == 64 and largest['vs loop'] >= 3 else 'not met'}."
         )
-    title = "Shadow-training throughput" + (f" ({args.recipe}, {device.type})" if (args.recipe, device.type) != ("digits", "cpu") else "")
+    title = "Shadow-training throughput"
+    if (args.recipe, device.type) != ("digits", "cpu"):
+        title += f" ({args.recipe}, {device.type})"
+    flags = (  # the command line's options that differ from the defaults
+        (" --quick" if args.quick else "")
+        + (f" --device {args.device}" if args.device != "cpu" else "")
+        + (f" --recipe {args.recipe}" if args.recipe != "digits" else "")
+    )
     return "\n".join([
         f"## {title}",
         "",
-        f"`python benchmarks/bench_training.py{' --quick' if args.quick else ''}{' --device ' + args.device if args.device != 'cpu' else ''}"
-        f"{' --recipe ' + args.recipe if args.recipe != 'digits' else ''}` on {datetime.now(timezone.utc):%Y-%m-%d}; {machine}.",
+        f"`python benchmarks/bench_training.py{flags}` on {datetime.now(timezone.utc):%Y-%m-%d}; {machine}.",
         f"Matmul ceiling measured in this run: {ceiling / 1e9:.1f} GFLOP/s (float32 2048x2048). Wall time {wall:.0f} s.",
         "",
         *lines,

@@ -91,7 +91,8 @@ def _lost(out: Path, reference: dict) -> str:
     n = CONFIG["n_models"]
     rows = sorted((out / "models" / "real").glob("model-*.parquet"))
     logits = sorted((out / "logits" / "paradigm=real").glob("model-*.parquet"))
-    ids = sorted(pq.read_table(out / "models.parquet").column("model_id").to_pylist()) if (out / "models.parquet").exists() else []
+    models_table = out / "models.parquet"
+    ids = sorted(pq.read_table(models_table).column("model_id").to_pylist()) if models_table.exists() else []
     problems = []
     if len(rows) != n or len(logits) != n or ids != list(range(n)):
         problems.append(f"{len(rows)} rows, {len(logits)} logits files, models.parquet ids {ids}")
@@ -140,7 +141,8 @@ def _corrupt_case(work: Path, out: Path, ray: bool, rng: random.Random, referenc
         (out / "keep.npy").write_bytes(bytes(data))
     else:  # the lock file of an audit killed with -9 (a pid that no longer exists)
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-        (out / "raypriv.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout), "heartbeat": time.time()}))
+        lock = {"host": os.uname().nodename, "pid": int(dead.stdout), "heartbeat": time.time()}
+        (out / "raypriv.lock").write_text(json.dumps(lock))
     code, err = _run(_audit(work, out, ray))
     return code, err, kind
 
