@@ -99,6 +99,29 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     return TinyRun(path, tiny_config_dict(path), raypriv.load_run(path))
 
 
+@pytest.fixture(scope="module")
+def digits_private():
+    """A private set of 300 digits (uint8) and a context factory for it (``distill`` shadow models).
+
+    Shared by tests/test_synth_distill.py and tests/test_synth_distill_mtt.py.
+    """
+    from raypriv.config import DatasetConfig
+    from raypriv.data import load_dataset
+    from raypriv.synth import LabeledSet, ShadowContext
+    from raypriv.training import Normalizer
+
+    shape = (1, 8, 8)  # the digits' images
+    data = load_dataset(DatasetConfig())
+    private = LabeledSet(torch.tensor(data.x_train[:300]), torch.tensor(data.y_train[:300]))
+    normalizer = Normalizer.fit(data.x_train)
+    config = config_from_dict(tiny_config_dict("/tmp/unused", paradigms=["distill"]))
+
+    def context(model_id: int = 0) -> ShadowContext:
+        return ShadowContext(config, "distill", model_id, 10, shape, normalizer, torch.device("cpu"))
+
+    return private, context
+
+
 class _SharedRay:
     """One local Ray per test process, started by the first test that asks for it and kept for the next."""
 

@@ -142,7 +142,9 @@ def test_rmia_matches_its_definition(gamma):
     probs = label_probabilities(logits, labels)
     expected = _rmia_brute_force(probs, keep, gamma)
     np.testing.assert_allclose(rmia_attack(probs, keep, gamma), expected, atol=1e-12)
-    np.testing.assert_allclose(run_attacks(logits.astype(np.float32), labels, keep, ["rmia"], gamma=gamma)["rmia"], expected, atol=1e-6)
+    np.testing.assert_allclose(
+        run_attacks(logits.astype(np.float32), labels, keep, ["rmia"], gamma=gamma)["rmia"], expected, atol=1e-6
+    )
 
 
 def test_lira_online_reaches_the_neyman_pearson_tpr():

@@ -82,26 +82,45 @@ def is_spot(provider: str, node_config: dict[str, Any]) -> bool:
 
 def autoscaler_problems(config: dict[str, Any]) -> list[str]:
     """What breaks the autoscaler's requirements or raypriv's conventions (empty: none)."""
-    problems = []
     provider = (config.get("provider") or {}).get("type")
     if provider not in ("aws", "gcp"):
         return [f"provider.type is {provider!r}, expected aws or gcp"]
-    if provider == "gcp" and not config["provider"].get("project_id"):
-        problems.append("provider.project_id is missing (a placeholder is fine)")
-    if not config["provider"].get("region") or not config["provider"].get("availability_zone"):
-        problems.append("provider.region and provider.availability_zone must be set")
-
-    timeout = config.get("idle_timeout_minutes")
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        problems.append("idle_timeout_minutes must be set to a positive number")
+    problems = _provider_problems(config, provider) + _idle_timeout_problems(config)
 
     types = config.get("available_node_types") or {}
     head = config.get("head_node_type")
     if head not in types:
-        problems.append(f"head_node_type {head!r} is not one of available_node_types {sorted(types)}")
-        return problems
+        return problems + [f"head_node_type {head!r} is not one of available_node_types {sorted(types)}"]
 
-    head_type = types[head]
+    head_problems = _head_problems(config, provider, types[head])
+    workers = {name: spec for name, spec in types.items() if name != head}
+    return (
+        problems
+        + head_problems
+        + _worker_problems(config, provider, workers)
+        + _max_workers_problems(config, workers)
+    )
+
+
+def _provider_problems(config: dict[str, Any], provider: str) -> list[str]:
+    problems = []
+    if provider == "gcp" and not config["provider"].get("project_id"):
+        problems.append("provider.project_id is missing (a placeholder is fine)")
+    if not config["provider"].get("region") or not config["provider"].get("availability_zone"):
+        problems.append("provider.region and provider.availability_zone must be set")
+    return problems
+
+
+def _idle_timeout_problems(config: dict[str, Any]) -> list[str]:
+    timeout = config.get("idle_timeout_minutes")
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        return ["idle_timeout_minutes must be set to a positive number"]
+    return []
+
+
+def _head_problems(config: dict[str, Any], provider: str, head_type: dict[str, Any]) -> list[str]:
+    """The head node type (no CPUs or GPUs for tasks, on-demand) and the `ray start` commands."""
+    problems = []
     if head_type.get("resources", {}).get("CPU") != 0:
         problems.append(
             "the head node type must declare resources CPU: 0 (the launcher's resources override `ray start` flags)"
@@ -118,44 +137,59 @@ def autoscaler_problems(config: dict[str, Any]) -> list[str]:
         problems.append("`ray start --head` in head_start_ray_commands lacks --num-cpus=0")
     if not any("$RAY_HEAD_IP" in c for c in config.get("worker_start_ray_commands") or []):
         problems.append("worker_start_ray_commands must join the head at $RAY_HEAD_IP")
+    return problems
 
-    workers = {name: spec for name, spec in types.items() if name != head}
-    if not workers:
-        problems.append("no worker node types")
-    spot_workers = []
+
+def _worker_problems(config: dict[str, Any], provider: str, workers: dict[str, dict[str, Any]]) -> list[str]:
+    """The worker node types: each one's own checks, then at least one spot type the provider can run."""
+    problems = [] if workers else ["no worker node types"]
     for name, spec in workers.items():
-        low, high = spec.get("min_workers"), spec.get("max_workers")
-        if not isinstance(low, int) or not isinstance(high, int):
-            problems.append(f"worker type {name}: min_workers and max_workers must be integers")
-        elif not 0 <= low <= high or high == 0:
-            problems.append(f"worker type {name}: need 0 <= min_workers <= max_workers and max_workers > 0")
-        gpus = (spec.get("resources") or {}).get("GPU")
-        if not isinstance(gpus, int) or gpus < 1:
-            problems.append(f"worker type {name}: resources must declare GPU >= 1")
-        node_config = spec.get("node_config") or {}
-        if provider == "aws" and not node_config.get("InstanceType"):
-            problems.append(f"worker type {name}: node_config.InstanceType missing")
-        if provider == "gcp":
-            if not node_config.get("machineType"):
-                problems.append(f"worker type {name}: node_config.machineType missing")
-            scheduling = node_config.get("scheduling")
-            if not isinstance(scheduling, dict):
-                problems.append(f"worker type {name}: node_config.scheduling must be one mapping (GCP's Scheduling object)")
-            elif scheduling.get("onHostMaintenance") != "TERMINATE":
-                problems.append(f"worker type {name}: GPU VMs need scheduling.onHostMaintenance: TERMINATE")
-            if not node_config.get("guestAccelerators"):
-                problems.append(f"worker type {name}: node_config.guestAccelerators missing")
-        if is_spot(provider, node_config):
-            spot_workers.append(name)
+        problems += _worker_type_problems(provider, name, spec)
+    spot_workers = [name for name, spec in workers.items() if is_spot(provider, spec.get("node_config") or {})]
     if not spot_workers:
         problems.append("no spot/preemptible GPU worker type")
     if spot_workers and provider == "aws" and config["provider"].get("cache_stopped_nodes", True):
         problems.append("spot workers cannot be stopped and restarted: set provider.cache_stopped_nodes: false")
+    return problems
 
+
+def _worker_type_problems(provider: str, name: str, spec: dict[str, Any]) -> list[str]:
+    problems = []
+    low, high = spec.get("min_workers"), spec.get("max_workers")
+    if not isinstance(low, int) or not isinstance(high, int):
+        problems.append(f"worker type {name}: min_workers and max_workers must be integers")
+    elif not 0 <= low <= high or high == 0:
+        problems.append(f"worker type {name}: need 0 <= min_workers <= max_workers and max_workers > 0")
+    gpus = (spec.get("resources") or {}).get("GPU")
+    if not isinstance(gpus, int) or gpus < 1:
+        problems.append(f"worker type {name}: resources must declare GPU >= 1")
+    node_config = spec.get("node_config") or {}
+    if provider == "aws" and not node_config.get("InstanceType"):
+        problems.append(f"worker type {name}: node_config.InstanceType missing")
+    if provider == "gcp":
+        problems += _gcp_worker_node_config_problems(name, node_config)
+    return problems
+
+
+def _gcp_worker_node_config_problems(name: str, node_config: dict[str, Any]) -> list[str]:
+    problems = []
+    if not node_config.get("machineType"):
+        problems.append(f"worker type {name}: node_config.machineType missing")
+    scheduling = node_config.get("scheduling")
+    if not isinstance(scheduling, dict):
+        problems.append(f"worker type {name}: node_config.scheduling must be one mapping (GCP's Scheduling object)")
+    elif scheduling.get("onHostMaintenance") != "TERMINATE":
+        problems.append(f"worker type {name}: GPU VMs need scheduling.onHostMaintenance: TERMINATE")
+    if not node_config.get("guestAccelerators"):
+        problems.append(f"worker type {name}: node_config.guestAccelerators missing")
+    return problems
+
+
+def _max_workers_problems(config: dict[str, Any], workers: dict[str, dict[str, Any]]) -> list[str]:
     max_workers = config.get("max_workers")
     if not isinstance(max_workers, int) or max_workers < sum(w.get("min_workers", 0) for w in workers.values()):
-        problems.append("max_workers must be an integer at least the sum of the worker types' min_workers")
-    return problems
+        return ["max_workers must be an integer at least the sum of the worker types' min_workers"]
+    return []
 
 
 def shared_mounts_docker(config: dict[str, Any]) -> list[str]:
@@ -198,6 +232,24 @@ def gpu_limit(template: dict[str, Any]) -> int:
 
 def kuberay_problems(docs: list[dict[str, Any]]) -> list[str]:
     """What breaks KubeRay's requirements or raypriv's conventions (empty: none)."""
+    problems = _kuberay_document_problems(docs)
+    claims = {
+        doc["metadata"]["name"]
+        for doc in docs
+        if doc.get("kind") == "PersistentVolumeClaim" and "ReadWriteMany" in doc.get("spec", {}).get("accessModes", [])
+    }
+    if not claims:
+        problems.append("no ReadWriteMany PersistentVolumeClaim for the shared run directory")
+    for label, spec in cluster_specs(docs).items():
+        problems += _ray_cluster_spec_problems(label, spec, claims)
+    for doc in docs:
+        if doc.get("kind") == "RayJob":
+            problems += _ray_job_problems(doc.get("spec") or {})
+    return problems
+
+
+def _kuberay_document_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """One RayJob and one RayCluster, both of the current API version."""
     problems = []
     kinds = [doc.get("kind") for doc in docs]
     for kind in ("RayJob", "RayCluster"):
@@ -206,63 +258,71 @@ def kuberay_problems(docs: list[dict[str, Any]]) -> list[str]:
     for doc in docs:
         if doc.get("kind") in ("RayJob", "RayCluster") and doc.get("apiVersion") != "ray.io/v1":
             problems.append(f"{doc.get('kind')} has apiVersion {doc.get('apiVersion')!r}, expected ray.io/v1")
-    claims = {
-        doc["metadata"]["name"]
-        for doc in docs
-        if doc.get("kind") == "PersistentVolumeClaim" and "ReadWriteMany" in doc.get("spec", {}).get("accessModes", [])
-    }
-    if not claims:
-        problems.append("no ReadWriteMany PersistentVolumeClaim for the shared run directory")
+    return problems
 
-    for label, spec in cluster_specs(docs).items():
-        version = spec.get("rayVersion")
-        if spec.get("enableInTreeAutoscaling") is not True:
-            problems.append(f"{label}: enableInTreeAutoscaling must be true")
-        head = spec.get("headGroupSpec") or {}
-        params = head.get("rayStartParams") or {}
-        if params.get("num-cpus") != "0":
-            problems.append(f"{label}: head rayStartParams num-cpus must be the string \"0\"")
-        groups = [head] + list(spec.get("workerGroupSpecs") or [])
-        for group in groups:
-            for key, value in (group.get("rayStartParams") or {}).items():
-                if not isinstance(value, str):
-                    problems.append(f"{label}: rayStartParams {key} must be a string, not {value!r}")
-            for container in (group.get("template") or {}).get("spec", {}).get("containers", []):
-                match = IMAGE.match(container.get("image", ""))
-                if not match:
-                    problems.append(f"{label}: image {container.get('image')!r} is not a rayproject/ray release image")
-                elif match.group("version") != version:
-                    problems.append(f"{label}: image {container['image']} does not match rayVersion {version}")
-            if not pod_mounts(group.get("template") or {}, claims):
-                problems.append(f"{label}: a group does not mount the shared PVC")
-        gpu_groups = [g for g in spec.get("workerGroupSpecs") or [] if gpu_limit(g.get("template") or {}) >= 1]
-        if not gpu_groups:
-            problems.append(f"{label}: no worker group with nvidia.com/gpu limits")
-        for group in gpu_groups:
-            low, high, start = group.get("minReplicas"), group.get("maxReplicas"), group.get("replicas", 0)
-            if not isinstance(low, int) or not isinstance(high, int):
-                problems.append(f"{label}: worker group {group.get('groupName')} needs integer minReplicas and maxReplicas")
-            elif not low <= start <= high or high < 1:
-                problems.append(f"{label}: worker group {group.get('groupName')} needs minReplicas <= replicas <= maxReplicas, maxReplicas >= 1")
 
-    for doc in docs:
-        if doc.get("kind") != "RayJob":
-            continue
-        spec = doc.get("spec") or {}
-        if spec.get("shutdownAfterJobFinishes") is not True:
-            problems.append("RayJob: shutdownAfterJobFinishes must be true")
-        match = re.fullmatch(r"python jobs/audit\.py --config (jobs/configs/\S+\.ya?ml)", (spec.get("entrypoint") or "").strip())
+def _ray_cluster_spec_problems(label: str, spec: dict[str, Any], claims: set[str]) -> list[str]:
+    """One RayCluster spec (of a RayCluster or a RayJob): autoscaling, a head that trains nothing, its groups."""
+    problems = []
+    if spec.get("enableInTreeAutoscaling") is not True:
+        problems.append(f"{label}: enableInTreeAutoscaling must be true")
+    head = spec.get("headGroupSpec") or {}
+    params = head.get("rayStartParams") or {}
+    if params.get("num-cpus") != "0":
+        problems.append(f"{label}: head rayStartParams num-cpus must be the string \"0\"")
+    for group in [head] + list(spec.get("workerGroupSpecs") or []):
+        problems += _group_problems(label, group, spec.get("rayVersion"), claims)
+    return problems + _gpu_group_problems(label, spec)
+
+
+def _group_problems(label: str, group: dict[str, Any], version: Any, claims: set[str]) -> list[str]:
+    """Any group, head or worker: string rayStartParams, the Ray release image of rayVersion, the shared PVC."""
+    problems = []
+    for key, value in (group.get("rayStartParams") or {}).items():
+        if not isinstance(value, str):
+            problems.append(f"{label}: rayStartParams {key} must be a string, not {value!r}")
+    for container in (group.get("template") or {}).get("spec", {}).get("containers", []):
+        match = IMAGE.match(container.get("image", ""))
         if not match:
-            problems.append(f"RayJob: entrypoint {spec.get('entrypoint')!r} does not run jobs/audit.py --config jobs/configs/...")
-        elif not (ROOT / match.group(1)).is_file():
-            problems.append(f"RayJob: entrypoint config {match.group(1)} does not exist")
-        try:
-            runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}") or {}
-        except yaml.YAMLError as exc:
-            problems.append(f"RayJob: runtimeEnvYAML is not YAML: {exc}")
-        else:
-            if not isinstance(runtime_env, dict) or "working_dir" not in runtime_env:
-                problems.append("RayJob: runtimeEnvYAML must give a working_dir (the repository)")
+            problems.append(f"{label}: image {container.get('image')!r} is not a rayproject/ray release image")
+        elif match.group("version") != version:
+            problems.append(f"{label}: image {container['image']} does not match rayVersion {version}")
+    if not pod_mounts(group.get("template") or {}, claims):
+        problems.append(f"{label}: a group does not mount the shared PVC")
+    return problems
+
+
+def _gpu_group_problems(label: str, spec: dict[str, Any]) -> list[str]:
+    """At least one worker group with GPU limits, each with sound replica bounds."""
+    gpu_groups = [g for g in spec.get("workerGroupSpecs") or [] if gpu_limit(g.get("template") or {}) >= 1]
+    problems = [] if gpu_groups else [f"{label}: no worker group with nvidia.com/gpu limits"]
+    for group in gpu_groups:
+        name = group.get("groupName")
+        low, high, start = group.get("minReplicas"), group.get("maxReplicas"), group.get("replicas", 0)
+        if not isinstance(low, int) or not isinstance(high, int):
+            problems.append(f"{label}: worker group {name} needs integer minReplicas and maxReplicas")
+        elif not low <= start <= high or high < 1:
+            problems.append(f"{label}: worker group {name} needs minReplicas <= replicas <= maxReplicas, maxReplicas >= 1")
+    return problems
+
+
+def _ray_job_problems(spec: dict[str, Any]) -> list[str]:
+    """The RayJob itself: a cluster shut down afterwards, the audit as entrypoint, the repository as working_dir."""
+    problems = []
+    if spec.get("shutdownAfterJobFinishes") is not True:
+        problems.append("RayJob: shutdownAfterJobFinishes must be true")
+    match = re.fullmatch(r"python jobs/audit\.py --config (jobs/configs/\S+\.ya?ml)", (spec.get("entrypoint") or "").strip())
+    if not match:
+        problems.append(f"RayJob: entrypoint {spec.get('entrypoint')!r} does not run jobs/audit.py --config jobs/configs/...")
+    elif not (ROOT / match.group(1)).is_file():
+        problems.append(f"RayJob: entrypoint config {match.group(1)} does not exist")
+    try:
+        runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}") or {}
+    except yaml.YAMLError as exc:
+        problems.append(f"RayJob: runtimeEnvYAML is not YAML: {exc}")
+    else:
+        if not isinstance(runtime_env, dict) or "working_dir" not in runtime_env:
+            problems.append("RayJob: runtimeEnvYAML must give a working_dir (the repository)")
     return problems
 
 
@@ -435,6 +495,10 @@ def _gpu_group(spec):
     return next(g for g in spec["workerGroupSpecs"] if gpu_limit(g["template"]) >= 1)
 
 
+def _head_start_params(docs):
+    return _job(docs)["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]
+
+
 def _drop_gpu_limits(docs):
     for spec in cluster_specs(docs).values():
         for group in spec["workerGroupSpecs"]:
@@ -443,8 +507,8 @@ def _drop_gpu_limits(docs):
 
 
 KUBERAY_BREAKERS = {
-    "num-cpus as a number": (lambda d: _job(d)["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}), "num-cpus"),
-    "head may train": (lambda d: _job(d)["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].pop("num-cpus"), "num-cpus"),
+    "num-cpus as a number": (lambda d: _head_start_params(d).update({"num-cpus": 0}), "num-cpus"),
+    "head may train": (lambda d: _head_start_params(d).pop("num-cpus"), "num-cpus"),
     "no GPU limits": (_drop_gpu_limits, "nvidia.com/gpu"),
     "no maxReplicas": (lambda d: _gpu_group(_job(d)["spec"]["rayClusterSpec"]).pop("maxReplicas"), "maxReplicas"),
     "entrypoint config missing": (
@@ -455,9 +519,14 @@ KUBERAY_BREAKERS = {
     "cluster kept after the job": (lambda d: _job(d)["spec"].pop("shutdownAfterJobFinishes"), "shutdownAfterJobFinishes"),
     "old apiVersion": (lambda d: _job(d).update(apiVersion="ray.io/v1alpha1"), "apiVersion"),
     "no RayCluster": (lambda d: d.remove(next(doc for doc in d if doc["kind"] == "RayCluster")), "RayCluster"),
-    "no autoscaling": (lambda d: _job(d)["spec"]["rayClusterSpec"].update(enableInTreeAutoscaling=False), "enableInTreeAutoscaling"),
+    "no autoscaling": (
+        lambda d: _job(d)["spec"]["rayClusterSpec"].update(enableInTreeAutoscaling=False),
+        "enableInTreeAutoscaling",
+    ),
     "image of another Ray": (
-        lambda d: _gpu_group(_job(d)["spec"]["rayClusterSpec"])["template"]["spec"]["containers"][0].update(image="rayproject/ray:2.9.0-py311-gpu"),
+        lambda d: _gpu_group(_job(d)["spec"]["rayClusterSpec"])["template"]["spec"]["containers"][0].update(
+            image="rayproject/ray:2.9.0-py311-gpu"
+        ),
         "does not match rayVersion",
     ),
     "no shared volume": (

@@ -29,11 +29,18 @@ def test_cifar10_reference_config_is_the_reference_protocol():
     "raw, expected",
     [
         ({"train": {"epoch": 3}}, "unknown field 'train.epoch'; allowed fields here: engine, epochs"),
-        ({"model": {"arch": "vgg"}}, "model.arch='vgg' is not allowed; choose one of ['mlp', 'cnn_small', 'resnet18', 'wrn16_4', 'logreg']"),
+        (
+            {"model": {"arch": "vgg"}},
+            "model.arch='vgg' is not allowed; choose one of ['mlp', 'cnn_small', 'resnet18', 'wrn16_4', 'logreg']",
+        ),
         ({"train": {"epochs": "ten"}}, "train.epochs must be an integer"),
         ({"train": {"amp": "yes"}}, "train.amp must be true or false"),
         ({"dataset": {"name": "imagenet"}}, "dataset.name='imagenet' is not a known dataset; choose one of"),
-        ({"paradigms": ["real", "magic"]}, "paradigm 'magic' is not known; choose from ['coreset', 'dfkd', 'diffusion', 'distill', 'dpgen-llm', 'dpgen-marginals', 'dpsgd', 'external', 'real']"),
+        (
+            {"paradigms": ["real", "magic"]},
+            "paradigm 'magic' is not known; choose from "
+            "['coreset', 'dfkd', 'diffusion', 'distill', 'dpgen-llm', 'dpgen-marginals', 'dpsgd', 'external', 'real']",
+        ),
         ({"attacks": ["lira"]}, "attack 'lira' is not known"),
         ({"queries": ["rotate"]}, "query 'rotate' is not known"),
         ({"n_models": 9}, "n_models=9: it must be even"),

@@ -50,7 +50,7 @@ def _ensemble(digits, model_ids, recipe=None, sizes=None):
     sizes = sizes or [None] * len(model_ids)
     return train_ensemble(
         [_context(digits, m).build_model() for m in model_ids],
-        [_private(digits, m, s) for m, s in zip(model_ids, sizes)],
+        [_private(digits, m, s) for m, s in zip(model_ids, sizes, strict=True)],
         recipe or config.train,
         normalizer,
         config.seed,
@@ -90,7 +90,7 @@ def test_groups_with_ragged_batches_and_early_finishers(digits):
     """Sets of 250, 180 and 90 samples: different last batches and step counts per epoch."""
     sizes = [250, 180, 90]
     together = _ensemble(digits, [0, 1, 2], sizes=sizes)
-    for position, (model_id, size) in enumerate(zip([0, 1, 2], sizes)):
+    for position, (model_id, size) in enumerate(zip([0, 1, 2], sizes, strict=True)):
         _assert_same(_state(_ensemble(digits, [model_id], sizes=[size])[0]), _state(together[position]))
 
 
@@ -193,7 +193,9 @@ def test_group_sizing_and_engine_choice(digits):
 
 def test_groups_cover_every_pending_model_once(tmp_path):
     config = config_from_dict(
-        tiny_config_dict(tmp_path, n_models=16, paradigms=["real", "dpsgd"], train={"engine": "ensemble"}, ray={"models_per_group": 4})
+        tiny_config_dict(
+            tmp_path, n_models=16, paradigms=["real", "dpsgd"], train={"engine": "ensemble"}, ray={"models_per_group": 4}
+        )
     )
     pending = [(p, m) for m in range(16) for p in config.paradigms if (p, m) != ("real", 5)]
     groups = _make_groups(config, pending, workers=2, on_gpu=False)

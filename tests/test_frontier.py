@@ -63,8 +63,8 @@ def test_privacy_utility_plot_draws_the_frontier_line():
     points = [{"label": p, "acc": a, "acc_std": 0.01, "tpr": t, "low": t / 2, "high": t * 2, "frontier": p.startswith("dpsgd")}
               for p, a, t in (("real", 0.98, 0.3), ("dpsgd@eps1", 0.9, 0.002), ("dpsgd@eps8", 0.95, 0.01))]
     figure = privacy_utility_figure(points, "lira_online")
-    line = [l for l in figure.axes[0].get_lines() if l.get_label() == "DP-SGD frontier"]
-    assert len(line) == 1 and list(line[0].get_xdata()) == [0.9, 0.95]
+    lines = [line for line in figure.axes[0].get_lines() if line.get_label() == "DP-SGD frontier"]
+    assert len(lines) == 1 and list(lines[0].get_xdata()) == [0.9, 0.95]
 
 
 def test_dpsgd_clip_only_trains_without_noise_and_reports_no_epsilon(tmp_path):

@@ -21,7 +21,7 @@ def partitioned_metrics(keep, scores, delta, n_blocks, n_partitions, sample=7):
     n_models, n_audit = keep.shape
     selected, held_model = bound_halves(n_models, n_audit)
     cuts = np.linspace(0, n_models, n_blocks + 1).astype(int)
-    blocks = list(zip(cuts[:-1], cuts[1:]))
+    blocks = list(zip(cuts[:-1], cuts[1:], strict=True))  # neighbouring cuts: n_blocks pairs
     boundaries = choose_boundaries([sample_values(scores[a:b], sample) for a, b in blocks], n_partitions)
     splits = [split_keys(pack_keys(scores[a:b], keep[a:b], selected, held_model, np.arange(a, b)), boundaries) for a, b in blocks]
     counts = sum(c for _, c in splits)
@@ -51,7 +51,7 @@ def test_partitions_give_the_local_metrics_exactly(n_models, n_audit, n_blocks, 
     expected, expected_curve = attack_metrics(keep, scores, delta)
     assert got == expected.to_json()
     if keep.size <= 200_000:  # every operating point: the same curve
-        assert all(np.array_equal(a, b) for a, b in zip(curve, expected_curve))
+        assert all(np.array_equal(a, b) for a, b in zip(curve, expected_curve, strict=True))
     if signal == 3.0:
         assert expected["eps_lower_bound"] > 0.5  # the bound's path is exercised, not only its zero
     if n_partitions > 1:

@@ -50,7 +50,8 @@ def test_audit_with_a_population_set(tmp_path):
     rows = file.read().to_pandas()
     assert rows.population.sum() == 25 and rows[rows.population].sample_id.tolist() == list(range(25))
 
-    metrics, before = json.loads((run / "metrics.json").read_text()), json.loads((Path(plain.run_dir) / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    before = json.loads((Path(plain.run_dir) / "metrics.json").read_text())
     same = {k: v for k, v in metric_values(before).items() if k[1] in ("loss", "lira_online")}
     assert same == {k: v for k, v in metric_values(metrics).items() if k[1] in ("loss", "lira_online")}  # same models
     assert metrics["real"]["rmia"]["auc"] != before["real"]["rmia"]["auc"]  # z from the population now

@@ -21,7 +21,8 @@ def test_shift_queries_are_the_training_crop_at_fixed_offsets():
     for dx, dy in [(-4, 4), (4, 0), (0, -3), (1, 2)]:
         crop = padded[:, :, 4 + dy : 4 + dy + 8, 4 + dx : 4 + dx + 8]  # what random_crop takes at that offset
         assert torch.equal(apply_query(x, f"shift({dx},{dy})"), crop)
-        assert torch.equal(apply_query(x, f"hflip+shift({dx},{dy})"), pad_for_crop(x.flip(-1), 4)[:, :, 4 + dy : 12 + dy, 4 + dx : 12 + dx])
+        flipped_crop = pad_for_crop(x.flip(-1), 4)[:, :, 4 + dy : 12 + dy, 4 + dx : 12 + dx]
+        assert torch.equal(apply_query(x, f"hflip+shift({dx},{dy})"), flipped_crop)
     assert torch.equal(apply_query(x, "shift(0,0)"), x)
 
 

@@ -253,7 +253,8 @@ def test_7_on_a_fixed_size_cluster_the_same_request_is_an_error(tmp_path, own_ra
         with pytest.raises(RayprivError, match="fixed size .* can never run it") as refused:
             run_audit(config, use_ray=True, show_progress=False)
         assert time.time() - started < 60  # not the autoscaling warning's wait
-        assert "a shadow-model actor asks for 4 CPUs" in str(refused.value) and "cluster's 2 nodes has 1 CPUs" in str(refused.value)
+        assert "a shadow-model actor asks for 4 CPUs" in str(refused.value)
+        assert "cluster's 2 nodes has 1 CPUs" in str(refused.value)
         assert not list((tmp_path / "run" / "models").rglob("model-*.parquet"))
     finally:
         ray.shutdown()
@@ -330,7 +331,8 @@ def test_8_config_files_that_are_not_utf8_are_one_error_line(tmp_path, capsys):
 def test_8_an_out_that_is_a_file_or_lies_under_one_is_one_error_line(tmp_path, capsys):
     config = _write_config(tmp_path / "c.yaml", tiny_config_dict(tmp_path / "unused"))
     (tmp_path / "afile").write_text("x")
-    assert "is a file, not a folder" in _cli_error(capsys, ["audit", "--config", str(config), "--out", str(tmp_path / "afile"), "--no-ray"])
+    out_file = str(tmp_path / "afile")
+    assert "is a file, not a folder" in _cli_error(capsys, ["audit", "--config", str(config), "--out", out_file, "--no-ray"])
     under = str(tmp_path / "afile" / "run")
     assert "which is a file" in _cli_error(capsys, ["audit", "--config", str(config), "--out", under, "--no-ray"])
     assert (tmp_path / "afile").read_text() == "x"

@@ -118,8 +118,8 @@ def test_roc_metrics_keep_a_plot_sized_curve_of_exact_points():
     metrics, (fpr, tpr) = roc_metrics(is_in, score, chunk=50_000, max_curve_points=1000)
     full_fpr, full_tpr = roc(is_in, score)
     assert 2000 < len(fpr) < 20_000 < len(full_fpr)
-    on_curve = {(a, b) for a, b in zip(full_fpr.tolist(), full_tpr.tolist())}
-    assert all((a, b) in on_curve for a, b in zip(fpr.tolist(), tpr.tolist()))
+    on_curve = {(a, b) for a, b in zip(full_fpr.tolist(), full_tpr.tolist(), strict=True)}
+    assert all((a, b) in on_curve for a, b in zip(fpr.tolist(), tpr.tolist(), strict=True))
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0) and (np.diff(fpr) >= 0).all()
     assert np.trapezoid(tpr, fpr) == pytest.approx(metrics["auc"], abs=1e-4)
 

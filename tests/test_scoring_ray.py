@@ -105,7 +105,7 @@ def test_a_ray_scores_folder_reads_as_the_local_file(runs, tmp_path):
     pd.testing.assert_frame_equal(load_run(folder).scores(), load_run(runs / "paradigms").scores())
     attacks = ["loss", "rmia"]
     for got, expected in zip(load_scores(Run.open(str(folder)), "coreset", attacks),
-                             load_scores(Run.open(str(runs / "paradigms")), "coreset", attacks)):
+                             load_scores(Run.open(str(runs / "paradigms")), "coreset", attacks), strict=True):
         np.testing.assert_array_equal(got, expected) if isinstance(got, np.ndarray) else \
             [np.testing.assert_array_equal(got[a], expected[a]) for a in attacks]
     assert pads.dataset(folder / "scores.parquet").schema.names == table.schema.names

@@ -88,7 +88,7 @@ def _positions(private: LabeledSet, selected: LabeledSet) -> list[int]:
     """Where each selected sample sits in the private set (it must be there, with its label)."""
     flat = private.x.reshape(len(private), -1)
     positions = []
-    for x, y in zip(selected.x.reshape(len(selected), -1), selected.y):
+    for x, y in zip(selected.x.reshape(len(selected), -1), selected.y, strict=True):
         matches = torch.nonzero((flat == x).all(1) & (private.y == y)).flatten()
         assert len(matches) >= 1, "a selected sample is not a private sample"
         positions.append(int(matches[0]))

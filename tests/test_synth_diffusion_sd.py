@@ -120,7 +120,7 @@ def test_finetuning_loss_falls(pipeline_path, tmp_path):
     assert len(losses) == 80
     first, last = np.mean(losses[:15]), np.mean(losses[-15:])
     assert last < 0.8 * first, (first, last)
-    changed = [not torch.equal(a, b) for a, b in zip(before, components["unet"].parameters())]
+    changed = [not torch.equal(a, b) for a, b in zip(before, components["unet"].parameters(), strict=True)]
     assert sum(changed) > 0.9 * len(changed)  # full fine-tuning: (nearly) every UNet tensor moves
 
 

@@ -9,7 +9,7 @@ from raypriv.driver import run_audit
 from raypriv.errors import RayprivError
 from raypriv.run.format import synthetic_path
 from raypriv.run.store import RunStore
-from raypriv.synth import LabeledSet, ShadowContext, build_options
+from raypriv.synth import build_options
 from raypriv.synth.distill.common import ConvNet, DSAParams, RealSampler, apply_dsa, sample_dsa, siamese_augment
 from raypriv.synth.distill.matching import (
     Distill,
@@ -20,7 +20,6 @@ from raypriv.synth.distill.matching import (
     layerwise_distance,
 )
 from raypriv.synth.distill.options import DSA_TRANSFORMS, DistillOptions
-from raypriv.training import Normalizer
 from tests.conftest import tiny_config_dict
 
 SHAPE = (1, 8, 8)
@@ -127,23 +126,6 @@ def test_gradient_matching_decreases_the_distance_on_fixed_networks(method):
 # ------------------------------------------------------ the synthetic set
 
 
-@pytest.fixture(scope="module")
-def digits_private():
-    """A private set of 300 digits (uint8) and a context factory for it."""
-    from raypriv.config import DatasetConfig
-    from raypriv.data import load_dataset
-
-    data = load_dataset(DatasetConfig())
-    private = LabeledSet(torch.tensor(data.x_train[:300]), torch.tensor(data.y_train[:300]))
-    normalizer = Normalizer.fit(data.x_train)
-    config = config_from_dict(tiny_config_dict("/tmp/unused", paradigms=["distill"]))
-
-    def context(model_id: int = 0) -> ShadowContext:
-        return ShadowContext(config, "distill", model_id, 10, SHAPE, normalizer, torch.device("cpu"))
-
-    return private, context
-
-
 @pytest.mark.parametrize(
     "options",
     [
@@ -170,7 +152,7 @@ def test_initialisations_start_from_the_documented_images(digits_private, tmp_pa
     private, context = digits_private
     pixels = private.x.float() / 255
     real = Distill(DistillOptions(ipc=2, iterations=0)).synthesize(private, context())
-    for image, label in zip(real.x, real.y):  # init real: private samples of the class (the known leak)
+    for image, label in zip(real.x, real.y, strict=True):  # init real: private samples of the class (the known leak)
         distances = (pixels[private.y == label] - image).abs().flatten(1).amax(1)
         assert float(distances.min()) < 1e-5
 
@@ -180,7 +162,7 @@ def test_initialisations_start_from_the_documented_images(digits_private, tmp_pa
     public = Distill(DistillOptions(ipc=2, iterations=0, init="public", public_path=str(tmp_path / "public.npz")))
     out = public.synthesize(private, context())
     candidates = torch.tensor(public_x).float() / 255
-    for image, label in zip(out.x, out.y):
+    for image, label in zip(out.x, out.y, strict=True):
         distances = (candidates[torch.tensor(public_y) == label] - image).abs().flatten(1).amax(1)
         assert float(distances.min()) < 1e-5
 

@@ -20,7 +20,6 @@ from raypriv.synth.distill.trajectories import (
     train_expert,
     trajectory_matching,
 )
-from tests.test_synth_distill import digits_private  # noqa: F401  (the shared 300-digit fixture)
 
 SHAPE = (1, 8, 8)
 
@@ -156,7 +155,8 @@ def test_datm_start_range_rises_at_both_ends():
     assert (options.initial_max_start_epoch, options.final_min_start_epoch) == (3, 1)
     ranges = [start_range(options, i) for i in range(100)]
     assert ranges[0] == (0, 3) and ranges[-1][1] >= 5 and start_range(options, 100) == (1, 6)
-    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(ranges, ranges[1:]))
+    # Neighbours: ranges[1:] is one shorter, so the last range pairs with nothing.
+    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(ranges, ranges[1:], strict=False))
 
 
 # ------------------------------------------------------- the paradigm, digits
@@ -198,5 +198,5 @@ def test_datm_learns_soft_labels_away_from_the_experts_logits(digits_private):
     assert float((end.y - start.y).abs().sum(1).mean()) > 1e-3
     # The init images are private samples the expert classifies correctly.
     pixels = private.x.float() / 255
-    for image, label in zip(start.x, start.y.argmax(1)):
+    for image, label in zip(start.x, start.y.argmax(1), strict=True):
         assert float((pixels[private.y == label] - image).abs().flatten(1).amax(1).min()) < 1e-5

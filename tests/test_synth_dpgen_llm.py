@@ -106,7 +106,7 @@ def test_groups_are_disjoint_and_one_record_changes_at_most_one_group():
     for removed in range(0, 200, 7):
         keep = np.arange(200) != removed
         after = as_records(x[keep], y[keep], assign_groups(x[keep], y[keep], 8, 3, salt))
-        assert sum(a != b for a, b in zip(before, after)) <= 1
+        assert sum(a != b for a, b in zip(before, after, strict=True)) <= 1
     # Another salt (another shadow model) groups differently.
     assert as_records(x, y, assign_groups(x, y, 8, 3, b"another salt 16b")) != before
 

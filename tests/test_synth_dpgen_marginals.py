@@ -50,10 +50,10 @@ def test_known_conversion_values():
 
 def test_noise_scale_is_calibrated_to_the_budget():
     laplace = [calibrate("laplace", eps, 1e-5, 31, 1.0, 1.0) for eps in (0.5, 1.0, 2.0, 8.0)]
-    for c, eps in zip(laplace, (0.5, 1.0, 2.0, 8.0)):
+    for c, eps in zip(laplace, (0.5, 1.0, 2.0, 8.0), strict=True):
         assert c.scale == pytest.approx(31 / eps) and c.epsilon == eps and c.delta == 0.0  # pure DP
     gaussian = [calibrate("gaussian", eps, 1e-5, 31, 1.0, 1.0) for eps in (0.01, 0.02, 1.0, 8.0)]
-    for c, eps in zip(gaussian, (0.01, 0.02, 1.0, 8.0)):
+    for c, eps in zip(gaussian, (0.01, 0.02, 1.0, 8.0), strict=True):
         assert c.epsilon == pytest.approx(eps, rel=1e-9) and c.delta == 1e-5
         assert c.rho == pytest.approx(31 / (2 * c.scale**2))
     # Gaussian noise falls with epsilon, a little slower than 1/epsilon: delta > 0 buys part of the privacy.
@@ -94,7 +94,7 @@ def test_projection_onto_the_simplex_is_the_nearest_distribution():
     projected = project_to_simplex(v)
     np.testing.assert_allclose(projected.sum(1), 1.0)
     assert (projected >= 0).all()
-    for row, p in zip(v, projected):  # reference: bisection on the threshold theta of sum(max(v - theta, 0)) = 1
+    for row, p in zip(v, projected, strict=True):  # reference: bisection on the threshold theta of sum(max(v - theta, 0)) = 1
         low, high = row.min() - 1, row.max()
         for _ in range(200):
             theta = (low + high) / 2

@@ -113,12 +113,34 @@ def test_config_requires_a_path_and_a_label_column_for_user_tables(dataset, mess
         config_from_dict({"dataset": dataset})
 
 
+# One row a tuple, one line a field group: age, workclass, fnlwgt, education, education-num;
+# marital-status, occupation, relationship, race, sex; capital-gain, capital-loss, hours-per-week, native-country, income.
 ADULT_ROWS = [
-    (39, "State-gov", 77516, "Bachelors", 13, "Never-married", "Adm-clerical", "Not-in-family", "White", "Male", 2174, 0, 40, "United-States", "<=50K"),
-    (50, "Self-emp-not-inc", 83311, "Bachelors", 13, "Married-civ-spouse", "Exec-managerial", "Husband", "White", "Male", 0, 0, 13, "United-States", ">50K"),
-    (38, "Private", 215646, "HS-grad", 9, "Divorced", "Handlers-cleaners", "Not-in-family", "White", "Male", 0, 0, 40, "United-States", "<=50K"),
-    (53, "?", 234721, "11th", 7, "Married-civ-spouse", "?", "Husband", "Black", "Male", 0, 0, 40, "United-States", ">50K"),
-    (28, "Private", 338409, "Bachelors", 13, "Married-civ-spouse", "Prof-specialty", "Wife", "Black", "Female", 0, 0, 40, "Cuba", "<=50K"),
+    (
+        39, "State-gov", 77516, "Bachelors", 13,
+        "Never-married", "Adm-clerical", "Not-in-family", "White", "Male",
+        2174, 0, 40, "United-States", "<=50K",
+    ),
+    (
+        50, "Self-emp-not-inc", 83311, "Bachelors", 13,
+        "Married-civ-spouse", "Exec-managerial", "Husband", "White", "Male",
+        0, 0, 13, "United-States", ">50K",
+    ),
+    (
+        38, "Private", 215646, "HS-grad", 9,
+        "Divorced", "Handlers-cleaners", "Not-in-family", "White", "Male",
+        0, 0, 40, "United-States", "<=50K",
+    ),
+    (
+        53, "?", 234721, "11th", 7,
+        "Married-civ-spouse", "?", "Husband", "Black", "Male",
+        0, 0, 40, "United-States", ">50K",
+    ),
+    (
+        28, "Private", 338409, "Bachelors", 13,
+        "Married-civ-spouse", "Prof-specialty", "Wife", "Black", "Female",
+        0, 0, 40, "Cuba", "<=50K",
+    ),
 ]
 
 
@@ -179,7 +201,8 @@ def test_logreg_is_one_linear_layer_and_stacks_with_torch_func():
                               (30,), 2 if arch is model else 3) for _ in range(3)]
         params, buffers = torch.func.stack_module_state(copies)
         x = torch.randn(4, 30)
-        stacked = torch.vmap(lambda p, b: torch.func.functional_call(copies[0], (p, b), (x,)))(params, buffers)
+        # This iteration's copies and x, bound as defaults (vmap maps over p and b only).
+        stacked = torch.vmap(lambda p, b, base=copies[0], x=x: torch.func.functional_call(base, (p, b), (x,)))(params, buffers)
         for i, copy in enumerate(copies):
             torch.testing.assert_close(stacked[i], copy(x))
 
@@ -199,7 +222,8 @@ def test_a_user_table_audit_runs_end_to_end_with_logreg(tmp_path):
     path = tmp_path / "data.parquet"
     frame.to_parquet(path)
     config = config_from_dict({
-        "out_dir": str(tmp_path / "run"), "n_models": 8, "dataset": {"name": "parquet", "path": str(path), "label_column": "target"},
+        "out_dir": str(tmp_path / "run"), "n_models": 8,
+        "dataset": {"name": "parquet", "path": str(path), "label_column": "target"},
         "audit": {"n_audit": 30}, "model": {"arch": "logreg"}, "train": {"epochs": 20, "batch_size": 32},
     })
     result = run_audit(config, use_ray=False, show_progress=False)
