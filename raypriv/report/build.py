@@ -72,6 +72,12 @@ def load_scores(run: FinishedRun, paradigm: str, attacks: list[str]) -> tuple[np
         raise RayprivError(f"{path}: some (model, sample) pairs of {paradigm} are missing or repeated; rescore the run")
     is_in = np.zeros((n_models, n_audit), dtype=bool)
     is_in[model, sample] = table.column("is_in").to_numpy(zero_copy_only=False)
+    if not np.array_equal(is_in, run.keep):  # another run's scores, or a damaged is_in column
+        raise RayprivError(
+            f"{path}: the is_in column of {paradigm} disagrees with keep.npy on {int((is_in != run.keep).sum())} "
+            "(model, sample) pairs (scores of another run, or damaged); rerun `raypriv audit` with the same config "
+            "and --out to rescore"
+        )
     scores = {}
     for attack in attacks:
         matrix = np.empty((n_models, n_audit), dtype=np.float64)

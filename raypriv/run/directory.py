@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +40,8 @@ from raypriv.split import AuditSplit, keep_digest
 from raypriv.synth import plugin_identity
 
 log = logging.getLogger("raypriv")
+
+MODEL_ROW_NAME = re.compile(r"model-(\d{6,})\.parquet")  # run.format.model_row_path's file name
 
 
 @dataclass
@@ -220,10 +223,20 @@ class RunDirectory:
         discarded: list[str] = []
         other = 0
         for relative in store.list_files(f"models/{paradigm}", ".parquet"):
-            model_id = int(relative.rsplit("model-", 1)[1].split(".")[0])
+            name = MODEL_ROW_NAME.fullmatch(relative.rsplit("/", 1)[-1])
+            if name is None:  # a copy made by hand ("model-000003 (1).parquet"), an editor's backup, ...
+                log.warning("ignoring %s: not a file raypriv writes (model rows are named model-NNNNNN.parquet)",
+                            store.path(relative))
+                continue
+            model_id = int(name.group(1))
             culprit = relative
             try:
                 row = store.read_table(relative).to_pylist()[0]
+                if row.get("paradigm") != paradigm or row.get("model_id") != model_id:
+                    raise RayprivError(
+                        f"the row names {row.get('paradigm')!r} model {row.get('model_id')!r}, not its own file's "
+                        f"{paradigm!r} model {model_id} (damaged)"
+                    )
                 culprit = logits_path(paradigm, model_id)
                 if not store.exists(culprit):
                     raise RayprivError("the logits file is missing")

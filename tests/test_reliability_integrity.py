@@ -1,0 +1,62 @@
+"""Nothing silently wrong, part 1 (files a run reads): each test reproduces one probe and fails without its fix.
+
+The tiny session run (``tiny_run`` in conftest.py), copied before it is damaged.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raypriv.cli import main
+from raypriv.config import from_dict
+from raypriv.driver import run_audit
+from raypriv.run.format import model_row_path
+from tests.conftest import metric_values
+
+
+def _copy(tiny_run, destination):
+    shutil.copytree(tiny_run.path, destination)
+    return destination, {**tiny_run.raw, "out_dir": str(destination)}
+
+
+def test_a_stray_copy_of_a_model_row_is_ignored_with_a_warning(tiny_run, tmp_path, capsys, caplog):
+    """Probe: a stray ``models/real/model-000003 (1).parquet`` gave a traceback in status and audit."""
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    stray = out / "models" / "real" / "model-000003 (1).parquet"
+    shutil.copy(out / model_row_path("real", 3), stray)
+    assert main(["status", str(out)]) == 0
+    assert "8/8 complete" in capsys.readouterr().out
+    result = run_audit(from_dict(raw), use_ray=False, show_progress=False)
+    assert result.trained_now == 0 and metric_values(result.metrics_json) == metric_values(tiny_run.run.metrics_json)
+    assert any("model-000003 (1).parquet" in r.getMessage() and "not a file raypriv writes" in r.getMessage()
+               for r in caplog.records)
+    assert stray.exists()  # ignored, never deleted: it is the user's file
+
+
+def test_a_model_row_naming_another_paradigm_is_retrained(tiny_run, tmp_path):
+    """Probe: a flipped bit turned ``real`` into ``ream`` in a row, and metrics.json said n_models 7."""
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    path = out / model_row_path("real", 5)
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(table.schema.get_field_index("paradigm"), "paradigm", pa.array(["ream"])), path)
+    result = run_audit(from_dict(raw), use_ray=False, show_progress=False)
+    assert result.trained_now == 1
+    assert any("model 5 of real will be retrained" in d and "'ream'" in d for d in result.discarded)
+    assert result.results["real"].n_models == 8
+    assert metric_values(result.metrics_json) == metric_values(tiny_run.run.metrics_json)  # retrained bit for bit
+
+
+def test_report_refuses_scores_whose_membership_disagrees_with_keep(tiny_run, tmp_path, capsys):
+    """Probe: scores.parquet with is_in inverted (or another run's) gave a report with an AUC outside its interval."""
+    out, _ = _copy(tiny_run, tmp_path / "run")
+    table = pq.read_table(out / "scores.parquet")
+    column = table.schema.get_field_index("is_in")
+    pq.write_table(table.set_column(column, "is_in", pc.invert(table.column("is_in"))), out / "scores.parquet")
+    assert main(["report", str(out), "--bootstrap", "100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "disagrees with keep.npy" in err[0]
+    assert "rerun `raypriv audit`" in err[0]
