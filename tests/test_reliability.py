@@ -150,9 +150,9 @@ def test_3_bytes_flipped_inside_a_logits_file_are_retrained_to_the_same_metrics(
 
 def test_3_rows_written_before_checksums_still_resume(finished, tmp_path):
     out, raw = _copy(finished, tmp_path / "run")
-    for model_id in range(8):  # the rows of an older run directory: no logits_sha256 column
+    for model_id in range(8):  # the rows of an older run directory: no logits_sha256 or row_sha256 column
         path = out / model_row_path("real", model_id)
-        pq.write_table(pq.read_table(path).drop(["logits_sha256"]), path)
+        pq.write_table(pq.read_table(path).drop(["logits_sha256", "row_sha256"]), path)
     result = run_audit(config_from_dict(raw), use_ray=False, show_progress=False)
     assert result.trained_now == 0 and metric_values(result.metrics_json) == finished[2]
 

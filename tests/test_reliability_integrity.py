@@ -41,7 +41,7 @@ def test_a_model_row_naming_another_paradigm_is_retrained(tiny_run, tmp_path):
     """Probe: a flipped bit turned ``real`` into ``ream`` in a row, and metrics.json said n_models 7."""
     out, raw = _copy(tiny_run, tmp_path / "run")
     path = out / model_row_path("real", 5)
-    table = pq.read_table(path)
+    table = pq.read_table(path).drop(["row_sha256"])  # a row of an older run: no checksum of its own to catch it
     pq.write_table(table.set_column(table.schema.get_field_index("paradigm"), "paradigm", pa.array(["ream"])), path)
     result = run_audit(from_dict(raw), use_ray=False, show_progress=False)
     assert result.trained_now == 1
@@ -60,3 +60,31 @@ def test_report_refuses_scores_whose_membership_disagrees_with_keep(tiny_run, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "disagrees with keep.npy" in err[0]
     assert "rerun `raypriv audit`" in err[0]
+
+
+def _flip_row_field(path, field, value):
+    table = pq.read_table(path)
+    column = table.schema.get_field_index(field)
+    pq.write_table(table.set_column(column, field, pa.array([value], table.schema.field(field).type)), path)
+
+
+def test_a_flipped_bit_in_a_rows_test_acc_is_retrained_not_reported(tiny_run, tmp_path):
+    """Probe: one flipped bit in a row's test_acc gave "test acc 0.941 ± 0.273" with exit 0."""
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    path = out / model_row_path("real", 2)
+    test_acc = pq.read_table(path).column("test_acc")[0].as_py()
+    _flip_row_field(path, "test_acc", test_acc + 2.0**-3)  # one bit of the float's mantissa, roughly
+    result = run_audit(from_dict(raw), use_ray=False, show_progress=False)
+    assert result.trained_now == 1 and any("row's own sha256" in d for d in result.discarded)
+    assert metric_values(result.metrics_json) == metric_values(tiny_run.run.metrics_json)
+
+
+def test_a_flipped_byte_in_a_rows_recipe_hash_is_retrained_not_blamed_on_the_options(tiny_run, tmp_path):
+    """Probe: a flipped bit in one row's recipe_hash blamed "paradigm_options changed" and advised deleting every model."""
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    path = out / model_row_path("real", 6)
+    recipe = pq.read_table(path).column("recipe_hash")[0].as_py()
+    _flip_row_field(path, "recipe_hash", ("0" if recipe[0] != "0" else "1") + recipe[1:])
+    result = run_audit(from_dict(raw), use_ray=False, show_progress=False)
+    assert result.trained_now == 1 and any("model 6 of real will be retrained" in d for d in result.discarded)
+    assert metric_values(result.metrics_json) == metric_values(tiny_run.run.metrics_json)

@@ -33,7 +33,7 @@ from raypriv.config import ExperimentConfig, dump_config, from_dict, load_yaml
 from raypriv.data import Dataset
 from raypriv.errors import RayprivError
 from raypriv.run.fingerprints import Fingerprints, differences, protocol_definition
-from raypriv.run.format import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, audit_table, logits_path
+from raypriv.run.format import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, audit_table, logits_path, row_digest
 from raypriv.run.lease import LOCK_FILE, RunLease
 from raypriv.run.store import RunStore
 from raypriv.split import AuditSplit, keep_digest
@@ -232,6 +232,8 @@ class RunDirectory:
             culprit = relative
             try:
                 row = store.read_table(relative).to_pylist()[0]
+                if row.get("row_sha256") and row_digest(row) != row["row_sha256"]:
+                    raise RayprivError("the row's own sha256 differs from the one it records (damaged)")
                 if row.get("paradigm") != paradigm or row.get("model_id") != model_id:
                     raise RayprivError(
                         f"the row names {row.get('paradigm')!r} model {row.get('model_id')!r}, not its own file's "
@@ -291,6 +293,8 @@ class RunDirectory:
                     found = row["recipe_hash"]
                 except (RayprivError, pa.ArrowException, KeyError, IndexError):
                     continue  # a broken row is discarded and retrained later
+                if row.get("row_sha256") and row_digest(row) != row["row_sha256"]:
+                    continue  # a damaged row (its recipe hash may be the damage): retrained, not blamed on the options
                 if found != recipe:
                     raise self._other_recipe(paradigm, found, recipe, _stored_plugin(row))
 

@@ -72,7 +72,9 @@ half-written file under a final name.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -113,8 +115,25 @@ MODEL_SCHEMA = pa.schema(
         # sha256 of the model's logits file, written in the same row that commits the model; null in rows
         # written before it existed (those are checked by footer and a full read instead).
         ("logits_sha256", pa.string()),
+        # sha256 of the row itself (every other field, :func:`row_digest`): a flipped bit in test_acc or
+        # recipe_hash is caught, not reported.  Null in rows written before it existed (unchecked).
+        ("row_sha256", pa.string()),
     ]
 )
+
+
+def row_digest(row: dict[str, Any]) -> str:
+    """sha256 of a model row's fields other than ``row_sha256``, as read back from Parquet (``to_pylist``)."""
+    fields = {name: row.get(name) for name in MODEL_SCHEMA.names if name != "row_sha256"}
+    canonical = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def model_row_table(row: dict[str, Any]) -> pa.Table:
+    """One model's row as the one-row table written to ``models/<name>/model-<id>.parquet``, its checksum filled in."""
+    table = pa.Table.from_pylist([{**row, "row_sha256": None}], schema=MODEL_SCHEMA)
+    digest = row_digest(table.to_pylist()[0])  # the values exactly as a reader will see them
+    return table.set_column(MODEL_SCHEMA.get_field_index("row_sha256"), "row_sha256", pa.array([digest], pa.string()))
 
 
 def logits_schema(num_classes: int, population: bool = False) -> pa.Schema:

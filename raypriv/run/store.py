@@ -16,7 +16,7 @@ import io
 import json
 import os
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -27,15 +27,19 @@ import pyarrow.parquet as pq
 from raypriv.errors import RayprivError, write_error
 from raypriv.run.format import (
     LOGITS_WRITE_OPTIONS,
-    MODEL_SCHEMA,
     logits_path,
     logits_table,
     model_row_path,
+    model_row_table,
     parquet_bytes,
     versioned_schema,
 )
 
 _REWRITE_HINT = "delete it and rerun `raypriv audit` with the same config and --out to recompute it"
+
+# Called before every write to the run directory of that URI (RunStore.uri): the lease's check, installed
+# while this process holds the run's lease (raypriv.run.lease.RunLease.check; it raises RunLocked once lost).
+GUARDS: dict[str, Callable[[], None]] = {}
 
 
 class RunStore:
@@ -101,7 +105,14 @@ class RunStore:
         return [info.path[len(self.root) + 1:] for info in infos
                 if info.type == pafs.FileType.File and info.base_name.startswith(".tmp-")]
 
+    def _guard(self) -> None:
+        """Stop before writing if this process held the run's lease and lost it (see :data:`GUARDS`)."""
+        guard = GUARDS.get(self.uri)
+        if guard is not None:
+            guard()
+
     def delete(self, relative: str) -> None:
+        self._guard()
         if self.exists(relative):
             self.fs.delete_file(self.path(relative))
 
@@ -111,6 +122,7 @@ class RunStore:
         (full disk, read-only, a file where a folder should be) becomes one RayprivError naming path and fix.
         ``folder``: the temporary is a folder.  ``replaces``: what is at ``relative`` is removed just before
         the rename (``scores.parquet`` is a file from the local scoring backend, a folder from the Ray one)."""
+        self._guard()
         final = self.path(relative)
         parent = final.rsplit("/", 1)[0]
         temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{final.rsplit('/', 1)[1]}"
@@ -236,7 +248,9 @@ def write_model_result(store: RunStore, row: dict[str, Any], logits: np.ndarray,
     data = parquet_bytes(logits_table(model_id, logits, labels, population), **LOGITS_WRITE_OPTIONS)
     store.write_bytes(logits_path(paradigm, model_id), data)
     row["logits_sha256"] = hashlib.sha256(data).hexdigest()
-    store.write_table(model_row_path(paradigm, model_id), pa.Table.from_pylist([row], schema=MODEL_SCHEMA))
+    table = model_row_table(row)
+    row["row_sha256"] = table.column("row_sha256")[0].as_py()
+    store.write_table(model_row_path(paradigm, model_id), table)
 
 
 def _missing_logits(store: RunStore, paradigm: str, model_id: int) -> RayprivError:
