@@ -119,6 +119,7 @@ def _audit_locked(config: ExperimentConfig, run: RunDirectory, use_ray: bool, sh
     plan = ScoringPlan.from_config(config, split, recipe_hashes=fingerprints.recipes, store_uri=run.store.uri,
                                    show_progress=show_progress)
     metrics, curves = score_run(plan, run.store, models)
+    run.record_outputs()  # run.json: the sha256 of audit.parquet, scores.parquet, metrics.json, written last
     write_roc_png(run.store, curves, f"{config.name}: {plan.n_models} models x {plan.n_audit} audit samples (leave-one-out)")
     wall = time.perf_counter() - start
     summary = format_summary(config, metrics, models, wall)

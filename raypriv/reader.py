@@ -74,6 +74,13 @@ class Run:
                     f"{store.path(name)} is missing: the audit in {store.uri} has not finished scoring; "
                     f"run `raypriv status {store.uri}` and rerun `raypriv audit` with its config and --out"
                 )
+        damaged = directory.damaged_outputs()
+        if damaged:
+            raise RayprivError(
+                f"{', '.join(store.path(name) for name in damaged)} differ from the sha256 run.json records (damaged, "
+                f"or copied from another run); rerun `raypriv audit --config {store.path('config.yaml')} --out {store.uri}` "
+                "to rebuild them from the stored models"
+            )
         raw = directory.stored_config_raw()
         try:
             config = from_dict(raw)

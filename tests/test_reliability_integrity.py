@@ -5,15 +5,19 @@ The tiny session run (``tiny_run`` in conftest.py), copied before it is damaged.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
+import raypriv
 from raypriv.cli import main
 from raypriv.config import from_dict
 from raypriv.driver import run_audit
+from raypriv.errors import RayprivError
 from raypriv.run.format import model_row_path
 from tests.conftest import metric_values
 
@@ -58,6 +62,13 @@ def test_report_refuses_scores_whose_membership_disagrees_with_keep(tiny_run, tm
     pq.write_table(table.set_column(column, "is_in", pc.invert(table.column("is_in"))), out / "scores.parquet")
     assert main(["report", str(out), "--bootstrap", "100"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scores.parquet differ from the sha256 run.json records" in err[0]
+    # A run written before run.json recorded its outputs' checksums: the membership check still refuses it.
+    manifest = json.loads((out / "run.json").read_text())
+    del manifest["outputs_sha256"]
+    (out / "run.json").write_text(json.dumps(manifest))
+    assert main(["report", str(out), "--bootstrap", "100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "disagrees with keep.npy" in err[0]
     assert "rerun `raypriv audit`" in err[0]
 
@@ -88,3 +99,33 @@ def test_a_flipped_byte_in_a_rows_recipe_hash_is_retrained_not_blamed_on_the_opt
     result = run_audit(from_dict(raw), use_ray=False, show_progress=False)
     assert result.trained_now == 1 and any("model 6 of real will be retrained" in d for d in result.discarded)
     assert metric_values(result.metrics_json) == metric_values(tiny_run.run.metrics_json)
+
+
+def test_a_flipped_bit_in_metrics_json_is_refused_by_report_flagged_by_status_and_rebuilt_by_audit(tiny_run, tmp_path,
+                                                                                                    capsys):
+    """Probe: metrics.json with AUC 0.562 turned into 0.162 was reported without complaint; status said "written"."""
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    path = out / "metrics.json"
+    path.write_text(path.read_text().replace('"auc": 0.', '"auc": 1.', 1))
+    assert main(["report", str(out), "--bootstrap", "100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics.json differ from the sha256 run.json records" in err[0]
+    assert main(["status", str(out)]) == 0
+    assert "metrics.json differ from the sha256 run.json records (damaged)" in capsys.readouterr().out
+    result = run_audit(from_dict(raw), use_ray=False, show_progress=False)  # rescoring rebuilds it
+    assert result.trained_now == 0 and path.read_bytes() == (tiny_run.path / "metrics.json").read_bytes()
+    assert main(["report", str(out), "--bootstrap", "100", "--out", str(tmp_path / "report")]) == 0
+
+
+def test_another_runs_audit_parquet_is_rebuilt_from_the_seed(tiny_run, tmp_path):
+    """Probe: another run's audit.parquet gave a wrong vulnerable-samples section."""
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    table = pq.read_table(out / "audit.parquet")
+    labels = table.column("label").to_numpy()
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array((labels + 1) % 10)),
+                   out / "audit.parquet")
+    with pytest.raises(RayprivError, match="audit.parquet differ from the sha256"):
+        raypriv.load_run(out)
+    run_audit(from_dict(raw), use_ray=False, show_progress=False)
+    assert (out / "audit.parquet").read_bytes() == (tiny_run.path / "audit.parquet").read_bytes()
+    raypriv.load_run(out)  # intact again

@@ -34,6 +34,7 @@ from raypriv.report import (
     verdict,
     vulnerable_samples,
 )
+from raypriv.run.directory import RunDirectory
 from raypriv.split import keep_digest
 from tests.conftest import build_once, tiny_config_dict
 
@@ -211,6 +212,7 @@ def test_scores_are_placed_by_model_and_sample_not_by_row_order(small_run, tmp_p
     copy = tmp_path / "run"
     shutil.copytree(small_run, copy)
     pq.write_table(shuffled, copy / "scores.parquet", row_group_size=37)
+    RunDirectory(str(copy)).record_outputs()  # as a writer of this layout would record it in run.json
     is_in2, scores2 = load_scores(load_run(str(copy)), "real", ["lira_online"])
     np.testing.assert_array_equal(is_in2, is_in)
     np.testing.assert_allclose(scores2["lira_online"], scores["lira_online"], rtol=1e-6)
@@ -291,6 +293,15 @@ def test_two_runs_of_one_split_are_labelled_and_paired_and_other_splits_are_refu
     np.save(other / "keep.npy", keep[:, ::-1])
     manifest = json.loads((other / "run.json").read_text())  # another split, not a corrupt one: its own hash
     (other / "run.json").write_text(json.dumps({**manifest, "keep_sha256": keep_digest(keep[:, ::-1])}))
+    # ... and scores whose membership column is that split's, as its own audit would have written them.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    scores = pq.read_table(other / "scores.parquet")
+    is_in = keep[:, ::-1][scores.column("model_id").to_numpy(), scores.column("sample_id").to_numpy()]
+    pq.write_table(scores.set_column(scores.schema.get_field_index("is_in"), "is_in", pa.array(is_in)),
+                   other / "scores.parquet")
+    RunDirectory(str(other)).record_outputs()
     with pytest.raises(RayprivError, match="do not share their audit samples.*keep.npy differs"):
         build_report([load_run(str(small_run)), load_run(str(other))], n_boot=100,
                      compare=("report-small-run:real", "other:real"), load_images=False)

@@ -14,6 +14,7 @@ hash, so models of changed paradigm options are never mixed in.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -40,6 +41,9 @@ from raypriv.split import AuditSplit, keep_digest
 from raypriv.synth import plugin_identity
 
 log = logging.getLogger("raypriv")
+
+# The outputs run.json checks by sha256 once scoring wrote them (keep.npy has its own keep_sha256).
+CHECKED_OUTPUTS = ("audit.parquet", "scores.parquet", "metrics.json")
 
 MODEL_ROW_NAME = re.compile(r"model-(\d{6,})\.parquet")  # run.format.model_row_path's file name
 
@@ -201,8 +205,36 @@ class RunDirectory:
         )
         if rebuild or not store.exists("keep.npy"):
             store.write_npy("keep.npy", split.keep)
-        if not store.exists("audit.parquet"):
-            store.write_table("audit.parquet", audit_table(split.audit_index, split.true_labels, split.audit_labels))
+        expected_audit = audit_table(split.audit_index, split.true_labels, split.audit_labels)
+        intact = False
+        if store.exists("audit.parquet"):
+            with contextlib.suppress(RayprivError, KeyError, pa.ArrowException):
+                intact = store.read_table("audit.parquet").select(expected_audit.column_names).equals(expected_audit)
+            if not intact:  # damaged, or another run's: the seed redraws it
+                log.warning("%s is damaged or another run's; rebuilt from the seed", store.path("audit.parquet"))
+        if not intact:
+            store.write_table("audit.parquet", expected_audit)
+
+    # ------------------------------------------------------ the outputs' checksums
+
+    def record_outputs(self) -> None:
+        """Add the sha256 of every finished output (:data:`CHECKED_OUTPUTS`) to run.json, written last, atomically.
+
+        Called once scoring has written them; :meth:`damaged_outputs` checks
+        them before anything is read back (``report``, ``load_run``, ``status``).
+        """
+        store = self.store
+        manifest = self.manifest()
+        manifest["outputs_sha256"] = {name: store.sha256(name) for name in CHECKED_OUTPUTS if store.exists(name)}
+        store.write_json("run.json", manifest)
+
+    def damaged_outputs(self) -> list[str]:
+        """The outputs whose bytes differ from the sha256 run.json records (unrecorded ones: runs before checksums)."""
+        recorded = self.manifest().get("outputs_sha256")
+        if not isinstance(recorded, dict):
+            return []
+        return [name for name, digest in recorded.items()
+                if name in CHECKED_OUTPUTS and (not self.store.exists(name) or self.store.sha256(name) != digest)]
 
     # ------------------------------------------------------ completed models
 
@@ -359,7 +391,13 @@ class RunDirectory:
                 f"--out {self.uri}` to finish"
             )
         else:
-            stale = not self.store.exists("metrics.json")
-            state = "attacks not yet computed: rerun `raypriv audit` to score" if stale else "metrics.json is written"
+            damaged = self.damaged_outputs()
+            if damaged:
+                state = (f"but {', '.join(damaged)} differ from the sha256 run.json records (damaged): rerun "
+                         "`raypriv audit` with this run's config and --out to rebuild them from the stored models")
+            elif not self.store.exists("metrics.json"):
+                state = "attacks not yet computed: rerun `raypriv audit` to score"
+            else:
+                state = "metrics.json is written"
             lines.append("all models complete; " + state)
         return "\n".join(lines) + "\n"

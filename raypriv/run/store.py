@@ -98,12 +98,15 @@ class RunStore:
         )
 
     def temporaries(self) -> list[str]:
-        """Relative paths of the temporary files a killed writer left (``.tmp-*``, never renamed)."""
+        """Relative paths of the temporaries a killed writer left (``.tmp-*``, never renamed): files, and the
+        folders of :meth:`dataset_writing` (the Ray backend's ``.tmp-*-scores.parquet/``), not what lies inside them."""
         if not self.exists():
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True))
-        return [info.path[len(self.root) + 1:] for info in infos
-                if info.type == pafs.FileType.File and info.base_name.startswith(".tmp-")]
+        found = sorted((info.path[len(self.root) + 1:], info.type) for info in infos if info.base_name.startswith(".tmp-")
+                       and info.type in (pafs.FileType.File, pafs.FileType.Directory))
+        folders = tuple(f"{path}/" for path, kind in found if kind == pafs.FileType.Directory)
+        return [path for path, _ in found if not path.startswith(folders)]
 
     def _guard(self) -> None:
         """Stop before writing if this process held the run's lease and lost it (see :data:`GUARDS`)."""
@@ -114,7 +117,7 @@ class RunStore:
     def delete(self, relative: str) -> None:
         self._guard()
         if self.exists(relative):
-            self.fs.delete_file(self.path(relative))
+            self._remove(self.path(relative))  # a file, or a temporary folder (see temporaries)
 
     @contextlib.contextmanager
     def _writing(self, relative: str, folder: bool = False, replaces: bool = False) -> Iterator[str]:
@@ -233,6 +236,18 @@ class RunStore:
             return np.load(io.BytesIO(self.read_bytes(relative)), allow_pickle=False)
         except ValueError as exc:
             raise RayprivError(f"{self.path(relative)} is corrupt ({exc}); {_REWRITE_HINT}") from None
+
+    def sha256(self, relative: str, chunk: int = 1 << 24) -> str:
+        """sha256 of a file, streamed; of a folder (the Ray backend's ``scores.parquet``), of its files' bytes in
+        name order.  What run.json records to catch a damaged or swapped output."""
+        digest = hashlib.sha256()
+        info = self.fs.get_file_info(self.path(relative))
+        paths = [relative] if info.type != pafs.FileType.Directory else self.list_files(relative)
+        for path in paths:
+            with self.fs.open_input_stream(self.path(path)) as stream:
+                while block := stream.read(chunk):
+                    digest.update(block)
+        return digest.hexdigest()
 
 
 # ------------------------------------------------------------ per-model results
