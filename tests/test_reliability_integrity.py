@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 import raypriv
 from raypriv.cli import main
@@ -129,3 +130,45 @@ def test_another_runs_audit_parquet_is_rebuilt_from_the_seed(tiny_run, tmp_path)
     run_audit(from_dict(raw), use_ray=False, show_progress=False)
     assert (out / "audit.parquet").read_bytes() == (tiny_run.path / "audit.parquet").read_bytes()
     raypriv.load_run(out)  # intact again
+
+
+@pytest.mark.parametrize("content", [b"[]", b"garbage{", b"{}", b""])
+def test_a_damaged_run_json_is_one_error_line_and_audit_rebuilds_it(tiny_run, tmp_path, capsys, content):
+    """Probes: run.json holding [] gave a traceback; a garbage one said "delete it and rerun", after which the run
+    was refused for good instead of rebuilt."""
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    (out / "run.json").write_bytes(content)
+    for argv in (["status", str(out)], ["report", str(out), "--bootstrap", "100"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "run.json" in err[0], err
+    result = run_audit(from_dict(raw), use_ray=False, show_progress=False)
+    assert result.trained_now == 0 and metric_values(result.metrics_json) == metric_values(tiny_run.run.metrics_json)
+    assert json.loads((out / "run.json").read_text())["protocol_hash"] == result.manifest["protocol_hash"]
+    assert main(["status", str(out)]) == 0 and "metrics.json is written" in capsys.readouterr().out
+
+
+def test_an_empty_keep_npy_is_refused_by_report_and_rebuilt_by_audit(tiny_run, tmp_path, capsys):
+    """Probe: an empty keep.npy bypassed the hash check with a traceback."""
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    (out / "keep.npy").write_bytes(b"")
+    assert main(["report", str(out), "--bootstrap", "100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "keep.npy is corrupt" in err[0]
+    run_audit(from_dict(raw), use_ray=False, show_progress=False)
+    assert (out / "keep.npy").read_bytes() == (tiny_run.path / "keep.npy").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["delete", "empty"])
+def test_a_missing_or_empty_config_yaml_is_read_from_run_json_and_rewritten(tiny_run, tmp_path, capsys, damage):
+    """Probe: an empty or deleted config.yaml made status report "0/64 complete" (the defaults)."""
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    if damage == "delete":
+        (out / "config.yaml").unlink()
+    else:
+        (out / "config.yaml").write_text("")
+    assert main(["status", str(out)]) == 0
+    assert "8/8 complete" in capsys.readouterr().out
+    run_audit(from_dict(raw), use_ray=False, show_progress=False)
+    rewritten, original = (yaml.safe_load((path / "config.yaml").read_text()) for path in (out, tiny_run.path))
+    assert {**rewritten, "out_dir": None} == {**original, "out_dir": None} and rewritten["out_dir"] == str(out)

@@ -42,6 +42,7 @@ from raypriv.synth import plugin_identity
 
 log = logging.getLogger("raypriv")
 
+MANIFEST_KEYS = ("schema_version", "protocol_hash")  # what every run.json holds, whatever its version
 # The outputs run.json checks by sha256 once scoring wrote them (keep.npy has its own keep_sha256).
 CHECKED_OUTPUTS = ("audit.parquet", "scores.parquet", "metrics.json")
 
@@ -94,19 +95,48 @@ class RunDirectory:
             raise RayprivError(f"{self.uri} holds no raypriv run (no run.json); give the --out of {what}")
 
     def manifest(self) -> dict[str, Any]:
-        return self.store.read_json("run.json")
+        """run.json, checked for its shape; a damaged one is a RayprivError that names the rebuild (``audit`` does it)."""
+        try:
+            manifest = self.store.read_json("run.json")
+            problem = None if isinstance(manifest, dict) else f"it holds {type(manifest).__name__}, not a mapping"
+        except RayprivError as exc:
+            manifest, problem = None, str(exc).split("; ")[0]
+        if problem is None and not all(key in manifest for key in MANIFEST_KEYS):
+            problem = f"it lacks {[key for key in MANIFEST_KEYS if key not in manifest]}"
+        if problem is not None:
+            raise RayprivError(
+                f"{self.store.path('run.json')} is damaged ({problem}); rerun `raypriv audit --config "
+                f"{self.store.path('config.yaml')} --out {self.uri}`: it rebuilds run.json from config.yaml and the stored models"
+            )
+        return manifest
 
     def stored_config_raw(self) -> dict[str, Any]:
-        """The mapping in the run's config.yaml ({} if it has none)."""
-        if not self.store.exists("config.yaml"):
+        """The mapping in the run's config.yaml, else the copy run.json keeps ({} if neither exists).
+
+        An empty, missing or damaged config.yaml is read from run.json's copy
+        with a warning (``audit`` then writes config.yaml again).
+        """
+        problem = "it is missing"
+        if self.store.exists("config.yaml"):
+            try:
+                raw = load_yaml(self.store.read_bytes("config.yaml"), self.store.path("config.yaml"))
+                if raw:
+                    return raw
+                problem = "it is empty"
+            except RayprivError as exc:
+                problem = str(exc)
+        copy = None
+        with contextlib.suppress(RayprivError):
+            copy = self.manifest().get("config") if self.exists() else None
+        if isinstance(copy, dict) and copy:
+            log.warning("%s: %s; read the copy in run.json instead", self.store.path("config.yaml"), problem)
+            return copy
+        if problem == "it is missing" and not self.exists():
             return {}
-        try:
-            return load_yaml(self.store.read_bytes("config.yaml"), self.store.path("config.yaml"))
-        except RayprivError as exc:
-            raise RayprivError(
-                f"{exc}; the run's own config is damaged: rerun `raypriv audit --config YOUR.yaml --out {self.uri}` "
-                "with the config that made it to rewrite it"
-            ) from None
+        raise RayprivError(
+            f"{self.store.path('config.yaml')}: {problem}, and run.json keeps no copy (a run from before copies); rerun "
+            f"`raypriv audit --config YOUR.yaml --out {self.uri}` with the config that made it to rewrite it"
+        )
 
     def stored_config(self) -> ExperimentConfig:
         return from_dict(self.stored_config_raw())
@@ -144,7 +174,10 @@ class RunDirectory:
         """
         store = self.store
         if self.exists():
-            manifest = self.manifest()
+            try:
+                manifest = self.manifest()
+            except RayprivError as exc:  # rebuilt by record() if what the run holds is this config's
+                manifest = self._rebuildable_manifest(config, fingerprints, exc)
             if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
                 raise RayprivError(
                     f"{store.uri} was written with store schema {manifest.get('schema_version')}, this raypriv "
@@ -162,10 +195,32 @@ class RunDirectory:
         elif not store.is_empty(ignore=(LOCK_FILE,)):
             raise RayprivError(f"{store.uri} is not empty and holds no raypriv run (no run.json); choose a new or empty --out")
 
+    def _rebuildable_manifest(self, config: ExperimentConfig, fingerprints: Fingerprints, damage: RayprivError
+                              ) -> dict[str, Any]:
+        """For a damaged run.json: the manifest to check against, if the run's config.yaml is this config's protocol.
+
+        The stored models are then still checked one by one (recipe hash,
+        checksums) and keep.npy against the seed's draw, so a rebuilt run.json
+        can only describe what the directory really holds.
+        """
+        try:
+            stored = self.stored_config_raw()
+            same = bool(stored) and Fingerprints.of(from_dict(stored)).protocol == fingerprints.protocol
+        except RayprivError:
+            same = False
+        if not same:
+            raise damage
+        log.warning("%s is damaged; rebuilding it from config.yaml (the same protocol as this config)",
+                    self.store.path("run.json"))
+        return {"schema_version": SCHEMA_VERSION, "protocol_hash": fingerprints.protocol}
+
     def record(self, config: ExperimentConfig, fingerprints: Fingerprints, dataset: Dataset, split: AuditSplit) -> None:
         """Write (or refresh) the manifest and config, and store the split; check a stored split is this one."""
         store = self.store
-        manifest = self.manifest() if self.exists() else {}
+        manifest = {}
+        if self.exists():
+            with contextlib.suppress(RayprivError):  # damaged: check_resumable allowed the rebuild
+                manifest = self.manifest()
         rebuild = False
         if store.exists("keep.npy"):
             recorded = manifest.get("keep_sha256")
@@ -201,6 +256,7 @@ class RunDirectory:
                 "n_audit": config.audit.n_audit,
                 "num_classes": dataset.num_classes,
                 "keep_sha256": keep_digest(split.keep),
+                "config": config.to_dict(),  # config.yaml's copy: each of the two rebuilds the other
             },
         )
         if rebuild or not store.exists("keep.npy"):

@@ -234,7 +234,7 @@ class RunStore:
     def read_npy(self, relative: str) -> np.ndarray:
         try:
             return np.load(io.BytesIO(self.read_bytes(relative)), allow_pickle=False)
-        except ValueError as exc:
+        except (ValueError, EOFError, OSError) as exc:  # truncated or empty: EOFError
             raise RayprivError(f"{self.path(relative)} is corrupt ({exc}); {_REWRITE_HINT}") from None
 
     def sha256(self, relative: str, chunk: int = 1 << 24) -> str:
