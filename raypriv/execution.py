@@ -26,13 +26,12 @@ from raypriv.cluster import PLACEMENT_WARN_SECONDS, actor_count, check_placeable
 from raypriv.config import ExperimentConfig
 from raypriv.data import Dataset
 from raypriv.ensemble import engine_for, group_size
-from raypriv.errors import AuditInterrupted, RayprivError
-from raypriv.pipeline import ShadowTrainer
+from raypriv.errors import AuditInterrupted, ModelFailed, RayprivError
+from raypriv.pipeline import ShadowTrainer, make_checked_paradigm, separable_synthesis
 from raypriv.progress import Progress
 from raypriv.run.format import synthetic_record_path
 from raypriv.run.store import RunStore
 from raypriv.split import AuditSplit
-from raypriv.synth import make_paradigm
 
 log = logging.getLogger("raypriv")
 
@@ -56,7 +55,10 @@ class _Progress(Progress):
 
 def _group_size(config: ExperimentConfig, paradigm: str, pending: int, workers: int, on_gpu: bool) -> int:
     """Models per call for ``paradigm`` (:func:`raypriv.ensemble.group_size` with its engine)."""
-    engine = engine_for(config, make_paradigm(config, paradigm), torch.device("cuda" if on_gpu else "cpu"))
+    try:
+        engine = engine_for(config, make_checked_paradigm(config, paradigm), torch.device("cuda" if on_gpu else "cpu"))
+    except ModelFailed:  # a plugin that cannot be made: each model's worker reports the failure
+        return 1
     return group_size(engine, config.ray.models_per_group, pending, workers)
 
 
@@ -202,7 +204,7 @@ def _start_pools(config, store, dataset, split, pending, recipe_hashes) -> tuple
 
     to_synthesize = []
     if r.num_synthesis_workers > 0:
-        separable = {p: make_paradigm(config, p).separable_synthesis for p in config.paradigms}
+        separable = {p: separable_synthesis(config, p) for p in config.paradigms}
         to_synthesize = [
             key for key in pending if separable[key[0]] and not store.exists(synthetic_record_path(*key))
         ]

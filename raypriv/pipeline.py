@@ -12,6 +12,18 @@ group of model ids it
    picks (one by one, or a vmapped group),
 4. queries it on the audit samples and stores its logits and its row
    (:func:`raypriv.run.store.write_model_result`), straight from the worker.
+
+Nothing malformed is stored as a result.  Every paradigm's training set
+passes :func:`raypriv.synth.validation.check_training_set` (in full for code
+from outside raypriv: plugins and ``external``; built-ins get the structural
+checks, see there), and a plugin's ``context.info`` passes
+:func:`~raypriv.synth.validation.check_info`.  An exception raised by a
+plugin's code (its ``__init__``, ``training_recipe``, ``synthesize`` or
+``train``) fails that model only, with the exception's last line; a
+built-in's exception propagates as before (it is raypriv's bug, not the
+user's).  A model whose weights or logits are not finite failed ("training
+diverged") and is never stored.  Each failure is a :class:`ModelFailed`: the
+model gets a failure record, the others go on, and a rerun retries it.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import torch
 
 from raypriv.config import from_dict
@@ -35,6 +48,8 @@ from raypriv.run.store import RunStore, write_model_result
 from raypriv.seeding import torch_seed
 from raypriv.split import AuditSplit
 from raypriv.synth import LabeledSet, ShadowContext, make_paradigm, plugin_identity
+from raypriv.synth.registry import BUILTINS, VARIANT_SEPARATOR
+from raypriv.synth.validation import check_info, check_training_set
 from raypriv.training import Normalizer, accuracy, predict_logits
 
 log = logging.getLogger("raypriv")
@@ -43,6 +58,70 @@ log = logging.getLogger("raypriv")
 def failure_record(paradigm: str, model_id: int, error: Exception) -> dict[str, Any]:
     """What a worker returns for a model whose pipeline failed: no row is stored, so a rerun retries it."""
     return {"paradigm": paradigm, "model_id": model_id, "status": "failed", "error": str(error)}
+
+
+def is_plugin(paradigm: str) -> bool:
+    """Whether paradigm (or variant) ``paradigm`` runs code from outside raypriv (entry point, module:Class, register)."""
+    return paradigm.partition(VARIANT_SEPARATOR)[0] not in BUILTINS
+
+
+def _last_line(exc: BaseException) -> str:
+    """``Type: last line of the message`` (a plugin's error, without its traceback)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def plugin_errors(paradigm: str, stage: str):
+    """A plugin's exception in ``stage`` becomes :class:`ModelFailed` with its last line; a built-in's propagates.
+
+    Only :class:`Exception` is caught: KeyboardInterrupt and SystemExit stop the run as always.
+    """
+    try:
+        yield
+    except ModelFailed:
+        raise
+    except Exception as exc:
+        if not is_plugin(paradigm):
+            raise
+        raise ModelFailed(f"the plugin paradigm {paradigm!r} raised in {stage}: {_last_line(exc)}") from exc
+
+
+def make_checked_paradigm(config, paradigm: str):
+    """:func:`raypriv.synth.make_paradigm`, with a plugin's exception in ``__init__`` as :class:`ModelFailed`."""
+    with plugin_errors(paradigm, "__init__"):
+        return make_paradigm(config, paradigm)
+
+
+def separable_synthesis(config, paradigm: str) -> bool:
+    """:attr:`Paradigm.separable_synthesis` of ``paradigm``; False for a plugin that cannot be made (its models fail)."""
+    try:
+        return make_checked_paradigm(config, paradigm).separable_synthesis
+    except ModelFailed:
+        return False
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """A tensor (any device, any float dtype) or array-like as a NumPy array, for the checks."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype in (torch.bfloat16, torch.float16):
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def diverged(model, *logits: np.ndarray | None) -> bool:
+    """Whether a trained model's weights, buffers or query logits hold NaN or infinity.
+
+    Finite weights give finite logits and a finite loss on finite, validated
+    data, so this covers a non-finite loss too.
+    """
+    if any(block is not None and not np.isfinite(block).all() for block in logits):
+        return True
+    with torch.no_grad():
+        return any(t.is_floating_point() and not bool(torch.isfinite(t).all())
+                   for t in [*model.parameters(), *model.buffers()])
 
 
 class ShadowTrainer:
@@ -110,9 +189,10 @@ class ShadowTrainer:
         index = torch.from_numpy(self.split.private_indices(model_id)).to(self.device)
         private = LabeledSet(self.x_pool[index], self.y_pool[index])
         start = time.perf_counter()
-        with self._seeded_global_rng(f"{name}/synthesize", model_id):
+        with self._seeded_global_rng(f"{name}/synthesize", model_id), plugin_errors(name, "synthesize()"):
             training_set = paradigm.synthesize(private, context)
         self._sync()
+        training_set = self._checked_set(training_set, context)
         # Plain strides: a set trained on straight away must match one reloaded from storage.
         training_set = LabeledSet(
             training_set.x.detach().clone(memory_format=torch.contiguous_format),
@@ -131,6 +211,42 @@ class ShadowTrainer:
             self.store.write_json(synthetic_record_path(name, model_id), record)
         return training_set, record
 
+    def _checked_set(self, training_set: Any, context: ShadowContext) -> LabeledSet:
+        """The set a paradigm's ``synthesize`` returned, checked (see the module docstring), or :class:`ModelFailed`.
+
+        A plugin's (or ``external``'s) set comes back normalised on the device
+        (x float32 or uint8, y int64 ids or float32 rows); a built-in's as it
+        was, checked only.
+        """
+        name = context.paradigm
+        strict = is_plugin(name) or name.partition(VARIANT_SEPARATOR)[0] == "external"
+        if not isinstance(training_set, LabeledSet):
+            raise ModelFailed(
+                f"paradigm {name!r}: synthesize() returned {type(training_set).__name__}, not a raypriv.LabeledSet; "
+                "return LabeledSet(x, y) with x and y tensors"
+            )
+        try:
+            x, y = check_training_set(
+                _as_array(training_set.x), _as_array(training_set.y), feature_shape=tuple(self.input_shape),
+                num_classes=self.num_classes, image=len(self.input_shape) == 3, strict=strict,
+            )
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ModelFailed(f"paradigm {name!r} made a malformed training set: {exc}") from None
+        if strict:
+            self._checked_info(context)
+            return LabeledSet(torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device))
+        return training_set
+
+    @staticmethod
+    def _checked_info(context: ShadowContext) -> None:
+        """A plugin's ``context.info``, checked (:func:`raypriv.synth.validation.check_info`), or :class:`ModelFailed`."""
+        if not is_plugin(context.paradigm):
+            return
+        try:
+            check_info(context.info)
+        except ValueError as exc:
+            raise ModelFailed(f"paradigm {context.paradigm!r} reported a malformed info: {exc}") from None
+
     def _stored_synthesis(self, paradigm, context: ShadowContext) -> tuple[LabeledSet, dict[str, Any]] | None:
         """The synthetic set a synthesis worker stored for this recipe, if any."""
         name, model_id = context.paradigm, context.model_id
@@ -146,9 +262,9 @@ class ShadowTrainer:
 
     def synthesize(self, paradigm_name: str, model_id: int) -> dict[str, Any]:
         """Synthesis stage only (for the synthesis pool); returns the stored record, or a failure record."""
-        paradigm = make_paradigm(self.config, paradigm_name)
         context = self._context(paradigm_name, model_id)
         try:
+            paradigm = make_checked_paradigm(self.config, paradigm_name)
             stored = self._stored_synthesis(paradigm, context)
             return (stored or self._synthesize(paradigm, context))[1]
         except ModelFailed as exc:
@@ -167,9 +283,13 @@ class ShadowTrainer:
         A model whose pipeline raises :class:`ModelFailed` gets a failure
         record (:func:`failure_record`) in place of its row; the others go on.
         """
-        paradigm = make_paradigm(self.config, paradigm_name)
-        recipe = paradigm.training_recipe(self.config)
-        engine = engine_for(self.config, paradigm, self.device)
+        try:
+            paradigm = make_checked_paradigm(self.config, paradigm_name)
+            with plugin_errors(paradigm_name, "training_recipe()"):
+                recipe = paradigm.training_recipe(self.config)
+                engine = engine_for(self.config, paradigm, self.device)
+        except ModelFailed as exc:  # a plugin that cannot be made fails each of its models
+            return [failure_record(paradigm_name, model_id, exc) for model_id in model_ids]
         rows, prepared, failed = [], [], []
         for model_id in model_ids:
             context = self._context(paradigm_name, model_id)
@@ -182,10 +302,13 @@ class ShadowTrainer:
                 prepared.append((context, training_set, record))
                 continue
             start = time.perf_counter()
-            with self._seeded_global_rng(f"{paradigm_name}/train", model_id):
-                model = paradigm.train(training_set, context)
-            self._sync()
-            rows.append(self._finish(context, model, training_set, record, time.perf_counter() - start))
+            try:
+                with self._seeded_global_rng(f"{paradigm_name}/train", model_id), plugin_errors(paradigm_name, "train()"):
+                    model = paradigm.train(training_set, context)
+                self._sync()
+                rows.append(self._finish(context, model, training_set, record, time.perf_counter() - start))
+            except ModelFailed as exc:
+                failed.append(failure_record(paradigm_name, model_id, exc))
         if engine == "loop" or not prepared:
             return rows + failed
 
@@ -193,7 +316,12 @@ class ShadowTrainer:
         models = self._train_ensemble(prepared, recipe)
         self._sync()
         seconds = (time.perf_counter() - start) / len(prepared)  # the group's wall time, shared evenly
-        return [self._finish(c, m, t, r, seconds) for (c, t, r), m in zip(prepared, models, strict=True)] + failed
+        for (context, training_set, record), model in zip(prepared, models, strict=True):
+            try:
+                rows.append(self._finish(context, model, training_set, record, seconds))
+            except ModelFailed as exc:
+                failed.append(failure_record(paradigm_name, context.model_id, exc))
+        return rows + failed
 
     def _train_ensemble(self, prepared: list, recipe) -> list:
         """Train the prepared models together, in groups that fit the device's memory."""
@@ -222,14 +350,30 @@ class ShadowTrainer:
     def _finish(
         self, context: ShadowContext, model, training_set: LabeledSet, record: dict[str, Any], train_seconds: float
     ) -> dict[str, Any]:
-        """Query a trained model on the audit samples and store its logits and row."""
+        """Query a trained model on the audit samples and store its logits and row.
+
+        A model that is not an ``nn.Module``, whose weights or logits are not
+        finite (:func:`diverged`), or whose plugin reported a malformed
+        ``info`` raises :class:`ModelFailed` before anything is stored.
+        """
         config, paradigm_name, model_id = self.config, context.paradigm, context.model_id
+        if not isinstance(model, torch.nn.Module):
+            raise ModelFailed(
+                f"paradigm {paradigm_name!r}: train() returned {type(model).__name__}, not a torch.nn.Module; "
+                "return the trained network"
+            )
+        self._checked_info(context)
         batch = config.train.eval_batch_size
         logits = predict_logits(model, self.x_audit, self.normalizer, config.queries, batch)
-        population = None
+        population_logits = population = None
         if len(self.split.population_index):
             population_logits = predict_logits(model, self.x_population, self.normalizer, config.queries, batch)
             population = (population_logits, self.split.population_labels)
+        if diverged(model, logits, population_logits):
+            raise ModelFailed(
+                f"training diverged (non-finite weights or logits; train.lr={config.train.lr:g}): lower train.lr "
+                "(or the paradigm's own learning rate); that is a new recipe, so give it a new --out"
+            )
         row = {
             "paradigm": paradigm_name,
             "model_id": model_id,

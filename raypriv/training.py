@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raypriv.config import TrainConfig
+from raypriv.config import ExperimentConfig, TrainConfig
+from raypriv.errors import RayprivError
 from raypriv.queries import apply_query, pad_for_crop
 from raypriv.seeding import torch_generator
 
@@ -185,3 +186,40 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, normalizer: Nor
     """Top-1 accuracy in eval mode on the un-augmented inputs."""
     logits = predict_logits(model, x, normalizer, ["identity"], batch_size)[:, 0]
     return float((logits.argmax(axis=1) == y.cpu().numpy()).mean())
+
+
+# The most parameters the audited network may have: 4 GB of float32 weights per model (16+ GB with its gradients
+# and optimizer state), about 100 times ResNet-18.  model.width: 100000 asks for 10^12 and fails inside torch.
+MAX_MODEL_PARAMETERS = 10**9
+
+
+def check_sizes(config: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Refuse sizes the data cannot carry, before anything trains; :class:`RayprivError` naming the field and the fix.
+
+    * ``train.crop_padding`` (images): below the image's height and width;
+      a larger shift moves the whole image out of view, and 3000 pads each
+      batch to gigabytes.
+    * ``model.width``: the network it makes for these inputs has at most
+      :data:`MAX_MODEL_PARAMETERS` parameters (counted on the ``meta``
+      device, so nothing is allocated).
+    * ``train.batch_size`` and ``train.eval_batch_size`` need no bound: a
+      batch larger than the set is clipped to the set (one batch per epoch).
+    """
+    from raypriv.models import build_model
+
+    if len(input_shape) == 3:
+        side = min(input_shape[1:])
+        if config.train.crop_padding >= side:
+            raise RayprivError(
+                f"config: train.crop_padding={config.train.crop_padding} is not below the images' side ({side} "
+                f"pixels for inputs of shape {tuple(input_shape)}); give 0..{side - 1} (4 is usual for 32x32)"
+            )
+    with torch.device("meta"):
+        network = build_model(config.model, tuple(input_shape), num_classes)
+    count = sum(p.numel() for p in network.parameters())
+    if count > MAX_MODEL_PARAMETERS:
+        raise RayprivError(
+            f"config: model.width={config.model.width} makes a {config.model.arch} of {count:.3g} parameters for "
+            f"inputs of shape {tuple(input_shape)}, above the limit of {MAX_MODEL_PARAMETERS:.0e} "
+            "(4 GB of float32 weights per model); lower model.width"
+        )

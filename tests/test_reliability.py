@@ -357,7 +357,7 @@ def test_8_a_full_disk_mid_run_is_one_error_line_and_leaves_no_temporary(tmp_pat
     assert main(["audit", "--config", str(config), "--no-ray", "--quiet"]) == 0  # and it resumes
 
 
-def test_8_a_damaged_config_yaml_a_file_as_report_out_and_a_dollar_run_name(finished, tmp_path, capsys):
+def test_8_a_damaged_config_yaml_a_file_as_report_out_and_a_dollar_run_name(finished, tmp_path, capsys, caplog):
     dollar, _ = _copy(finished, tmp_path / "r$\\x$")
     assert main(["report", str(dollar), "--bootstrap", "100"]) == 0  # no mathtext in plot labels
     capsys.readouterr()
@@ -365,6 +365,15 @@ def test_8_a_damaged_config_yaml_a_file_as_report_out_and_a_dollar_run_name(fini
     assert "choose an --out that is a folder" in _cli_error(
         capsys, ["report", str(dollar), "--out", str(tmp_path / "report-file"), "--bootstrap", "100"])
     (dollar / "config.yaml").write_text("name: [unclosed\n")
+    # run.json keeps a copy of the config: status and report read it, with a warning naming config.yaml.
+    for argv in (["status", str(dollar)], ["report", str(dollar), "--bootstrap", "100"]):
+        caplog.clear()
+        assert main(argv) == 0
+        assert any("config.yaml" in r.getMessage() and "read the copy in run.json" in r.getMessage() for r in caplog.records)
+    # A run from before run.json kept that copy: one error line naming the damaged file.
+    manifest = json.loads((dollar / "run.json").read_text())
+    del manifest["config"]
+    RunDirectory(str(dollar)).write_manifest(manifest)
     for argv in (["status", str(dollar)], ["report", str(dollar), "--bootstrap", "100"]):
         assert "config.yaml is not valid YAML" in _cli_error(capsys, argv)
 

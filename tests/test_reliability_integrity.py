@@ -19,6 +19,7 @@ from raypriv.cli import main
 from raypriv.config import from_dict
 from raypriv.driver import run_audit
 from raypriv.errors import RayprivError
+from raypriv.run.directory import RunDirectory
 from raypriv.run.format import model_row_path
 from tests.conftest import metric_values
 
@@ -67,7 +68,7 @@ def test_report_refuses_scores_whose_membership_disagrees_with_keep(tiny_run, tm
     # A run written before run.json recorded its outputs' checksums: the membership check still refuses it.
     manifest = json.loads((out / "run.json").read_text())
     del manifest["outputs_sha256"]
-    (out / "run.json").write_text(json.dumps(manifest))
+    RunDirectory(str(out)).write_manifest(manifest)
     assert main(["report", str(out), "--bootstrap", "100"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "disagrees with keep.npy" in err[0]
@@ -172,3 +173,15 @@ def test_a_missing_or_empty_config_yaml_is_read_from_run_json_and_rewritten(tiny
     run_audit(from_dict(raw), use_ray=False, show_progress=False)
     rewritten, original = (yaml.safe_load((path / "config.yaml").read_text()) for path in (out, tiny_run.path))
     assert {**rewritten, "out_dir": None} == {**original, "out_dir": None} and rewritten["out_dir"] == str(out)
+
+
+def test_a_flipped_bit_in_run_json_is_damage_that_audit_rebuilds_not_another_protocol(tiny_run, tmp_path, capsys):
+    """A bit flipped inside a valid run.json (here in its protocol hash) must not read as another run's protocol."""
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    text = (out / "run.json").read_text()
+    protocol = json.loads(text)["protocol_hash"]
+    (out / "run.json").write_text(text.replace(protocol, ("0" if protocol[0] != "0" else "1") + protocol[1:]))
+    assert main(["status", str(out)]) == 2
+    assert "its own sha256 differs" in capsys.readouterr().err
+    result = run_audit(from_dict(raw), use_ray=False, show_progress=False)
+    assert result.trained_now == 0 and json.loads((out / "run.json").read_text())["protocol_hash"] == protocol

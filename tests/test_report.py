@@ -292,7 +292,7 @@ def test_two_runs_of_one_split_are_labelled_and_paired_and_other_splits_are_refu
     keep = np.load(other / "keep.npy")
     np.save(other / "keep.npy", keep[:, ::-1])
     manifest = json.loads((other / "run.json").read_text())  # another split, not a corrupt one: its own hash
-    (other / "run.json").write_text(json.dumps({**manifest, "keep_sha256": keep_digest(keep[:, ::-1])}))
+    RunDirectory(str(other)).write_manifest({**manifest, "keep_sha256": keep_digest(keep[:, ::-1])})
     # ... and scores whose membership column is that split's, as its own audit would have written them.
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -42,6 +42,12 @@ from raypriv.synth import plugin_identity
 
 log = logging.getLogger("raypriv")
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of run.json's fields other than ``manifest_sha256`` (canonical JSON)."""
+    fields = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 MANIFEST_KEYS = ("schema_version", "protocol_hash")  # what every run.json holds, whatever its version
 # The outputs run.json checks by sha256 once scoring wrote them (keep.npy has its own keep_sha256).
 CHECKED_OUTPUTS = ("audit.parquet", "scores.parquet", "metrics.json")
@@ -103,6 +109,8 @@ class RunDirectory:
             manifest, problem = None, str(exc).split("; ")[0]
         if problem is None and not all(key in manifest for key in MANIFEST_KEYS):
             problem = f"it lacks {[key for key in MANIFEST_KEYS if key not in manifest]}"
+        if problem is None and "manifest_sha256" in manifest and manifest_digest(manifest) != manifest["manifest_sha256"]:
+            problem = "its own sha256 differs from the one it records"
         if problem is not None:
             raise RayprivError(
                 f"{self.store.path('run.json')} is damaged ({problem}); rerun `raypriv audit --config "
@@ -243,8 +251,7 @@ class RunDirectory:
             if not relative.endswith(LOCK_FILE):  # but our own heartbeat's may be
                 store.delete(relative)
         store.write_bytes("config.yaml", dump_config(config).encode())
-        store.write_json(
-            "run.json",
+        self.write_manifest(
             {
                 "schema_version": SCHEMA_VERSION,
                 "protocol_hash": fingerprints.protocol,
@@ -282,7 +289,12 @@ class RunDirectory:
         store = self.store
         manifest = self.manifest()
         manifest["outputs_sha256"] = {name: store.sha256(name) for name in CHECKED_OUTPUTS if store.exists(name)}
-        store.write_json("run.json", manifest)
+        self.write_manifest(manifest)
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """run.json, atomically, with the sha256 of its own other fields (``manifest_sha256``), so a flipped bit in
+        it is damage that audit rebuilds, not another run's protocol that it refuses."""
+        self.store.write_json("run.json", {**manifest, "manifest_sha256": manifest_digest(manifest)})
 
     def damaged_outputs(self) -> list[str]:
         """The outputs whose bytes differ from the sha256 run.json records (unrecorded ones: runs before checksums)."""

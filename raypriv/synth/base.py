@@ -35,7 +35,17 @@ Conventions a paradigm follows:
   and ``context.build_model()`` (seeded from ``(seed, model id)``), so each
   pipeline is reproducible.
 * Facts worth keeping per model (an accounted epsilon, a noise multiplier)
-  go into ``context.info``; they are stored in the models table.
+  go into ``context.info``; they are stored in the models table.  Values
+  are plain JSON (numbers, strings, booleans); an ``epsilon`` comes with its
+  ``delta`` (0.0 for pure DP), both finite.
+
+What a plugin returns is checked exactly as an ``external`` command's output
+is (:func:`raypriv.synth.validation.check_training_set`: shape, dtype, range,
+classes, NaN, lengths, emptiness), and its ``info`` by
+:func:`~raypriv.synth.validation.check_info`.  A malformed set or info, or an
+exception raised by the plugin's ``__init__``, ``synthesize`` or ``train``,
+fails that shadow model only (its last line is reported, the other models
+are stored, a rerun retries it): see :mod:`raypriv.pipeline`.
 """
 
 from __future__ import annotations
