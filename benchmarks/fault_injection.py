@@ -11,13 +11,23 @@ first.  Each round then takes the next case in turn, on a fresh run directory:
   flipped inside a logits file, a truncated logits file or model row, a deleted
   logits file, a flipped bit in keep.npy, a stale lock of a killed audit), rerun;
 * ``concurrent``: start two audits on one directory at once; exactly one may
-  run, the other must exit 2 with the lock error.
+  run, the other must exit 2 with the lock error;
+* ``bit flip``: copy the reference run and flip one random bit of one file of
+  a random kind (a logits file, a model row, keep.npy, audit.parquet,
+  scores.parquet, metrics.json, run.json, config.yaml).  First the readers
+  look at it as it is (``raypriv.load_run``): they must refuse it or give the
+  reference's numbers; anything else is *silently wrong*.  Then the audit
+  reruns and must end with the reference results;
+* ``lock shape``: a lock left with contents of any shape (``null``, a list, a
+  string, a string heartbeat, an impossible pid, empty, garbage, a heartbeat
+  in the future), written long ago; the rerun must take it over.
 
 A round is *completed* when its last audit exits 0; a result is *lost* when
 the directory then holds anything but exactly one model row and logits file
 per model, with metrics.json equal (bit for bit) to the reference, no
 temporary file and no lock.  Rounds stop starting after ``--max-seconds``.
-Prints one table: case, rounds tried, runs completed, results lost.
+Prints one table: case, rounds tried, runs completed, results lost, results
+silently wrong.
 """
 
 from __future__ import annotations
@@ -43,7 +53,10 @@ CONFIG = {
     "model": {"arch": "cnn_small", "width": 8},
     "train": {"epochs": 3, "batch_size": 256},
 }
-CASES = ("kill -9", "corrupt", "concurrent")
+CASES = ("kill -9", "corrupt", "concurrent", "bit flip", "lock shape")
+FLIP_KINDS = ("logits", "model row", "keep.npy", "audit.parquet", "scores.parquet", "metrics.json", "run.json", "config.yaml")
+LOCK_SHAPES = ("null", "[]", '"x"', '{"heartbeat": "soon"}', '{"pid": 1000000000000000000000000000000}', "",
+               "garbage{", "future")
 
 
 def _audit(work: Path, out: Path, ray: bool) -> list[str]:
@@ -147,6 +160,56 @@ def _corrupt_case(work: Path, out: Path, ray: bool, rng: random.Random, referenc
     return code, err, kind
 
 
+def _silently_wrong(out: Path, reference: dict) -> str:
+    """What a reader would report from ``out`` as it is, if it differs from the reference without an error ('' if not)."""
+    code = ("import json, sys, raypriv\n"
+            "from raypriv.errors import RayprivError\n"
+            "try:\n"
+            "    run = raypriv.load_run(sys.argv[1])\n"
+            "    print(json.dumps({'|'.join(map(str, (p, a, k))): v for p, e in run.results.items()\n"
+            "                      for a, m in e.attacks.items() for k, v in m.to_json().items()}))\n"
+            "except RayprivError:\n"
+            "    print('refused')\n")
+    done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        return f"the reader crashed: {' '.join(done.stderr.split())[-300:]}"
+    if done.stdout.strip() == "refused":
+        return ""
+    read = {tuple(key.split("|")): value for key, value in json.loads(done.stdout).items()}
+    expected = {tuple(map(str, key)): value for key, value in reference.items()}
+    return "" if read == expected else "load_run gave numbers other than the reference's, without an error"
+
+
+def _bit_flip_case(work: Path, out: Path, ray: bool, rng: random.Random, reference_dir: Path,
+                   reference: dict) -> tuple[int, str, str, str]:
+    shutil.copytree(reference_dir, out)
+    kind = rng.choice(FLIP_KINDS)
+    model = rng.randrange(CONFIG["n_models"])
+    path = {"logits": out / "logits" / "paradigm=real" / f"model-{model:06d}.parquet",
+            "model row": out / "models" / "real" / f"model-{model:06d}.parquet"}.get(kind, out / kind)
+    data = bytearray(path.read_bytes())
+    bit = rng.randrange(len(data) * 8)
+    data[bit // 8] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(data))
+    wrong = _silently_wrong(out, reference)
+    code, err = _run(_audit(work, out, ray))
+    return code, err, f"{kind} bit {bit}", wrong
+
+
+def _lock_shape_case(work: Path, out: Path, ray: bool, rng: random.Random, reference_dir: Path) -> tuple[int, str, str]:
+    shutil.copytree(reference_dir, out)
+    shape = rng.choice(LOCK_SHAPES)
+    lock = out / "raypriv.lock"
+    if shape == "future":
+        lock.write_text(json.dumps({"host": os.uname().nodename, "pid": 1, "heartbeat": time.time() + 10**6}))
+    else:
+        lock.write_text(shape)
+    old = time.time() - 3600  # written an hour ago: no live holder would leave it untouched that long
+    os.utime(lock, (old, old))
+    code, err = _run(_audit(work, out, ray))
+    return code, err, f"lock {shape or 'empty'}"
+
+
 def _concurrent_case(work: Path, out: Path, ray: bool) -> tuple[int, str, str]:
     command = _audit(work, out, ray)
     processes = [_start(command) for _ in range(2)]
@@ -175,7 +238,7 @@ def main() -> None:
     if code != 0:
         sys.exit(f"the reference audit failed ({code}): {err[-2000:]}")
     reference = _metrics(reference_dir)
-    table = {case: {"tried": 0, "completed": 0, "lost": 0} for case in CASES}
+    table = {case: {"tried": 0, "completed": 0, "lost": 0, "wrong": 0} for case in CASES}
     notes: list[str] = []
     for round_ in range(args.rounds):
         if time.time() - start > args.max_seconds:
@@ -183,11 +246,15 @@ def main() -> None:
             break
         case = CASES[round_ % len(CASES)]
         out = work / f"round-{round_:03d}"
-        detail = ""
+        detail, wrong = "", ""
         if case == "kill -9":
             code, err = _kill_case(work, out, args.ray, rng)
         elif case == "corrupt":
             code, err, detail = _corrupt_case(work, out, args.ray, rng, reference_dir)
+        elif case == "bit flip":
+            code, err, detail, wrong = _bit_flip_case(work, out, args.ray, rng, reference_dir, reference)
+        elif case == "lock shape":
+            code, err, detail = _lock_shape_case(work, out, args.ray, rng, reference_dir)
         else:
             code, err, detail = _concurrent_case(work, out, args.ray)
         table[case]["tried"] += 1
@@ -199,19 +266,23 @@ def main() -> None:
         if lost:
             table[case]["lost"] += 1
             notes.append(f"round {round_} ({case}, {detail}): LOST: {lost}")
-        print(f"round {round_:3d} {case:<10} {detail:<22} exit {code} {'LOST ' + lost if lost else 'ok'}", flush=True)
+        if wrong:
+            table[case]["wrong"] += 1
+            notes.append(f"round {round_} ({case}, {detail}): SILENTLY WRONG: {wrong}")
+        verdict = f"LOST {lost}" if lost else f"SILENTLY WRONG {wrong}" if wrong else "ok"
+        print(f"round {round_:3d} {case:<10} {detail:<28} exit {code} {verdict}", flush=True)
         shutil.rmtree(out, ignore_errors=True)
-    print(f"\n{'case':<12}{'tried':>7}{'runs completed':>16}{'results lost':>14}")
+    print(f"\n{'case':<12}{'tried':>7}{'runs completed':>16}{'results lost':>14}{'silently wrong':>16}")
     for case, row in table.items():
-        print(f"{case:<12}{row['tried']:>7}{row['completed']:>16}{row['lost']:>14}")
-    total = {key: sum(row[key] for row in table.values()) for key in ("tried", "completed", "lost")}
-    print(f"{'all':<12}{total['tried']:>7}{total['completed']:>16}{total['lost']:>14}")
+        print(f"{case:<12}{row['tried']:>7}{row['completed']:>16}{row['lost']:>14}{row['wrong']:>16}")
+    total = {key: sum(row[key] for row in table.values()) for key in ("tried", "completed", "lost", "wrong")}
+    print(f"{'all':<12}{total['tried']:>7}{total['completed']:>16}{total['lost']:>14}{total['wrong']:>16}")
     print(f"({time.time() - start:.0f}s, {'Ray' if args.ray else 'in-process'} training, seed {args.seed})")
     for note in notes:
         print(note)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
-    sys.exit(1 if total["lost"] or total["completed"] < total["tried"] else 0)
+    sys.exit(1 if total["lost"] or total["wrong"] or total["completed"] < total["tried"] else 0)
 
 
 if __name__ == "__main__":

@@ -7,19 +7,30 @@ runs (or resumes) an audit; flags override the config.
 finished runs in one report.html (self-contained) and report.md.
 ``raypriv paradigms [NAME]`` lists the paradigms (built-in and plugins) with their options.  Problems with the
 input print one ``error:`` line and exit with status 2; an interrupted run
-exits with 130 and resumes when rerun.
+exits with 130 (Ctrl-C) or 143 (SIGTERM) and resumes when rerun.
+
+``status`` and ``report`` read run directories that may come from elsewhere:
+they import no plugin module a run's config.yaml names (``module:Class``
+paradigms) unless given ``--trust-plugins``, and ``python -m raypriv.cli``
+drops the working directory from ``sys.path`` for them.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 
 from raypriv.errors import AuditInterrupted, RayprivError
 
 MAX_BOOTSTRAP = 10_000  # resamples: ample for a 95% interval, and the weights (n_boot × n_audit) stay in memory
 MAX_TOP = 1000
+TRUST_HELP = ("import the plugin modules (module:Class paradigms) the run's config names; only for run directories "
+              "you trust, since importing a module runs its code")
+TERMINATED_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="what a run directory holds: complete and missing models")
     status.add_argument("run_dir", help="the run directory (an audit's --out)")
     status.add_argument("--config", help="check this config against the run (default: the run's own config.yaml)")
+    status.add_argument("--trust-plugins", action="store_true", help=TRUST_HELP)
     report = commands.add_parser("report", help="compare the paradigms of finished runs: report.html and report.md")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories (an audit's --out)")
     report.add_argument("--out", help="output folder (default: the first run's report/)")
@@ -48,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the audit samples (default 1000)")
     report.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     report.add_argument("--top", type=int, default=20, help="most vulnerable samples shown per paradigm (default 20)")
+    report.add_argument("--trust-plugins", action="store_true", help=TRUST_HELP)
     paradigms = commands.add_parser("paradigms", help="list the available paradigms (built-in and plugins) and their options")
     paradigms.add_argument("name", nargs="?", help="show this one in full (a name, NAME@tag, or module:Class)")
     return parser
@@ -71,10 +84,51 @@ def audit_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_command(args: argparse.Namespace) -> int:
-    from raypriv.config import load
+def plugin_references(raw: dict) -> list[str]:
+    """The ``module:Class`` paradigms (variants too) a config mapping names, as written; importing them runs code."""
+    listed = raw.get("paradigms") if isinstance(raw, dict) else None
+    if isinstance(listed, str):
+        listed = listed.split(",")
+    names = [p.strip() for p in listed if isinstance(p, str)] if isinstance(listed, list) else []
+    return [p for p in names if ":" in p.partition("@")[0]]
+
+
+def refuse_plugins(configs: dict[str, dict]) -> None:
+    """Without ``--trust-plugins``: refuse, before anything is imported, configs that name plugin modules.
+
+    ``configs``: where each config comes from (a run's config.yaml, or a
+    --config file) -> its mapping as read.  Checking such a config imports
+    the plugin's module, which runs whatever code the run directory ships.
+    """
+    for where, raw in configs.items():
+        found = plugin_references(raw)
+        if found:
+            raise RayprivError(
+                f"{where} names plugin paradigm(s) {', '.join(map(repr, found[:3]))}, whose module(s) would be imported "
+                "(running their code); pass --trust-plugins if you trust this run directory and its plugins"
+            )
+
+
+def _stored_configs(run_dirs: list[str]) -> dict[str, dict]:
+    """Each run directory's config.yaml mapping, read as YAML only (nothing imported); {} where there is none."""
     from raypriv.run.directory import RunDirectory
 
+    out = {}
+    for run_dir in run_dirs:
+        directory = RunDirectory(run_dir)
+        out[directory.store.path("config.yaml")] = directory.stored_config_raw()
+    return out
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from raypriv.config import load, read_config_file
+    from raypriv.run.directory import RunDirectory
+
+    if not args.trust_plugins:
+        configs = _stored_configs([args.run_dir])
+        if args.config:
+            configs[f"config file {args.config}"] = read_config_file(args.config)
+        refuse_plugins(configs)
     config = load(args.config) if args.config else None
     print(RunDirectory(args.run_dir).status(config), end="")
     return 0
@@ -88,6 +142,8 @@ def report_command(args: argparse.Namespace) -> int:
     for flag, value, low, high in (("--bootstrap", args.bootstrap, 100, MAX_BOOTSTRAP), ("--top", args.top, 1, MAX_TOP)):
         if not low <= value <= high:
             raise RayprivError(f"report {flag}={value} is out of range; give {low}..{high}")
+    if not args.trust_plugins:
+        refuse_plugins(_stored_configs(args.run_dirs))
     report = build_report(
         [load_run(run_dir) for run_dir in args.run_dirs], attack=args.attack, n_boot=args.bootstrap, seed=args.seed,
         compare=tuple(args.compare) if args.compare else None, top=args.top,
@@ -111,25 +167,73 @@ def paradigms_command(args: argparse.Namespace) -> int:
 COMMANDS = {"audit": audit_command, "status": status_command, "report": report_command, "paradigms": paradigms_command}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C is, so that every cleanup (Ray's shutdown, the lease) runs."""
+
+
+class _SigtermHandler:
+    """While a command runs: the first SIGTERM raises :class:`Terminated`; a second one lets the cleanup finish."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.previous = None
+
+    def __call__(self, signum, frame) -> None:
+        if self.received:
+            return
+        self.received = True
+        raise Terminated()
+
+    def __enter__(self) -> _SigtermHandler:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="raypriv: %(message)s")
-    try:
-        return COMMANDS[args.command](args)
-    except AuditInterrupted as exc:
-        print(f"raypriv: {exc}", file=sys.stderr)
-        return 130
-    except RayprivError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # an environment problem the modules did not name themselves: still one line
-        print(f"error: {' '.join(str(exc).split())}; check that the paths exist, are writable and have free space",
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("raypriv: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    with _SigtermHandler() as sigterm:
+        try:
+            return COMMANDS[args.command](args)
+        except (AuditInterrupted, KeyboardInterrupt) as exc:
+            if sigterm.received:
+                print("raypriv: terminated; rerun the same command to resume", file=sys.stderr)
+                return TERMINATED_EXIT
+            if isinstance(exc, AuditInterrupted):
+                print(f"raypriv: {exc}", file=sys.stderr)
+            else:
+                print("raypriv: interrupted; rerun the same command to resume", file=sys.stderr)
+            return 130
+        except RayprivError as exc:
+            if sigterm.received:  # an error the stop itself caused (a worker killed mid-call)
+                print("raypriv: terminated; rerun the same command to resume", file=sys.stderr)
+                return TERMINATED_EXIT
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # an environment problem the modules did not name themselves: still one line
+            print(f"error: {' '.join(str(exc).split())}; check that the paths exist, are writable and have free space",
+                  file=sys.stderr)
+            return 2
+
+
+def _untrusted_sys_path(argv: list[str]) -> None:
+    """``python -m`` puts the working directory first on sys.path: for status and report, take it off.
+
+    A run directory from elsewhere could otherwise ship modules (a plugin, or
+    one named like a library) that the command would import.
+    ``--trust-plugins`` keeps it.
+    """
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in ("status", "report") and "--trust-plugins" not in argv:
+        here = os.getcwd()
+        sys.path[:] = [p for p in sys.path if p not in ("", ".") and os.path.abspath(p) != here]
 
 
 if __name__ == "__main__":
+    _untrusted_sys_path(sys.argv[1:])
     sys.exit(main())

@@ -5,7 +5,8 @@ and the logits dataset (:mod:`raypriv.scoring.logits_dataset`) all reach Ray
 through here:
 
 * :func:`connect` joins ``ray.address`` (or ``RAY_ADDRESS``), or starts a
-  fresh local instance;
+  fresh local instance; an address nothing listens on, or a temporary folder
+  too full for a local instance, is one error at once;
 * :func:`cluster_cpus` and :func:`actor_count` size pools and task counts by
   the cluster's resources;
 * :func:`unplaceable`, :func:`cluster_can_add_nodes` and
@@ -20,31 +21,142 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import signal
+import socket
+import threading
 import time
 from typing import Any, Iterator
 
 from raypriv.config import ExperimentConfig
 from raypriv.errors import RayprivError
 
+PROBE_SECONDS = 5.0  # a cluster address that accepts no TCP connection this long is an error, not a retry loop
+LOCAL_TEMP_MIN_FREE_BYTES = 100 * 2**20  # a local Ray instance cannot start in a temporary folder with less free
+
+
+def _effective_address(address: str | None) -> tuple[str | None, str]:
+    """The address ``ray.init`` will join and where it comes from: ``RAY_ADDRESS`` wins over none or ``auto``."""
+    env = os.environ.get("RAY_ADDRESS")
+    if env and address in (None, "auto"):
+        return env, "the RAY_ADDRESS environment variable"
+    return address, "ray.address in the config"
+
+
+def _unreachable(address: str, source: str, reason: str) -> RayprivError:
+    fix = ("unset RAY_ADDRESS (or set ray.address) to run on a fresh local Ray instance"
+           if source.startswith("the RAY_ADDRESS") else
+           "set ray.address to the head's address (host:port), or remove it to start a fresh local Ray instance")
+    return RayprivError(
+        f"cannot reach a Ray cluster at {address} (from {source}): {reason}; start the cluster (`ray start --head`) "
+        f"or correct the address: {fix}"
+    )
+
+
+def _check_reachable(address: str, source: str) -> None:
+    """Refuse a cluster address nothing listens on, within :data:`PROBE_SECONDS`.
+
+    ``ray.init`` would retry a dead address for minutes (a warning every
+    few seconds, a new attempt every ~40 s).  ``host:port`` and
+    ``ray://host:port`` are probed with one TCP connection; ``auto`` is
+    resolved the way Ray resolves it (the last ``ray start`` on this
+    machine) and probed if that finds an address.
+    """
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            found = canonicalize_bootstrap_address("auto")
+        except Exception:  # noqa: BLE001 - none found, or another Ray version: ray.init gives its own error
+            return
+        if not found:
+            return
+        address, source = found, f"{source}, where `auto` found the cluster the last `ray start` here recorded"
+    target = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = target.rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return  # not host:port: Ray judges the format
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_SECONDS):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc) or type(exc).__name__)
+        raise _unreachable(address, source, f"nothing accepts connections there ({reason.lower()})") from None
+
+
+def ray_temp_root() -> str:
+    """Where a local Ray instance puts its session folder (Ray's own rule: RAY_TMPDIR, else TMPDIR, else /tmp)."""
+    return os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+
+
+def _check_local_temp() -> None:
+    """Refuse to start a local Ray instance whose temporary folder is missing, not writable or full.
+
+    Ray would wait 30 s for its GCS to write a file there and fail with a
+    traceback; this says which folder and what to do.
+    """
+    root = ray_temp_root()
+    variable = "RAY_TMPDIR" if os.environ.get("RAY_TMPDIR") else "TMPDIR" if os.environ.get("TMPDIR") else None
+    fix = (f"free space there, or point {variable} at a folder with space" if variable
+           else "free space there, or set RAY_TMPDIR to a folder with space")
+    existing = root
+    while existing and not os.path.isdir(existing):  # Ray creates the folders below the first that exists
+        existing = os.path.dirname(existing.rstrip("/")) if existing.rstrip("/") else ""
+    if not existing or not os.access(existing, os.W_OK | os.X_OK):
+        raise RayprivError(f"Ray's temporary folder {root} is not writable; {fix.replace('free space there, or ', '')}")
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return
+    if free < LOCAL_TEMP_MIN_FREE_BYTES:
+        raise RayprivError(
+            f"Ray's temporary folder {root} has {free / 2**20:.1f} MiB free, too little to start a local Ray instance "
+            f"(it needs {LOCAL_TEMP_MIN_FREE_BYTES / 2**20:.0f} MiB or more); {fix}"
+        )
+
 
 def connect(address: str | None = None) -> bool:
     """Join the Ray cluster at ``address`` (``ray.address``; else ``RAY_ADDRESS``), or start a local instance.
 
     Returns True if this call started (or joined) Ray, so the caller shuts it
-    down; False if Ray was already running in this process.
+    down; False if Ray was already running in this process.  An address
+    nothing listens on, or a local instance that cannot start (its temporary
+    folder full or not writable), is one RayprivError instead of a retry loop
+    or a traceback.  ``ray.init`` installs its own SIGTERM handler (exit
+    without cleanup, which aborts the process); the caller's is put back.
     """
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
+    target, source = _effective_address(address)
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address:
-        ray.init(address=address, **kwargs)
+    if target:
+        _check_reachable(target, source)
     else:
-        # "local": a fresh instance, even where /tmp/ray records another (possibly dead)
-        # cluster that a bare ray.init() would try to join.  ray.address: auto joins it.
-        ray.init(address="local", include_dashboard=False, **kwargs)
+        _check_local_temp()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        if target:
+            ray.init(address=address or target, **kwargs)
+        else:
+            # "local": a fresh instance, even where /tmp/ray records another (possibly dead)
+            # cluster that a bare ray.init() would try to join.  ray.address: auto joins it.
+            ray.init(address="local", include_dashboard=False, **kwargs)
+    except ConnectionError as exc:
+        raise _unreachable(target or "auto", source, " ".join(str(exc).split())) from None
+    except RuntimeError as exc:
+        if target or "Timed out waiting for file" not in str(exc):
+            raise
+        raise RayprivError(
+            f"the local Ray instance did not start in {ray_temp_root()} ({' '.join(str(exc).split())[:300]}); check "
+            "that this folder has free space and is writable, or set RAY_TMPDIR to one that is"
+        ) from None
+    finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return True
 
 

@@ -32,6 +32,9 @@ from raypriv.errors import RayprivError
 MAX_INT = 2**31 - 1  # bound of every integer field
 MAX_MODELS = 100_000
 MAX_KEEP_ENTRIES = 10**9  # n_models * n_audit: the keep matrix stays under 1 GB
+# train.lr, train.momentum, train.weight_decay: below float32's overflow (3.4e38), which the optimizers' scalar
+# arithmetic hits with a traceback; a large value under it diverges, and the model fails ("training diverged").
+MAX_OPTIMIZER_VALUE = 1e30
 
 
 @dataclass
@@ -284,12 +287,24 @@ def _check_unique(values: list[str], where: str) -> None:
     _require(not duplicates, f"{where} lists {duplicates} more than once")
 
 
+MAX_NAME_CHARS = 200  # the experiment's name: printed in summaries, plot titles and reports
+
+
+def check_name(name: str) -> None:
+    """The experiment's ``name``: at most :data:`MAX_NAME_CHARS` printable characters (no newlines or controls)."""
+    shown = repr(name[:40]) + ("..." if len(name) > 40 else "")
+    _require(len(name) <= MAX_NAME_CHARS,
+             f"name {shown} has {len(name)} characters; give a name of at most {MAX_NAME_CHARS}")
+    _require(name.isprintable(), f"name {shown} holds non-printable characters (newlines, tabs, controls); remove them")
+
+
 def check_fields(config: ExperimentConfig) -> ExperimentConfig:
     """Check the ranges of fields and the relations between them that types alone cannot express.
 
     Names that refer to a registry (datasets, paradigms, attacks, ...) are
     checked by :func:`raypriv.run.fingerprints.check_names`.
     """
+    check_name(config.name)
     if config.dataset.name == "npz":
         _require(config.dataset.path is not None, "dataset.name is 'npz' but dataset.path is not set; give the .npz file")
     if config.dataset.name in ("csv", "parquet"):
@@ -348,6 +363,13 @@ def check_fields(config: ExperimentConfig) -> ExperimentConfig:
     _require(t.batch_size >= 1 and t.eval_batch_size >= 1, "train.batch_size and train.eval_batch_size must be at least 1")
     _require(t.lr > 0, "train.lr must be positive")
     _require(t.momentum >= 0 and t.weight_decay >= 0, "train.momentum and train.weight_decay must be non-negative")
+    for field_name in ("lr", "momentum", "weight_decay"):
+        value = getattr(t, field_name)
+        _require(
+            value <= MAX_OPTIMIZER_VALUE,
+            f"train.{field_name}={value:g} is above {MAX_OPTIMIZER_VALUE:g}: no recipe trains with it, and the "
+            "optimizer's float32 arithmetic overflows; lower it (e.g. train.lr: 0.05)",
+        )
     _require(t.crop_padding >= 0, "train.crop_padding must be non-negative")
     _require(config.model.width is None or config.model.width >= 1, "model.width must be at least 1")
 
@@ -371,8 +393,22 @@ def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
     return check_fields(build_dataclass(ExperimentConfig, raw, ""))
 
 
+class _AliasRefused(yaml.YAMLError):
+    """A YAML anchor or alias: refused before any node is composed (see :class:`_UniqueKeyLoader`)."""
+
+    def __init__(self, mark: Any):
+        super().__init__(f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last silently)."""
+    """A SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last silently), and anchors
+    and aliases: a few hundred bytes of nested aliases expand to gigabytes (a "billion laughs" bomb)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _AliasRefused(event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
@@ -397,6 +433,10 @@ def load_yaml(data: bytes, what: str) -> dict[str, Any]:
         raise RayprivError(f"{what} is not UTF-8 text (byte {exc.start}: {bad_byte!r}); save it as UTF-8") from None
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except _AliasRefused as exc:
+        raise RayprivError(
+            f"{what}: YAML anchors and aliases (&, *) are not supported ({exc}); write the values out"
+        ) from None
     except yaml.YAMLError as exc:
         raise RayprivError(f"{what} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
@@ -439,4 +479,11 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> di
 
 def dump_config(config: ExperimentConfig) -> str:
     """The resolved config as YAML (field order kept)."""
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return yaml.dump(config.to_dict(), Dumper=_PlainDumper, sort_keys=False)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """A SafeDumper that writes every value out, never as an anchor and alias (which :func:`load_yaml` refuses)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True

@@ -209,4 +209,6 @@ def write_roc_png(store: RunStore, curves: dict[str, dict[str, tuple[np.ndarray,
     curve per paradigm.  ``curves``: paradigm -> attack -> (fpr, tpr), as scoring returns them."""
     attacks = list(dict.fromkeys(a for by_attack in curves.values() for a in by_attack))
     panels = curves if len(curves) == 1 else {a: {p: c[a] for p, c in curves.items() if a in c} for a in attacks}
-    store.write_bytes("roc.png", png_bytes(roc_figure(panels, title)))
+    # Every text drawn as written: a config name holding "$" would otherwise be parsed as mathtext and abort.
+    panels = {literal(panel): {literal(label): curve for label, curve in lines.items()} for panel, lines in panels.items()}
+    store.write_bytes("roc.png", png_bytes(roc_figure(panels, literal(title))))

@@ -29,9 +29,11 @@ substituted as whole arguments (a value holding ``;`` or ``$(...)`` arrives
 literally), and its working directory is a per-model scratch directory that
 is deleted afterwards.
 
-Validation: the output must hold ``x`` with the private set's feature shape
-and a numeric dtype (images: ``uint8``, or floats in [0, 1]), finite values,
-and labels that are class ids in ``[0, num_classes)`` or probability rows.
+Validation (:func:`raypriv.synth.validation.check_training_set`, the same
+checks a Python plugin's output passes): the output must hold ``x`` with the
+private set's feature shape, at least one row, a numeric dtype (images:
+``uint8``, or floats in [0, 1]) and finite values, and one label per row:
+class ids in ``[0, num_classes)`` or probability rows.
 A non-zero exit, a timeout or a malformed output fails that model only
 (:class:`raypriv.errors.ModelFailed`, with the tail of the command's
 stderr): the run goes on for the other models, and a rerun retries it.
@@ -52,6 +54,7 @@ from raypriv.errors import ModelFailed
 from raypriv.seeding import torch_seed
 from raypriv.synth.base import LabeledSet, Paradigm, ShadowContext
 from raypriv.synth.options import ExternalOptions
+from raypriv.synth.validation import check_training_set
 
 STDERR_TAIL = 2000  # characters of the command's stderr kept in a failure message
 
@@ -61,47 +64,18 @@ def _tail(data: bytes) -> str:
     return ("..." + text[-STDERR_TAIL:]) if len(text) > STDERR_TAIL else (text or "(empty)")
 
 
-def _labels(y: np.ndarray, n: int, num_classes: int) -> tuple[np.ndarray | None, str | None]:
-    """The labels as int64 ids or float32 probabilities, or why they are malformed."""
-    if len(y) != n:
-        return None, f"y has {len(y)} rows but x has {n}"
-    if y.ndim == 1 and y.dtype.kind in "iu":
-        if len(y) and (y.min() < 0 or y.max() >= num_classes):
-            return None, f"y holds classes {int(y.min())}..{int(y.max())}, outside [0, {num_classes})"
-        return y.astype(np.int64), None
-    if y.ndim == 2 and y.shape[1] == num_classes and y.dtype.kind == "f":
-        if not np.isfinite(y).all():
-            return None, "y (soft labels) holds NaN or infinite values"
-        if (y < 0).any() or not np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
-            return None, "y (soft labels) rows must be non-negative and sum to 1"
-        return y.astype(np.float32), None
-    return None, (
-        f"y has shape {y.shape} and dtype {y.dtype}; give integer class ids (N,) or float probabilities "
-        f"(N, {num_classes})"
-    )
-
-
 def validate_output(arrays: Any, private: LabeledSet, num_classes: int, image: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The synthetic ``(x, y)`` read from the command's output, or :class:`ValueError` saying what is wrong."""
+    """The synthetic ``(x, y)`` read from the command's output, or :class:`ValueError` saying what is wrong.
+
+    The arrays pass :func:`raypriv.synth.validation.check_training_set`, the
+    checks every plugin's output passes too.
+    """
     missing = {"x", "y"} - set(arrays.files)
     if missing:
         raise ValueError(f"it lacks the array(s) {sorted(missing)} (found {sorted(arrays.files)})")
-    x, y = arrays["x"], arrays["y"]
-    feature_shape = tuple(private.x.shape[1:])
-    if x.ndim != len(feature_shape) + 1 or tuple(x.shape[1:]) != feature_shape or len(x) == 0:
-        raise ValueError(f"x has shape {x.shape}; expected (N, {', '.join(map(str, feature_shape))}) with N >= 1")
-    if x.dtype.kind == "f":
-        if not np.isfinite(x).all():
-            raise ValueError("x holds NaN or infinite values")
-        if image and (x.min() < 0.0 or x.max() > 1.0):
-            raise ValueError(f"x (images as floats) lies in [{x.min():.3g}, {x.max():.3g}], outside [0, 1]")
-        x = x.astype(np.float32)
-    elif not (image and x.dtype == np.uint8):
-        raise ValueError(f"x has dtype {x.dtype}; give float32 ({'in [0, 1], or uint8 ' if image else ''}features)")
-    labels, problem = _labels(y, len(x), num_classes)
-    if problem:
-        raise ValueError(problem)
-    return x, labels
+    return check_training_set(
+        arrays["x"], arrays["y"], feature_shape=tuple(private.x.shape[1:]), num_classes=num_classes, image=image
+    )
 
 
 class ExternalCommand(Paradigm):
@@ -122,25 +96,61 @@ class ExternalCommand(Paradigm):
                 out.append(argument)
         return out
 
+    output_tail_bytes = 64 * 1024  # of each of the command's stdout and stderr kept while it runs
+
     def _run(self, argv: list[str], workdir: str, model: str) -> None:
+        """Run the command, draining stdout and stderr as they come and keeping only their last
+        :attr:`output_tail_bytes` each: a command that prints gigabytes holds no more memory than that."""
+        import contextlib
+        import threading
+        import time
+
+        limit = self.output_tail_bytes
         env = {**os.environ, **self.options.env}
         process = subprocess.Popen(
             argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, so a timeout kills its children too
         )
+        tails = {"stdout": bytearray(), "stderr": bytearray()}
+
+        def drain(name: str, pipe: Any) -> None:
+            tail = tails[name]
+            with pipe:
+                while chunk := os.read(pipe.fileno(), 1 << 16):
+                    tail += chunk
+                    if len(tail) > 2 * limit:
+                        del tail[:-limit]
+
+        readers = [threading.Thread(target=drain, args=(name, pipe), daemon=True)
+                   for name, pipe in (("stdout", process.stdout), ("stderr", process.stderr))]
+        for reader in readers:
+            reader.start()
+        deadline = time.monotonic() + self.options.timeout_s
         try:
-            _, stderr = process.communicate(timeout=self.options.timeout_s)
+            process.wait(timeout=self.options.timeout_s)
+            for reader in readers:  # a child it left behind may hold the pipes open: that counts as running
+                reader.join(max(0.0, deadline - time.monotonic()))
+            timed_out = any(reader.is_alive() for reader in readers)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            _, stderr = process.communicate()
+            timed_out = True
+        except BaseException:  # interrupted: leave no command running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            raise
+        if timed_out:
+            with contextlib.suppress(ProcessLookupError):  # the group may have ended meanwhile
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            for reader in readers:
+                reader.join(5.0)
             raise ModelFailed(
                 f"{model}: the external command timed out after {self.options.timeout_s:g}s (raise "
-                f"paradigm_options.external.timeout_s); stderr tail: {_tail(stderr)}"
+                f"paradigm_options.external.timeout_s); stderr tail: {_tail(bytes(tails['stderr'][-limit:]))}"
             ) from None
         if process.returncode != 0:
             raise ModelFailed(
                 f"{model}: the external command {argv[0]!r} exited with status {process.returncode}; "
-                f"stderr tail: {_tail(stderr)}"
+                f"stderr tail: {_tail(bytes(tails['stderr'][-limit:]))}"
             )
 
     def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
