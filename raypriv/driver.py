@@ -33,6 +33,7 @@ from raypriv.run.format import MODEL_SCHEMA
 from raypriv.scoring import ScoringPlan, score_run
 from raypriv.split import make_audit_split
 from raypriv.summary import format_summary
+from raypriv.synth import paradigm_class
 from raypriv.training import check_sizes
 
 log = logging.getLogger("raypriv")
@@ -90,6 +91,8 @@ def _audit_locked(config: ExperimentConfig, run: RunDirectory, use_ray: bool, sh
     run.check_resumable(config, fingerprints)
     dataset = load_dataset(config.dataset)
     check_sizes(config, dataset.input_shape, dataset.num_classes)  # crop_padding, width: before the first write
+    for paradigm in config.paradigms:  # e.g. a tabular generator on images: refused before the first write
+        paradigm_class(paradigm).check_data(paradigm, dataset.input_shape, dataset.num_classes)
     if image_queries(config.queries) and not dataset.is_image:
         raise RayprivError(
             f"queries lists {image_queries(config.queries)}, but {config.dataset.name} is tabular (no image to "

@@ -185,3 +185,15 @@ def test_a_flipped_bit_in_run_json_is_damage_that_audit_rebuilds_not_another_pro
     assert "its own sha256 differs" in capsys.readouterr().err
     result = run_audit(from_dict(raw), use_ray=False, show_progress=False)
     assert result.trained_now == 0 and json.loads((out / "run.json").read_text())["protocol_hash"] == protocol
+
+
+def test_a_run_refused_for_its_data_changes_nothing_in_the_run_directory(tiny_run, tmp_path, capsys):
+    """Probe: ``paradigms: [dpgen-marginals]`` on digits was refused only after config.yaml and run.json were rewritten."""
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**raw, "paradigms": ["real", "dpgen-marginals"]}))
+    assert main(["audit", "--config", str(config), "--no-ray", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dpgen-marginals generates tabular records" in err[0]
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -161,6 +161,13 @@ class Paradigm(ABC):
         self.options = options if options is not None else self.Options()
 
     @classmethod
+    def check_data(cls, name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+        """Refuse, with a RayprivError, a dataset this paradigm cannot synthesize from (e.g. images for a tabular
+        generator).  The driver calls it before anything is written, so a refused run leaves its directory as it
+        was.  The default accepts every dataset."""
+        return None  # a hook with a default, not an abstract method
+
+    @classmethod
     def check_raw_options(cls, raw: dict[str, Any], where: str) -> None:
         """Check the options mapping as written, before it is coerced to ``Options`` (e.g. a string where a list belongs).
 

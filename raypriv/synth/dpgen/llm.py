@@ -102,7 +102,7 @@ import torch
 
 from raypriv.errors import RayprivError
 from raypriv.synth.base import LabeledSet, Paradigm, ShadowContext
-from raypriv.synth.dpgen.common import NoiseCalibration, calibrate, tabular_records
+from raypriv.synth.dpgen.common import NoiseCalibration, calibrate, require_tabular, tabular_records
 from raypriv.synth.dpgen.language_models import TINY_MODEL, LanguageModel, load_language_model, tiny_language_model
 from raypriv.synth.dpgen.options import DPGenLLMOptions
 
@@ -347,6 +347,10 @@ def generate_free(lm: LanguageModel, prompts: list[list[int]], public_prompt: li
 class DPGenLLM(Paradigm):
     name = "dpgen-llm"
     Options = DPGenLLMOptions
+
+    @classmethod
+    def check_data(cls, name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+        require_tabular(name, input_shape)
 
     def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
         opts: DPGenLLMOptions = self.options

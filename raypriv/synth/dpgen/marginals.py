@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from raypriv.synth.base import LabeledSet, Paradigm, ShadowContext
-from raypriv.synth.dpgen.common import NoiseCalibration, calibrate, tabular_records
+from raypriv.synth.dpgen.common import NoiseCalibration, calibrate, require_tabular, tabular_records
 from raypriv.synth.dpgen.options import DPGenMarginalsOptions
 
 
@@ -134,6 +134,10 @@ def sample_bins(model: MarginalModel, n: int, rng: np.random.Generator) -> tuple
 class DPGenMarginals(Paradigm):
     name = "dpgen-marginals"
     Options = DPGenMarginalsOptions
+
+    @classmethod
+    def check_data(cls, name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+        require_tabular(name, input_shape)
 
     def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
         opts: DPGenMarginalsOptions = self.options
