@@ -20,7 +20,17 @@ first.  Each round then takes the next case in turn, on a fresh run directory:
   reruns and must end with the reference results;
 * ``lock shape``: a lock left with contents of any shape (``null``, a list, a
   string, a string heartbeat, an impossible pid, empty, garbage, a heartbeat
-  in the future), written long ago; the rerun must take it over.
+  in the future), written long ago; the rerun must take it over;
+* ``sigstop``: SIGSTOP the audit holding the lease once some models are
+  stored, age its lease past the stale time (as a laptop asleep would), run a
+  second audit that takes the lease over and finishes, then SIGCONT the
+  first: it must stop at its next write with exit 2, and the directory keep
+  the reference results;
+* ``takeover``: a stale lease of a dead audit and three audits started at
+  once on it: exactly one may run, the others exit 2 with the lock error;
+* ``plugin``: an audit of ``real`` beside a plugin whose synthesis raises: it
+  exits 2 naming the failed models, every ``real`` model is stored, and a
+  rerun of ``real`` alone resumes them to the reference results.
 
 A round is *completed* when its last audit exits 0; a result is *lost* when
 the directory then holds anything but exactly one model row and logits file
@@ -53,15 +63,15 @@ CONFIG = {
     "model": {"arch": "cnn_small", "width": 8},
     "train": {"epochs": 3, "batch_size": 256},
 }
-CASES = ("kill -9", "corrupt", "concurrent", "bit flip", "lock shape")
+CASES = ("kill -9", "corrupt", "concurrent", "bit flip", "lock shape", "sigstop", "takeover", "plugin")
 FLIP_KINDS = ("logits", "model row", "keep.npy", "audit.parquet", "scores.parquet", "metrics.json", "run.json", "config.yaml")
 LOCK_SHAPES = ("null", "[]", '"x"', '{"heartbeat": "soon"}', '{"pid": 1000000000000000000000000000000}', "",
                "garbage{", "future")
 
 
-def _audit(work: Path, out: Path, ray: bool) -> list[str]:
+def _audit(work: Path, out: Path, ray: bool, **fields) -> list[str]:
     config = work / f"{out.name}.yaml"
-    config.write_text(yaml.safe_dump({**CONFIG, "out_dir": str(out)}))
+    config.write_text(yaml.safe_dump({**CONFIG, "out_dir": str(out), **fields}))
     return [sys.executable, "-m", "raypriv.cli", "audit", "--config", str(config), "--quiet"] + ([] if ray else ["--no-ray"])
 
 
@@ -210,6 +220,90 @@ def _lock_shape_case(work: Path, out: Path, ray: bool, rng: random.Random, refer
     return code, err, f"lock {shape or 'empty'}"
 
 
+def _stored(rows: Path) -> int:
+    """Model rows stored so far under ``rows`` (a paradigm's models folder)."""
+    return len(list(rows.glob("model-*.parquet"))) if rows.exists() else 0
+
+
+def _age_lease(out: Path) -> None:
+    """Make the lease look abandoned: its heartbeat and the file's mtime an hour old."""
+    lock = out / "raypriv.lock"
+    record = json.loads(lock.read_text())
+    old = time.time() - 3600
+    lock.write_text(json.dumps({**record, "heartbeat": old}))
+    os.utime(lock, (old, old))
+
+
+def _sigstop_case(work: Path, out: Path, ray: bool, rng: random.Random) -> tuple[int, str, str]:
+    command = _audit(work, out, ray)
+    first = _start(command)
+    rows = out / "models" / "real"
+    target = rng.randint(1, CONFIG["n_models"] - 2)
+    deadline = time.time() + 300
+    while first.poll() is None and time.time() < deadline and _stored(rows) < target:
+        time.sleep(0.02)
+    if first.poll() is not None:
+        return 1, f"the first audit ended before it could be stopped: {first.communicate()[1][-300:]}", ""
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        _age_lease(out)
+        code, err = _run(command)  # takes the lease over and finishes
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    _, first_err = first.communicate(timeout=600)
+    if code != 0:
+        return code, err, "second audit failed"
+    if first.returncode == 0:
+        return 1, "the paused audit finished as if it still held the lease", ""
+    if first.returncode == 2 and "Traceback" not in first_err:
+        return 0, "", f"paused at {target} models, stopped with exit 2"
+    return 1, f"the paused audit exited {first.returncode}: {' '.join(first_err.split())[-300:]}", ""
+
+
+def _takeover_case(work: Path, out: Path, ray: bool, reference_dir: Path) -> tuple[int, str, str]:
+    shutil.copytree(reference_dir, out)
+    for name in ("metrics.json", "scores.parquet"):  # so the winner has work to do while the others try
+        (out / name).unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = {"host": os.uname().nodename, "pid": int(dead.stdout), "token": "dead", "heartbeat": time.time() - 3600}
+    (out / "raypriv.lock").write_text(json.dumps(lock))
+    command = _audit(work, out, ray)
+    processes = [_start(command) for _ in range(3)]
+    results = [(p.wait(timeout=600), p.communicate()[1]) for p in processes]
+    codes = sorted(code for code, _ in results)
+    refused = [err for code, err in results if code == 2]
+    if codes != [0, 2, 2] or not all("in use by another raypriv audit" in err for err in refused):
+        return 1, f"exit codes {codes}: {[' '.join(err.split())[-200:] for _, err in results]}", ""
+    return 0, "", "one of three took over"
+
+
+PLUGIN = '''
+from raypriv import Paradigm
+
+
+class Failing(Paradigm):
+    """A user's synthesizer that raises for some models."""
+
+    name = "failing"
+
+    def synthesize(self, private, context):
+        if context.model_id % 3 == 0:
+            raise RuntimeError(f"synthesis failed for model {context.model_id}")
+        return private
+'''
+
+
+def _plugin_case(work: Path, out: Path, ray: bool) -> tuple[int, str, str]:
+    (work / "fault_plugin.py").write_text(PLUGIN)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(work), os.environ.get("PYTHONPATH")]))
+    code, err = _run(_audit(work, out, ray, paradigms=["real", "fault_plugin:Failing"]))
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    if code != 2 or not lines or "synthesis failed for model 0" not in err or "Traceback" in err:
+        return 1, f"the audit with a failing plugin exited {code}: {' '.join(err.split())[-300:]}", ""
+    code, err = _run(_audit(work, out, ray))  # real alone: every real model was stored, so it only scores
+    return code, err, "plugin failed alone"
+
+
 def _concurrent_case(work: Path, out: Path, ray: bool) -> tuple[int, str, str]:
     command = _audit(work, out, ray)
     processes = [_start(command) for _ in range(2)]
@@ -219,6 +313,26 @@ def _concurrent_case(work: Path, out: Path, ray: bool) -> tuple[int, str, str]:
     if codes != [0, 2] or "in use by another raypriv audit" not in (refused or [""])[0]:
         return 1, f"exit codes {codes}: {[err[-300:] for _, err in results]}", ""
     return 0, "", "second audit refused"
+
+
+def _run_case(case: str, work: Path, out: Path, ray: bool, rng: random.Random, reference_dir: Path,
+              reference: dict) -> tuple[int, str, str, str]:
+    """One round of ``case``: (exit code of its last audit, its stderr, what was injected, why it was silently wrong)."""
+    if case == "kill -9":
+        return (*_kill_case(work, out, ray, rng), "", "")
+    if case == "corrupt":
+        return (*_corrupt_case(work, out, ray, rng, reference_dir), "")
+    if case == "bit flip":
+        return _bit_flip_case(work, out, ray, rng, reference_dir, reference)
+    if case == "lock shape":
+        return (*_lock_shape_case(work, out, ray, rng, reference_dir), "")
+    if case == "sigstop":
+        return (*_sigstop_case(work, out, ray, rng), "")
+    if case == "takeover":
+        return (*_takeover_case(work, out, ray, reference_dir), "")
+    if case == "plugin":
+        return (*_plugin_case(work, out, ray), "")
+    return (*_concurrent_case(work, out, ray), "")
 
 
 def main() -> None:
@@ -246,17 +360,7 @@ def main() -> None:
             break
         case = CASES[round_ % len(CASES)]
         out = work / f"round-{round_:03d}"
-        detail, wrong = "", ""
-        if case == "kill -9":
-            code, err = _kill_case(work, out, args.ray, rng)
-        elif case == "corrupt":
-            code, err, detail = _corrupt_case(work, out, args.ray, rng, reference_dir)
-        elif case == "bit flip":
-            code, err, detail, wrong = _bit_flip_case(work, out, args.ray, rng, reference_dir, reference)
-        elif case == "lock shape":
-            code, err, detail = _lock_shape_case(work, out, args.ray, rng, reference_dir)
-        else:
-            code, err, detail = _concurrent_case(work, out, args.ray)
+        code, err, detail, wrong = _run_case(case, work, out, args.ray, rng, reference_dir, reference)
         table[case]["tried"] += 1
         lost = _lost(out, reference) if code == 0 else ""
         if code == 0:
