@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -20,7 +21,8 @@ from raypriv.config import from_dict
 from raypriv.driver import run_audit
 from raypriv.errors import RayprivError
 from raypriv.run.directory import RunDirectory
-from raypriv.run.format import model_row_path
+from raypriv.run.format import logits_path, model_row_path
+from raypriv.run.store import RunStore, write_model_result
 from tests.conftest import metric_values
 
 
@@ -197,3 +199,20 @@ def test_a_run_refused_for_its_data_changes_nothing_in_the_run_directory(tiny_ru
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dpgen-marginals generates tabular records" in err[0]
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_stored_model_with_non_finite_logits_is_one_error_line_not_a_traceback(tiny_run, tmp_path, capsys):
+    """Probe: NaN logits stored as a complete model (before divergence was refused) crashed scoring on every rerun."""
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    store = RunStore(str(out))
+    row = pq.read_table(out / model_row_path("real", 4)).to_pylist()[0]
+    logits = pq.read_table(out / logits_path("real", 4))
+    n_audit, n_queries = raw["audit"]["n_audit"], len(tiny_run.run.manifest["queries"])
+    nan = np.full((n_audit, n_queries, 10), np.nan, dtype=np.float32)
+    labels = np.asarray(logits.column("label").to_numpy()[::n_queries][:n_audit])
+    write_model_result(store, row, nan, labels)  # what an older raypriv stored for a diverged model
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["audit", "--config", str(config), "--no-ray", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite logits (model 4 of real diverged" in err[0] and "model-000004.parquet" in err[0]

@@ -18,6 +18,8 @@ import time
 import numpy as np
 
 from raypriv.attacks import map_threads, reduce_logits, to_float32
+from raypriv.errors import RayprivError
+from raypriv.run.format import logits_path, model_row_path
 from raypriv.run.store import RunStore, iter_logits
 from raypriv.scoring.plan import ScoringPlan
 
@@ -42,6 +44,12 @@ def reduce_model(store: RunStore, paradigm: str, model_id: int, n_audit: int, n_
         if batch is None:
             return read, reduce
         sample, query, logits = batch
+        if not np.isfinite(logits).all():  # a model that diverged before raypriv refused to store such models
+            raise RayprivError(
+                f"{store.path(logits_path(paradigm, model_id))} holds non-finite logits (model {model_id} of "
+                f"{paradigm} diverged, stored by a raypriv from before diverged models were refused); delete it and "
+                f"{store.path(model_row_path(paradigm, model_id))} and rerun to retrain that model"
+            )
         score, label_log_p = reduce_logits(logits, labels[sample])
         if scores is not None:
             scores[sample, query] = to_float32(score)
