@@ -216,3 +216,14 @@ def test_a_stored_model_with_non_finite_logits_is_one_error_line_not_a_traceback
     assert main(["audit", "--config", str(config), "--no-ray", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "non-finite logits (model 4 of real diverged" in err[0] and "model-000004.parquet" in err[0]
+
+
+def test_unknown_files_in_the_run_directory_are_ignored_with_a_warning(tiny_run, tmp_path, caplog):
+    out, raw = _copy(tiny_run, tmp_path / "run")
+    (out / "notes.txt").write_text("my notes")
+    (out / "scores (copy).parquet").write_bytes((out / "scores.parquet").read_bytes())
+    result = run_audit(from_dict(raw), use_ray=False, show_progress=False)
+    assert result.trained_now == 0 and metric_values(result.metrics_json) == metric_values(tiny_run.run.metrics_json)
+    warned = [r.getMessage() for r in caplog.records if "not a file raypriv writes" in r.getMessage()]
+    assert any("notes.txt" in w for w in warned) and any("scores (copy).parquet" in w for w in warned)
+    assert (out / "notes.txt").read_text() == "my notes"  # the user's file, never deleted

@@ -48,7 +48,12 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-MANIFEST_KEYS = ("schema_version", "protocol_hash")  # what every run.json holds, whatever its version
+MANIFEST_KEYS = ("schema_version", "protocol_hash")
+# Every top-level name raypriv writes in a run directory (raypriv.run.format); anything else is the user's.
+RUN_ENTRIES = frozenset({
+    "run.json", "config.yaml", "keep.npy", "audit.parquet", "models", "logits", "synthetic", "models.parquet",
+    "scores.parquet", "metrics.json", "metrics.csv", "roc.png", "summary.txt", "report", LOCK_FILE,
+})  # what every run.json holds, whatever its version
 # The outputs run.json checks by sha256 once scoring wrote them (keep.npy has its own keep_sha256).
 CHECKED_OUTPUTS = ("audit.parquet", "scores.parquet", "metrics.json")
 
@@ -398,9 +403,22 @@ class RunDirectory:
                 if found != recipe:
                     raise self._other_recipe(paradigm, found, recipe, _stored_plugin(row))
 
+    def unknown_entries(self) -> list[str]:
+        """Top-level names in the run directory that raypriv never writes (ignored by every reader, never deleted)."""
+        import pyarrow.fs as pafs
+
+        entries = self.store.fs.get_file_info(pafs.FileSelector(self.store.root, recursive=False))
+        return sorted(entry.base_name for entry in entries
+                      if entry.base_name not in RUN_ENTRIES and not entry.base_name.startswith(".tmp-"))
+
     def completed(self, config: ExperimentConfig, fingerprints: Fingerprints, repair: bool = True
                   ) -> tuple[dict[tuple[str, int], dict[str, Any]], list[str]]:
-        """Rows of the models already stored for this config, keyed (paradigm, model id), and what was discarded."""
+        """Rows of the models already stored for this config, keyed (paradigm, model id), and what was discarded.
+
+        Unknown files in the run directory are ignored, with a warning (:meth:`unknown_entries`)."""
+        if repair:
+            for name in self.unknown_entries():
+                log.warning("ignoring %s: not a file raypriv writes", self.store.path(name))
         expected_rows = (config.audit.n_audit + config.audit.n_population) * len(config.queries)
         complete: dict[tuple[str, int], dict[str, Any]] = {}
         discarded: list[str] = []
