@@ -43,6 +43,17 @@ def tiny_config_dict(out_dir, **overrides):
     return raw
 
 
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run the CLI in process; it must exit 2 with exactly one ``error:`` line on stderr (and no traceback)."""
+    from raypriv.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    return errors[0]
+
+
 def metric_values(metrics):
     """Every number of a metrics.json, keyed (paradigm, attack, metric), for exact comparisons."""
     return {(p, a, k): v for p, e in metrics.items() for a, m in e.items() if isinstance(m, dict) for k, v in m.items()}

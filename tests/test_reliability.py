@@ -32,7 +32,7 @@ from raypriv.run.fingerprints import Fingerprints
 from raypriv.run.format import logits_path, model_row_path
 from raypriv.run.store import RunStore
 from raypriv.synth import PARADIGMS, build_options
-from tests.conftest import metric_values, stop_cluster, tiny_config_dict
+from tests.conftest import cli_error, metric_values, stop_cluster, tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,15 +51,6 @@ def _copy(finished, destination: Path) -> tuple[Path, dict]:
 
 def _snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
     return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns) for p in directory.rglob("*") if p.is_file()}
-
-
-def _cli_error(capsys, argv: list[str]) -> str:
-    """Run the CLI; it must exit 2 with exactly one ``error:`` line on stderr (and no traceback)."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    return errors[0]
 
 
 def _write_config(path: Path, raw: dict) -> Path:
@@ -214,7 +205,7 @@ def test_6_out_of_range_sizes_and_seeds_are_errors_naming_the_bound(finished, tm
         load_dataset(DatasetConfig(name="npz", path=str(tmp_path / "three.npz")))
     run = str(finished[0])
     for flags, bound in ((["--bootstrap", "100000000"], "100..10000"), (["--top", "0"], "1..1000"), (["--top", "-3"], "1..1000")):
-        assert bound in _cli_error(capsys, ["report", run, "--out", str(tmp_path / "r"), *flags])
+        assert bound in cli_error(capsys, ["report", run, "--out", str(tmp_path / "r"), *flags])
 
 
 # 7. A Ray request no node can fit.
@@ -324,24 +315,24 @@ def test_8_config_files_that_are_not_utf8_are_one_error_line(tmp_path, capsys):
     utf16.write_text("n_models: 8\n", encoding="utf-16")
     latin = tmp_path / "latin.yaml"
     latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
-    assert "is UTF-16 encoded; save it as UTF-8" in _cli_error(capsys, ["audit", "--config", str(utf16)])
-    assert "is not UTF-8 text" in _cli_error(capsys, ["audit", "--config", str(latin)])
+    assert "is UTF-16 encoded; save it as UTF-8" in cli_error(capsys, ["audit", "--config", str(utf16)])
+    assert "is not UTF-8 text" in cli_error(capsys, ["audit", "--config", str(latin)])
 
 
 def test_8_an_out_that_is_a_file_or_lies_under_one_is_one_error_line(tmp_path, capsys):
     config = _write_config(tmp_path / "c.yaml", tiny_config_dict(tmp_path / "unused"))
     (tmp_path / "afile").write_text("x")
     out_file = str(tmp_path / "afile")
-    assert "is a file, not a folder" in _cli_error(capsys, ["audit", "--config", str(config), "--out", out_file, "--no-ray"])
+    assert "is a file, not a folder" in cli_error(capsys, ["audit", "--config", str(config), "--out", out_file, "--no-ray"])
     under = str(tmp_path / "afile" / "run")
-    assert "which is a file" in _cli_error(capsys, ["audit", "--config", str(config), "--out", under, "--no-ray"])
+    assert "which is a file" in cli_error(capsys, ["audit", "--config", str(config), "--out", under, "--no-ray"])
     assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_8_a_read_only_out_is_one_error_line(tmp_path, capsys, monkeypatch):
     config = _write_config(tmp_path / "c.yaml", tiny_config_dict(tmp_path / "run"))
     _failing_store(monkeypatch, errno.EROFS)
-    line = _cli_error(capsys, ["audit", "--config", str(config), "--no-ray", "--quiet"])
+    line = cli_error(capsys, ["audit", "--config", str(config), "--no-ray", "--quiet"])
     assert "read-only; choose a writable --out" in line
 
 
@@ -350,7 +341,7 @@ def test_8_a_full_disk_mid_run_is_one_error_line_and_leaves_no_temporary(tmp_pat
     out = tmp_path / "run"
     config = _write_config(tmp_path / "c.yaml", tiny_config_dict(out))
     _failing_store(monkeypatch, errno.ENOSPC, after=6)  # lock, config, run.json, keep, audit, first logits
-    line = _cli_error(capsys, ["audit", "--config", str(config), "--no-ray", "--quiet"])
+    line = cli_error(capsys, ["audit", "--config", str(config), "--no-ray", "--quiet"])
     assert "the disk is full" in line and "rerun to resume" in line
     assert not list(out.rglob(".tmp-*")) and not (out / LOCK_FILE).exists()
     monkeypatch.undo()
@@ -362,7 +353,7 @@ def test_8_a_damaged_config_yaml_a_file_as_report_out_and_a_dollar_run_name(fini
     assert main(["report", str(dollar), "--bootstrap", "100"]) == 0  # no mathtext in plot labels
     capsys.readouterr()
     (tmp_path / "report-file").write_text("x")
-    assert "choose an --out that is a folder" in _cli_error(
+    assert "choose an --out that is a folder" in cli_error(
         capsys, ["report", str(dollar), "--out", str(tmp_path / "report-file"), "--bootstrap", "100"])
     (dollar / "config.yaml").write_text("name: [unclosed\n")
     # run.json keeps a copy of the config: status and report read it, with a warning naming config.yaml.
@@ -375,7 +366,7 @@ def test_8_a_damaged_config_yaml_a_file_as_report_out_and_a_dollar_run_name(fini
     del manifest["config"]
     RunDirectory(str(dollar)).write_manifest(manifest)
     for argv in (["status", str(dollar)], ["report", str(dollar), "--bootstrap", "100"]):
-        assert "config.yaml is not valid YAML" in _cli_error(capsys, argv)
+        assert "config.yaml is not valid YAML" in cli_error(capsys, argv)
 
 
 # 9. Minor: duplicate keys, a single class, keep.npy's hash, report.md escapes the run name.
@@ -384,7 +375,7 @@ def test_8_a_damaged_config_yaml_a_file_as_report_out_and_a_dollar_run_name(fini
 def test_9_duplicate_yaml_keys_are_an_error(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("n_models: 8\nn_models: 16\n")
-    assert "duplicate key 'n_models'" in _cli_error(capsys, ["audit", "--config", str(config)])
+    assert "duplicate key 'n_models'" in cli_error(capsys, ["audit", "--config", str(config)])
 
 
 def test_9_a_single_class_dataset_is_an_error(tmp_path):
@@ -400,7 +391,7 @@ def test_9_a_flipped_bit_in_keep_npy_is_caught_by_report_and_rebuilt_by_audit(fi
     data = bytearray(keep.read_bytes())
     data[-1] ^= 1  # the last membership entry
     keep.write_bytes(bytes(data))
-    assert "keep.npy is corrupt" in _cli_error(capsys, ["report", str(out), "--bootstrap", "100"])
+    assert "keep.npy is corrupt" in cli_error(capsys, ["report", str(out), "--bootstrap", "100"])
     result = run_audit(config_from_dict(raw), use_ray=False, show_progress=False)
     assert result.trained_now == 0 and metric_values(result.metrics_json) == finished[2]
     assert np.array_equal(np.load(keep), np.load(finished[0] / "keep.npy"))

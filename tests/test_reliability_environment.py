@@ -28,7 +28,7 @@ from raypriv.cli import main
 from raypriv.config import from_dict as config_from_dict
 from raypriv.driver import run_audit
 from raypriv.run.store import RunStore
-from tests.conftest import tiny_config_dict
+from tests.conftest import cli_error, tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,15 +43,6 @@ def _copy(finished, destination: Path) -> tuple[Path, dict]:
     source, raw = finished
     shutil.copytree(source, destination)
     return destination, {**raw, "out_dir": str(destination)}
-
-
-def _cli_error(capsys, argv: list[str]) -> str:
-    """Run the CLI; it must exit 2 with exactly one ``error:`` line on stderr (and no traceback)."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    return errors[0]
 
 
 def _write_config(path: Path, raw: dict) -> Path:
@@ -142,13 +133,13 @@ def test_a_yaml_alias_bomb_is_refused_fast_with_one_line(tmp_path, capsys):
     bomb.write_text("\n".join(rows) + "\nname: *i\n")
     assert len(bomb.read_bytes()) < 500
     start = time.monotonic()
-    line = _cli_error(capsys, ["audit", "--config", str(bomb)])
+    line = cli_error(capsys, ["audit", "--config", str(bomb)])
     assert time.monotonic() - start < 2
     assert "YAML anchors and aliases (&, *) are not supported" in line and "write the values out" in line
     assert len(line) < 500
     plain = tmp_path / "anchor.yaml"  # an anchor alone is refused too: nothing it could name is expanded
     plain.write_text("train: &t {epochs: 2}\n")
-    assert "anchors and aliases" in _cli_error(capsys, ["audit", "--config", str(plain)])
+    assert "anchors and aliases" in cli_error(capsys, ["audit", "--config", str(plain)])
 
 
 # 5. A full TMPDIR on the Ray path: one error line, not a traceback after 30 s.
@@ -188,7 +179,7 @@ def test_a_full_tmpdir_on_the_ray_path_is_one_error_line(tmp_path, capsys, monke
         monkeypatch.delenv("RAY_TMPDIR", raising=False)
         monkeypatch.setenv("TMPDIR", str(full))
         start = time.monotonic()
-        line = _cli_error(capsys, ["audit", "--config", str(config), "--quiet"])
+        line = cli_error(capsys, ["audit", "--config", str(config), "--quiet"])
         assert time.monotonic() - start < 25
         assert str(full) in line and "MiB free" in line and "TMPDIR" in line
     finally:
@@ -202,7 +193,7 @@ def test_a_huge_or_unprintable_name_is_refused(tmp_path, capsys):
     for name, message in (("x" * 1_000_000, "has 1000000 characters; give a name of at most 200"),
                           ("two\nlines", "non-printable characters")):
         config = _write_config(tmp_path / "c.yaml", {**tiny_config_dict(tmp_path / "run"), "name": name})
-        line = _cli_error(capsys, ["audit", "--config", str(config), "--no-ray", "--quiet"])
+        line = cli_error(capsys, ["audit", "--config", str(config), "--no-ray", "--quiet"])
         assert message in line and len(line) < 400
 
 

@@ -32,6 +32,7 @@ from raypriv.run import lease as lease_module
 from raypriv.run.directory import RunDirectory
 from raypriv.run.lease import LOCK_FILE, MAX_CLOCK_SKEW_SECONDS, STALE_SECONDS, RunLease
 from raypriv.run.store import GUARDS, RunStore
+from tests.conftest import cli_error
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = time.time() - 10 * STALE_SECONDS  # a modification time well past the stale limit
@@ -63,15 +64,6 @@ def _lock(directory: Path, data: bytes, mtime: float | None = None) -> Path:
     if mtime is not None:
         os.utime(path, (mtime, mtime))
     return path
-
-
-def _cli_error(capsys, argv: list[str]) -> str:
-    """Run the CLI; it must exit 2 with exactly one ``error:`` line on stderr (and no traceback)."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    return errors[0]
 
 
 @pytest.fixture
@@ -207,7 +199,7 @@ def test_lock_contents_of_any_shape_never_give_a_traceback(tmp_path, shape):
 def test_a_null_lock_refuses_with_one_line_and_force_unlock_takes_it(finished_copy, capsys):
     out, argv = finished_copy
     _lock(out, b"null")
-    line = _cli_error(capsys, argv)
+    line = cli_error(capsys, argv)
     assert "holds a raypriv.lock that is not a lease record" in line and "--force-unlock" in line
     assert main([*argv, "--force-unlock"]) == 0  # the issue: it blocked the run for good, even forced
     assert not (out / LOCK_FILE).exists()
@@ -272,7 +264,7 @@ def test_a_full_disk_at_the_start_of_an_audit_is_one_line_and_the_rerun_is_not_r
     config.write_text(yaml.safe_dump(tiny_config_dict(out)))
     argv = ["audit", "--config", str(config), "--no-ray", "--quiet"]
     _failing_store(monkeypatch, errno.ENOSPC)  # the very first write, the lock's, fails half-written
-    assert "the disk is full" in _cli_error(capsys, argv)
+    assert "the disk is full" in cli_error(capsys, argv)
     assert not (out / LOCK_FILE).exists() and not list(tmp_path.rglob(".tmp-*"))
     monkeypatch.undo()
     lease = RunDirectory(str(out)).lease()  # the rerun is not refused
