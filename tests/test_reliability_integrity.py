@@ -23,7 +23,7 @@ from raypriv.errors import RayprivError
 from raypriv.run.directory import RunDirectory
 from raypriv.run.format import logits_path, model_row_path
 from raypriv.run.store import RunStore, write_model_result
-from tests.conftest import metric_values
+from tests.conftest import cli_error, metric_values
 
 
 def _copy(tiny_run, destination):
@@ -227,3 +227,16 @@ def test_unknown_files_in_the_run_directory_are_ignored_with_a_warning(tiny_run,
     warned = [r.getMessage() for r in caplog.records if "not a file raypriv writes" in r.getMessage()]
     assert any("notes.txt" in w for w in warned) and any("scores (copy).parquet" in w for w in warned)
     assert (out / "notes.txt").read_text() == "my notes"  # the user's file, never deleted
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_an_empty_or_truncated_scores_parquet_of_an_older_run_is_one_error_line(tiny_run, tmp_path, capsys, damage):
+    """Probe: an empty or truncated scores.parquet gave report a traceback (here a run from before output checksums)."""
+    out, _ = _copy(tiny_run, tmp_path / "run")
+    directory = RunDirectory(str(out))
+    manifest = directory.manifest()
+    del manifest["outputs_sha256"]
+    directory.write_manifest(manifest)
+    data = (out / "scores.parquet").read_bytes()
+    (out / "scores.parquet").write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    assert "scores.parquet is corrupt or truncated" in cli_error(capsys, ["report", str(out), "--bootstrap", "100"])

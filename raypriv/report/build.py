@@ -46,18 +46,25 @@ def load_scores(run: FinishedRun, paradigm: str, attacks: list[str]) -> tuple[np
     Read by column name and placed by ``(model_id, sample_id)``, so neither
     the row order nor the row groups of scores.parquet matter.
     """
+    import pyarrow as pa
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
     n_models, n_audit = run.keep.shape
     path = run.store.path("scores.parquet")
-    available = pads.dataset(path, filesystem=run.store.fs, format="parquet").schema.names  # a file, or the Ray backend's folder
-    missing = [a for a in attacks if a not in available]
-    if missing:
-        raise RayprivError(f"{path} has no column for attack(s) {missing}; rerun `raypriv audit` to rescore")
-    table = pq.read_table(
-        path, filesystem=run.store.fs, columns=[*_SCORE_KEYS, *attacks], filters=[("paradigm", "==", paradigm)]
-    )
+    try:  # a file, or the Ray backend's folder
+        available = pads.dataset(path, filesystem=run.store.fs, format="parquet").schema.names
+        missing = [a for a in attacks if a not in available]
+        if missing:
+            raise RayprivError(f"{path} has no column for attack(s) {missing}; rerun `raypriv audit` to rescore")
+        table = pq.read_table(
+            path, filesystem=run.store.fs, columns=[*_SCORE_KEYS, *attacks], filters=[("paradigm", "==", paradigm)]
+        )
+    except (pa.ArrowException, OSError) as exc:  # empty or truncated (a run from before run.json's checksums)
+        raise RayprivError(
+            f"{path} is corrupt or truncated ({' '.join(str(exc).split())[:200]}); rerun `raypriv audit` with the "
+            "run's config and --out to rescore"
+        ) from None
     model = table.column("model_id").to_numpy().astype(np.int64)
     sample = table.column("sample_id").to_numpy().astype(np.int64)
     if len(model) != n_models * n_audit or model.min(initial=0) < 0 or model.max(initial=0) >= n_models \
