@@ -78,16 +78,20 @@ def test_a_version_1_run_resumes_and_is_upgraded(tmp_path):
 
     from raypriv.config import from_dict as config_from_dict
     from raypriv.driver import run_audit
+    from raypriv.run.directory import RunDirectory
     from tests.conftest import tiny_config_dict
 
     config = config_from_dict(tiny_config_dict(tmp_path / "run", attacks=["loss"]))
     first = run_audit(config, use_ray=False, show_progress=False)
     manifest_path = tmp_path / "run" / "run.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest_path.write_text(json.dumps({**manifest, "schema_version": 1}))
+    # A version-1 run.json, as that raypriv wrote it: without the checksum fields added since.
+    version_1 = {k: v for k, v in manifest.items() if k not in ("manifest_sha256", "outputs_sha256", "config")}
+    manifest_path.write_text(json.dumps({**version_1, "schema_version": 1}))
     again = run_audit(config, use_ray=False, show_progress=False)
     assert again.trained_now == 0 and again.metrics_json["real"]["loss"] == first.metrics_json["real"]["loss"]
     assert json.loads(manifest_path.read_text())["schema_version"] == 2
-    manifest_path.write_text(json.dumps({**manifest, "schema_version": 99}))
+    # A run of a newer raypriv (schema 99), its run.json intact: refused, not rebuilt.
+    RunDirectory(str(tmp_path / "run")).write_manifest({**manifest, "schema_version": 99})
     with pytest.raises(RayprivError, match="store schema 99"):
         run_audit(config, use_ray=False, show_progress=False)
