@@ -135,7 +135,7 @@ def test_another_runs_audit_parquet_is_rebuilt_from_the_seed(tiny_run, tmp_path)
     raypriv.load_run(out)  # intact again
 
 
-@pytest.mark.parametrize("content", [b"[]", b"garbage{", b"{}", b""])
+@pytest.mark.parametrize("content", [b"[]", b"garbage{", b"{}", b"", b'{"schema_version": "\xe5"}'])
 def test_a_damaged_run_json_is_one_error_line_and_audit_rebuilds_it(tiny_run, tmp_path, capsys, content):
     """Probes: run.json holding [] gave a traceback; a garbage one said "delete it and rerun", after which the run
     was refused for good instead of rebuilt."""

@@ -212,7 +212,7 @@ class RunStore:
     def read_json(self, relative: str) -> Any:
         try:
             return json.loads(self.read_bytes(relative))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a flipped bit can break the UTF-8 too
             raise RayprivError(f"{self.path(relative)} is not valid JSON ({exc}); {_REWRITE_HINT}") from None
 
     def write_npy(self, relative: str, array: np.ndarray) -> None:
