@@ -42,8 +42,18 @@ def audit(
     ``show_progress``: a progress bar (tqdm: a widget in a notebook, a bar on
     a terminal) or, elsewhere, a log line every 10 s on stderr;
     ``show_progress=False`` prints nothing.
+
+    An audit that runs until it decides takes the config's ``budget``
+    section (``{"until": "decided", "max_models": 64, "round": 8}``, or
+    ``budget__until="decided", budget__max_models=64``): it trains in rounds
+    and stops each paradigm once its verdict is decided
+    (:mod:`raypriv.sequential`); the run's ``sequential.json`` holds each
+    paradigm's decision and models.
     """
-    resolved = load(config, {key.replace("__", "."): value for key, value in overrides.items()})
+    dotted = {key.replace("__", "."): value for key, value in overrides.items()}
+    if dotted.get("budget.max_models") is not None and "n_models" not in dotted:  # the plan's size, as --max-models
+        dotted["n_models"] = dotted["budget.max_models"]
+    resolved = load(config, dotted)
     with _progress_to_stderr(show_progress):
         return run_audit(resolved, use_ray=use_ray, show_progress=show_progress)
 

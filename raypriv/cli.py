@@ -5,6 +5,9 @@ runs (or resumes) an audit; flags override the config.
 ``raypriv status RUN_DIR [--config FILE]`` says what a run holds and lacks.
 ``raypriv report RUN_DIR [RUN_DIR ...] [--out DIR]`` compares the paradigms of
 finished runs in one report.html (self-contained) and report.md.
+``raypriv audit --until-decided --max-models N [--round K]`` trains in rounds of K
+models and stops each paradigm once its verdict is decided (:mod:`raypriv.sequential`).
+``raypriv plan [CONFIG]`` says, before any training, what the budget can show (:mod:`raypriv.planning`).
 ``raypriv paradigms [NAME]`` lists the paradigms (built-in and plugins) with their options.  Problems with the
 input print one ``error:`` line and exit with status 2; an interrupted run
 exits with 130 (Ctrl-C) or 143 (SIGTERM) and resumes when rerun.
@@ -47,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--quiet", action="store_true", help="no progress output")
     audit.add_argument("--force-unlock", action="store_true",
                        help="take the run directory's lease even if another audit holds it (only when that one is gone)")
+    add_budget_flags(audit)
     status = commands.add_parser("status", help="what a run directory holds: complete and missing models")
     status.add_argument("run_dir", help="the run directory (an audit's --out)")
     status.add_argument("--config", help="check this config against the run (default: the run's own config.yaml)")
@@ -61,9 +65,44 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     report.add_argument("--top", type=int, default=20, help="most vulnerable samples shown per paradigm (default 20)")
     report.add_argument("--trust-plugins", action="store_true", help=TRUST_HELP)
+    plan = commands.add_parser("plan", help="what a budget can show, before any training: the smallest TPR "
+                               "separable from chance and the largest ε bound, per paradigm and FPR level")
+    plan.add_argument("config", nargs="?", help="experiment YAML (default: the built-in digits-quick config)")
+    plan.add_argument("--models", type=int, help="number of shadow models (overrides n_models)")
+    plan.add_argument("--paradigms", help="comma-separated paradigms (overrides paradigms), e.g. real")
+    add_budget_flags(plan)
     paradigms = commands.add_parser("paradigms", help="list the available paradigms (built-in and plugins) and their options")
     paradigms.add_argument("name", nargs="?", help="show this one in full (a name, NAME@tag, or module:Class)")
     return parser
+
+
+def add_budget_flags(parser: argparse.ArgumentParser) -> None:
+    """``--until-decided``, ``--max-models``, ``--round``, ``--bounded-multiple``: the config's ``budget`` section."""
+    parser.add_argument("--until-decided", action="store_true",
+                        help="train in rounds and stop each paradigm once its verdict is decided (budget.until: decided)")
+    parser.add_argument("--max-models", type=int,
+                        help="with --until-decided: the most models per paradigm (budget.max_models)")
+    parser.add_argument("--round", type=int, help="with --until-decided: models per round, even, dividing --max-models "
+                        "(budget.round, default 8)")
+    parser.add_argument("--bounded-multiple", type=float,
+                        help="with --until-decided: stop as 'bounded' once TPR/FPR is bounded under this multiple of "
+                        "chance (budget.bounded_multiple, default 2)")
+
+
+def budget_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The dotted overrides the budget flags give; ``--max-models`` sets ``n_models`` too (it is the plan's size)."""
+    if args.max_models is not None and args.models is not None:
+        raise RayprivError(
+            f"--models {args.models} and --max-models {args.max_models} both set the model count; give --max-models "
+            "with --until-decided, or --models alone for a fixed budget"
+        )
+    return {
+        "budget.until": "decided" if args.until_decided else None,
+        "budget.max_models": args.max_models,
+        "n_models": args.max_models,
+        "budget.round": args.round,
+        "budget.bounded_multiple": args.bounded_multiple,
+    }
 
 
 def audit_command(args: argparse.Namespace) -> int:
@@ -77,6 +116,7 @@ def audit_command(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "ray.num_actors": args.actors,
     }
+    overrides.update({k: v for k, v in budget_overrides(args).items() if v is not None})
     config = load(args.config, overrides)
     result = run_audit(config, use_ray=not args.no_ray, show_progress=not args.quiet, force_unlock=args.force_unlock)
     print(result.summary, end="")
@@ -157,6 +197,16 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan_command(args: argparse.Namespace) -> int:
+    from raypriv.config import load
+    from raypriv.planning import format_plan
+
+    overrides = {"n_models": args.models, "paradigms": args.paradigms}
+    overrides.update({k: v for k, v in budget_overrides(args).items() if v is not None})
+    print(format_plan(load(args.config, overrides)), end="")
+    return 0
+
+
 def paradigms_command(args: argparse.Namespace) -> int:
     from raypriv.synth.catalogue import format_catalogue, format_paradigm
 
@@ -164,7 +214,8 @@ def paradigms_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"audit": audit_command, "status": status_command, "report": report_command, "paradigms": paradigms_command}
+COMMANDS = {"audit": audit_command, "status": status_command, "report": report_command, "plan": plan_command,
+            "paradigms": paradigms_command}
 
 
 class Terminated(KeyboardInterrupt):

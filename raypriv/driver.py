@@ -16,22 +16,29 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
 
+from raypriv.attacks import score_attacks
+from raypriv.cluster import connected
 from raypriv.config import ExperimentConfig
-from raypriv.data import load_dataset
+from raypriv.data import Dataset, load_dataset
 from raypriv.errors import RayprivError
 from raypriv.execution import train_pending
+from raypriv.progress import report_open
 from raypriv.queries import image_queries
 from raypriv.reader import Run, run_name
 from raypriv.report.figures import write_roc_png
-from raypriv.run.directory import RunDirectory
+from raypriv.run.directory import SEQUENTIAL_FILE, RunDirectory
 from raypriv.run.fingerprints import Fingerprints
 from raypriv.run.format import MODEL_SCHEMA
 from raypriv.scoring import ScoringPlan, score_run
-from raypriv.split import make_audit_split
+from raypriv.scoring.local import scoring_workers
+from raypriv.scoring.read import load_attack_inputs
+from raypriv.sequential import Decision, Schedule, decide, headline_attack, look_of
+from raypriv.split import AuditSplit, make_audit_split
 from raypriv.summary import format_summary
 from raypriv.synth import paradigm_class
 from raypriv.training import check_sizes
@@ -71,6 +78,108 @@ def check_out_dir(config: ExperimentConfig) -> None:
         )
 
 
+def train_or_fail(config: ExperimentConfig, run: RunDirectory, dataset: Dataset, split: AuditSplit,
+                  pending: list[tuple[str, int]], fingerprints: Fingerprints, use_ray: bool, show_progress: bool) -> None:
+    """Train ``pending``; if any model failed, stop with :func:`failure_message` (what finished stays stored)."""
+    failures = train_pending(config, run.store, dataset, split, pending, dict(fingerprints.recipes),
+                             use_ray=use_ray, show_progress=show_progress)
+    if failures:  # nothing is scored from an incomplete keep matrix
+        raise RayprivError(failure_message(failures, len(pending), run.uri))
+
+
+class SequentialRun:
+    """An until-decided audit's rounds (:mod:`raypriv.sequential`): train a round, look, stop the decided paradigms.
+
+    Resumable as a fixed audit is: each round trains only the models it
+    lacks, and the looks are recomputed from the stored models, so a rerun
+    reaches the same decisions and trains nothing more.
+    """
+
+    def __init__(self, config: ExperimentConfig, run: RunDirectory, fingerprints: Fingerprints, dataset: Dataset,
+                 split: AuditSplit, plan: ScoringPlan, use_ray: bool, show_progress: bool) -> None:
+        self.config, self.run_dir, self.fingerprints = config, run, fingerprints
+        self.dataset, self.split, self.plan = dataset, split, plan
+        self.use_ray, self.show_progress = use_ray, show_progress
+        self.attack = headline_attack(plan.attacks)
+        self.schedule = Schedule.of(config.budget.max_models, config.budget.round, self.attack)
+        self.decisions: dict[str, Decision] = {}
+        self.looks: dict[str, list[dict[str, Any]]] = {p: [] for p in config.paradigms}
+
+    def open_paradigms(self) -> list[str]:
+        return [p for p in self.config.paradigms if not (p in self.decisions and self.decisions[p].decided)]
+
+    def run(self, complete: dict) -> int:
+        """Every round until each paradigm is decided or has ``max_models`` models; returns the models trained now."""
+        with connected(self.config.ray.address) if self.use_ray else contextlib.nullcontext():  # one Ray for all rounds
+            return self._rounds(complete)
+
+    def _rounds(self, complete: dict) -> int:
+        trained, looks = 0, set(self.schedule.looks)
+        for index in range(self.schedule.rounds):
+            open_now = self.open_paradigms()
+            if not open_now:
+                break
+            start, stop = index * self.schedule.round, (index + 1) * self.schedule.round
+            pending = [(p, m) for m in range(start, stop) for p in open_now if (p, m) not in complete]
+            if pending:
+                train_or_fail(self.config, self.run_dir, self.dataset, self.split, pending, self.fingerprints,
+                              self.use_ray, self.show_progress)
+                trained += len(pending)
+            if stop in looks:
+                for paradigm in open_now:
+                    self.look(paradigm, stop)
+            else:
+                for paradigm in open_now:
+                    self.decisions[paradigm] = Decision(
+                        "open", stop, f"no look before {self.schedule.first_look} models ({self.attack}'s minimum)")
+            report_open(f"round {index + 1}/{self.schedule.rounds} ({stop} models)",
+                        {p: (d.state, d.reason) for p, d in self.decisions.items() if p in open_now},
+                        self.show_progress)
+        return trained
+
+    def look(self, paradigm: str, models: int) -> None:
+        """Score ``paradigm``'s first ``models`` models with the headline attack (in memory) and decide."""
+        sub = replace(self.plan, keep=self.plan.keep[:models], attacks=(self.attack,))
+        workers = scoring_workers()
+        lira_scores, label_log_p = load_attack_inputs(sub, self.run_dir.store, paradigm, workers=workers)
+        population = None
+        if sub.needs_population:
+            population, _ = load_attack_inputs(sub, self.run_dir.store, paradigm, population=True, workers=workers)
+        # As raypriv.scoring.local.score_paradigm calls it, for the headline attack only, without writing scores.
+        scores = score_attacks(lira_scores, label_log_p, sub.keep, sub.attacks, rmia=sub.rmia, lira=sub.lira,
+                               workers=workers, population=population)[self.attack]
+        look = look_of(paradigm, self.attack, sub.keep, scores)
+        decision = decide(look, self.schedule, self.config.budget.bounded_multiple)
+        self.decisions[paradigm] = decision
+        self.looks[paradigm].append({
+            "models": models, "state": decision.state,
+            "levels": [{"fpr": c.fpr, "tp": c.tp, "n_in": c.n_in, "fp": c.fp, "n_out": c.n_out} for c in look.levels],
+        })
+
+    def models_used(self) -> dict[str, int]:
+        """Each paradigm's models: where it was decided, else ``max_models``."""
+        return {p: self.decisions[p].models for p in self.config.paradigms}
+
+    def to_json(self) -> dict[str, Any]:
+        """``sequential.json``: the schedule, the spending rule, and each paradigm's decision and looks."""
+        return {
+            "attack": self.attack, "max_models": self.schedule.max_models, "round": self.schedule.round,
+            "looks": self.schedule.looks, "alpha": self.schedule.alpha, "alpha_per_look": self.schedule.alpha_per_look,
+            "bound_alpha": self.schedule.bound_alpha(), "spending": "bonferroni",
+            "bounded_multiple": self.config.budget.bounded_multiple,
+            "paradigms": {p: {**self.decisions[p].to_json(), "looks": self.looks[p]} for p in self.config.paradigms},
+        }
+
+    def summary(self) -> str:
+        """One line per paradigm: its decision, the models it used, and why."""
+        lines = [f"until decided ({self.attack}; looks at {self.schedule.looks} models, Bonferroni α="
+                 f"{self.schedule.alpha:g} over {len(self.schedule.looks)} looks):"]
+        for paradigm in self.config.paradigms:
+            d = self.decisions[paradigm]
+            lines.append(f"  {paradigm}: {d.state} after {d.models} of {self.schedule.max_models} models: {d.reason}")
+        return "\n".join(lines) + "\n"
+
+
 def run_audit(config: ExperimentConfig, *, use_ray: bool = True, show_progress: bool = True,
               force_unlock: bool = False) -> Run:
     """Run (or resume) the audit a config describes, holding the run directory's lease throughout.
@@ -98,39 +207,56 @@ def _audit_locked(config: ExperimentConfig, run: RunDirectory, use_ray: bool, sh
             f"queries lists {image_queries(config.queries)}, but {config.dataset.name} is tabular (no image to "
             "transform); use queries: [identity]"
         )
+    until_decided = config.budget.until == "decided"
     split = make_audit_split(
-        dataset, config.audit.n_audit, config.audit.canary, config.n_models, config.seed, config.audit.n_population
+        dataset, config.audit.n_audit, config.audit.canary, config.n_models, config.seed, config.audit.n_population,
+        keep_block=config.budget.round if until_decided else None,
     )
+    plan = ScoringPlan.from_config(config, split, recipe_hashes=fingerprints.recipes, store_uri=run.store.uri,
+                                   show_progress=show_progress)
+    if until_decided and plan.backend != "local":
+        raise RayprivError(
+            f"budget.until: decided rescores between rounds in this process, but scoring.backend resolves to "
+            f"{plan.backend!r} (scoring.backend={config.scoring.backend!r}, out_dir={config.out_dir!r}); set "
+            "scoring.backend: local, or audit with a fixed budget (--models N)"
+        )
     run.check_recipes(fingerprints)
     run.record(config, fingerprints, dataset, split)
 
     complete, discarded = run.completed(config, fingerprints)
     for message in discarded:
         log.warning("discarding a stored result: %s", message)
-    # Model-major order: every paradigm progresses together, so early results cover them all
-    # and the ETA averages over paradigms of very different cost.
-    pending = [(p, m) for m in range(config.n_models) for p in config.paradigms if (p, m) not in complete]
-    if complete:
-        log.info("resuming %s: %d models already complete, %d to train", run.uri, len(complete), len(pending))
-    if pending:
-        failures = train_pending(config, run.store, dataset, split, pending, dict(fingerprints.recipes),
-                                 use_ray=use_ray, show_progress=show_progress)
-        if failures:  # nothing is scored from an incomplete keep matrix; what finished stays stored
-            raise RayprivError(failure_message(failures, len(pending), run.uri))
+    trained = 0
+    if until_decided:
+        sequential = SequentialRun(config, run, fingerprints, dataset, split, plan, use_ray, show_progress)
+        trained = sequential.run(complete)
+        plan = replace(plan, model_counts=sequential.models_used())
         complete, _ = run.completed(config, fingerprints)
+        complete = {key: row for key, row in complete.items() if key[1] < plan.model_counts[key[0]]}
+        run.store.write_json(SEQUENTIAL_FILE, sequential.to_json())
+    else:
+        # Model-major order: every paradigm progresses together, so early results cover them all
+        # and the ETA averages over paradigms of very different cost.
+        pending = [(p, m) for m in range(config.n_models) for p in config.paradigms if (p, m) not in complete]
+        if complete:
+            log.info("resuming %s: %d models already complete, %d to train", run.uri, len(complete), len(pending))
+        if pending:
+            train_or_fail(config, run, dataset, split, pending, fingerprints, use_ray, show_progress)
+            complete, _ = run.completed(config, fingerprints)
+        trained = len(pending)
 
     models = pa.Table.from_pylist([complete[key] for key in sorted(complete)], schema=MODEL_SCHEMA).to_pandas()
     run.store.write_table("models.parquet", pa.Table.from_pandas(models, schema=MODEL_SCHEMA, preserve_index=False))
-    plan = ScoringPlan.from_config(config, split, recipe_hashes=fingerprints.recipes, store_uri=run.store.uri,
-                                   show_progress=show_progress)
     metrics, curves = score_run(plan, run.store, models)
     run.record_outputs()  # run.json: the sha256 of audit.parquet, scores.parquet, metrics.json, written last
     write_roc_png(run.store, curves, f"{config.name}: {plan.n_models} models x {plan.n_audit} audit samples (leave-one-out)")
     wall = time.perf_counter() - start
     summary = format_summary(config, metrics, models, wall)
+    if until_decided:
+        summary += sequential.summary()
     run.store.write_bytes("summary.txt", summary.encode())
     return Run(
         uri=run.uri, name=run_name(config.out_dir), store=run.store, config=config, raw_config=config.to_dict(),
         manifest=run.manifest(), keep=split.keep, audit=run.audit(), models=models, results=metrics, summary=summary,
-        wall_seconds=wall, trained_now=len(pending), discarded=discarded,
+        wall_seconds=wall, trained_now=trained, discarded=discarded,
     )

@@ -13,15 +13,23 @@ epsilon any (epsilon, delta)-DP training could have and still produce them
 ``1 - FPR <= e^eps (1 - TPR) + delta`` at every threshold.  The counts are
 samples, so we take a one-sided Clopper-Pearson upper bound on FPR and lower
 bound on TPR (confidence ``1 - alpha`` each) before solving for epsilon,
-and report the best threshold: optimistic, so metrics.json reports the valid
-:func:`epsilon_lower_bound_from_scores` instead (end of this module).
+and report the best threshold: optimistic (:mod:`raypriv.attacks.reference` keeps it for
+comparison).  metrics.json reports the valid :func:`epsilon_lower_bound_from_scores` (end of this module,
+computed in :mod:`raypriv.epsilon`: every pair, a fixed threshold grid, Bonferroni).
 
-TPR at a target FPR reads the ROC curve the way it is achievable: the curve
-between two operating points is the straight line a randomised threshold
-attains, so the TPR at FPR ``t`` is the highest TPR at FPR <= ``t`` when a
-point lies exactly at ``t``, and the linear interpolation between the two
-neighbouring points otherwise.  (The reference LiRA code takes the last point
-with FPR < ``t``, which under-reads the TPR whenever the grid is coarse.)
+TPR at a target FPR ``t`` has three read-outs (:data:`TPR_READOUTS`; the
+config's ``audit.tpr_readout``, recorded per attack in ``metrics.json``):
+
+* ``interpolate`` (the default): the curve as it is achievable.  Between two
+  operating points it is the straight line a randomised threshold attains,
+  so the TPR is the highest TPR at FPR <= ``t`` when a point lies exactly at
+  ``t``, and the linear interpolation between the two neighbouring points
+  otherwise.
+* ``at-or-below``: the TPR of the last operating point with FPR <= ``t``
+  (deterministic thresholds only; sklearn-style).
+* ``below``: the last point with FPR < ``t``, as the reference LiRA code
+  (``tpr[np.where(fpr < t)[0][-1]]``) and RMIA's read it; it under-reads
+  whenever the grid is coarse, e.g. 0 at ``t = 1 / n_out``.
 """
 
 from __future__ import annotations
@@ -31,16 +39,30 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta
 
+from raypriv.epsilon import check_balanced, pair_epsilon_bound
+from raypriv.sorting import run_ends, value_keys
+
 LOW_FPRS = {"tpr@0.1%fpr": 0.001, "tpr@1%fpr": 0.01}
+TPR_READOUTS = ("interpolate", "at-or-below", "below")
 
 
-def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
-    """TPR of the ROC curve ``(fpr, tpr)`` (non-decreasing) at FPR ``target``."""
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float, readout: str = "interpolate") -> float:
+    """TPR of the ROC curve ``(fpr, tpr)`` (non-decreasing, from ``(0, 0)`` or not) at FPR ``target``.
+
+    ``readout``: one of :data:`TPR_READOUTS` (module docstring); 0 where no
+    point qualifies.
+    """
+    if readout not in TPR_READOUTS:
+        raise ValueError(f"unknown TPR read-out {readout!r}; choose one of {TPR_READOUTS}")
+    fpr, tpr = np.asarray(fpr), np.asarray(tpr)
+    if readout == "below":
+        below = np.flatnonzero(fpr < target)
+        return float(tpr[below[-1]]) if len(below) else 0.0
     at_or_below = np.flatnonzero(fpr <= target)
     if len(at_or_below) == 0:
         return 0.0
     i = at_or_below[-1]
-    if fpr[i] == target or i == len(fpr) - 1:
+    if readout == "at-or-below" or fpr[i] == target or i == len(fpr) - 1:
         return float(tpr[i])
     weight = (target - fpr[i]) / (fpr[i + 1] - fpr[i])
     return float(tpr[i] + weight * (tpr[i + 1] - tpr[i]))
@@ -56,12 +78,6 @@ def clopper_pearson_upper(successes, trials, alpha: float):
     """One-sided Clopper-Pearson upper bound at confidence ``1 - alpha`` (vectorised; 1 for all successes)."""
     successes = np.asarray(successes)
     return np.where(successes >= trials, 1.0, beta.ppf(1 - alpha, successes + 1, trials - successes))
-
-
-def value_keys(score: np.ndarray) -> np.ndarray:
-    """uint32 keys in the order of the float32 ``score``: equal keys are equal scores (-0.0 is 0.0)."""
-    bits = (np.asarray(score, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
-    return np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
 
 
 def _sorted_keys(is_in: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,25 +97,6 @@ def _sorted_keys(is_in: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.n
     return score[order], is_in[order]
 
 
-def _count_grid(n: int) -> np.ndarray:
-    """Counts 0..n, dense at both ends: every count within 2048 of 0 or of n, else steps of 0.05% of the
-    distance to the nearer end (a Clopper-Pearson bound moves with the count's distance from 0 and from n)."""
-    if n <= 4096:
-        return np.arange(n + 1)
-    steps = int(np.ceil(np.log(n / 2048) / np.log(1.0005))) + 1
-    half = np.union1d(np.arange(2049), np.round(np.geomspace(2048, n, steps)).astype(np.int64))
-    return np.union1d(half, n - half)
-
-
-def run_ends(values: np.ndarray, following: Any = None) -> np.ndarray:
-    """Mask of the last pair of each run of equal ``values``, one operating point each (``following``: the next value)."""
-    end = np.empty(len(values), dtype=bool)
-    end[:-1] = values[:-1] != values[1:]
-    if len(values):
-        end[-1] = following is None or values[-1] != following
-    return end
-
-
 class RocWalk:
     """The running sums of :func:`roc_metrics`, fed one slice of operating points at a time, from the top.
 
@@ -113,6 +110,7 @@ class RocWalk:
         self.twice_area = 0  # sum of (fp_i - fp_{i-1}) * (tp_i + tp_{i-1}): exact in integers
         self.balanced = -np.inf
         self.below: dict[str, tuple[float, float] | None] = {key: None for key in LOW_FPRS}  # last point at FPR <= target
+        self.strictly_below: dict[str, tuple[float, float] | None] = {key: None for key in LOW_FPRS}  # ... FPR < target
         self.above: dict[str, tuple[float, float] | None] = {key: None for key in LOW_FPRS}  # first point above it
         self.curve_fpr, self.curve_tpr = [], []  # the curve's points, one array per slice
         self.grid = None if keep_all else np.unique(  # the thinned curve's FPR grid, built once, not per slice
@@ -130,6 +128,9 @@ class RocWalk:
             at_or_below = np.flatnonzero(fpr <= target)  # a prefix: fpr is non-decreasing
             if len(at_or_below):
                 self.below[key] = (fpr[at_or_below[-1]], tpr[at_or_below[-1]])
+            strict = np.flatnonzero(fpr < target)
+            if len(strict):
+                self.strictly_below[key] = (fpr[strict[-1]], tpr[strict[-1]])
             if self.above[key] is None and len(at_or_below) < len(fpr):
                 first = at_or_below[-1] + 1 if len(at_or_below) else 0
                 self.above[key] = (fpr[first], tpr[first])
@@ -151,36 +152,41 @@ class RocWalk:
         for key in LOW_FPRS:
             if later.below[key] is not None:
                 self.below[key] = later.below[key]
+            if later.strictly_below[key] is not None:
+                self.strictly_below[key] = later.strictly_below[key]
             if self.above[key] is None:
                 self.above[key] = later.above[key]
         self.curve_fpr += later.curve_fpr
         self.curve_tpr += later.curve_tpr
         return self
 
-    def result(self) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
-        """:func:`roc_metrics`' return value, once every slice is in."""
-        metrics: dict[str, float] = {
+    def result(self, tpr_readout: str = "interpolate") -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+        """:func:`roc_metrics`' return value, once every slice is in; TPR at low FPR read as ``tpr_readout``."""
+        metrics: dict[str, Any] = {
             "auc": self.twice_area / (2.0 * self.n_in * self.n_out),
             "balanced_acc": max(0.5, self.balanced),  # 0.5 at the (0, 0) point
         }
         for key, target in LOW_FPRS.items():
-            points = [self.below[key] or (0.0, 0.0)] + ([self.above[key]] if self.above[key] is not None else [])
-            metrics[key] = tpr_at_fpr(np.array([p[0] for p in points]), np.array([p[1] for p in points]), target)
+            points = [(0.0, 0.0)] + [p for p in (self.strictly_below[key], self.below[key], self.above[key]) if p is not None]
+            metrics[key] = tpr_at_fpr(np.array([p[0] for p in points]), np.array([p[1] for p in points]), target, tpr_readout)
         metrics["n_in"] = self.n_in
         metrics["n_out"] = self.n_out
+        metrics["tpr_readout"] = tpr_readout
         return metrics, (np.concatenate([np.zeros(1), *self.curve_fpr]), np.concatenate([np.zeros(1), *self.curve_tpr]))
 
 
 def roc_metrics(
-    is_in: np.ndarray, score: np.ndarray, *, chunk: int = 1 << 22, max_curve_points: int = 200_000
-) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
+    is_in: np.ndarray, score: np.ndarray, *, chunk: int = 1 << 22, max_curve_points: int = 200_000,
+    tpr_readout: str = "interpolate",
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
     """AUC, balanced accuracy and TPR at low FPR in bounded memory, and the ROC curve to plot.
 
     Walks the ROC operating points (one per distinct score, from the highest
     threshold down) ``chunk`` pairs at a time, keeping running sums
     (:class:`RocWalk`): AUC as the exact trapezoid sum in integer counts,
     balanced accuracy as a running maximum, TPR at each low FPR from the two
-    operating points around it.  Values equal
+    operating points around it, read as ``tpr_readout`` (:data:`TPR_READOUTS`,
+    recorded under ``"tpr_readout"``).  Values equal
     :func:`raypriv.attacks.reference.sklearn_metrics`' (sklearn's full curve; AUC to
     rounding).  The epsilon lower bound is
     :func:`epsilon_lower_bound_from_scores`: the best threshold of this curve
@@ -222,7 +228,7 @@ def roc_metrics(
         if len(tp):
             last_tp, last_fp = int(tp[-1]), int(fp[-1])
     del keys, labels
-    return walk.result()
+    return walk.result(tpr_readout)
 
 
 # ------------------------------------------------------- uncertainty of the metrics
@@ -242,6 +248,16 @@ def roc_metrics(
 #   the correlation between a sample's pairs and the threshold's own noise
 #   (the threshold is chosen on the same data it is scored on), so it is the
 #   interval the report's verdicts use.  The models are held fixed.
+# * Two-way bootstrap over models and audit samples (``model_weights`` of
+#   :func:`bootstrap_roc_metrics`, drawn by :func:`two_way_bootstrap_weights`):
+#   each replicate resamples the target models and the audit samples
+#   independently and weights pair (m, s) by the product of their counts
+#   (Owen 2007's "pigeonhole" bootstrap for crossed designs).  It includes
+#   model-to-model variation (one noisy training run, one lucky seed), which the
+#   sample bootstrap leaves out; it double-counts the pair-level noise, so it is
+#   conservative.  The DP-SGD frontier verdict uses it.  What it does not cover:
+#   a LiRA or RMIA score of one model depends on the other models (its
+#   shadows), so the models are not fully independent units.
 #
 # Resampling samples with replacement is the same as weighting each sample by
 # how often it was drawn, so every replicate is a weighted ROC curve over one
@@ -270,19 +286,41 @@ def bootstrap_weights(n_samples: int, n_boot: int, rng: np.random.Generator) -> 
     return weights
 
 
+def two_way_bootstrap_weights(
+    n_models: int, n_samples: int, n_boot: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(model_weights int32[n_boot, n_models], sample_weights int32[n_boot, n_samples])``: one two-way resample each.
+
+    Replicate ``r`` draws the models and the audit samples independently with
+    replacement; pass both to :func:`bootstrap_roc_metrics`.  Runs whose
+    paradigms share the keep matrix use the same draws for all of them, so
+    model ``m`` (keep row ``m``) and sample ``s`` are resampled together across
+    paradigms and the comparison stays paired.
+    """
+    def draw(n: int) -> np.ndarray:  # counts of n draws with replacement among n, one row per replicate
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.int32)
+
+    return draw(n_models), draw(n_samples)
+
+
 def bootstrap_roc_metrics(
     is_in: np.ndarray,
     score: np.ndarray,
     weights: np.ndarray,
     fprs: dict[str, float] = LOW_FPRS,
     block_elements: int = 4_000_000,
+    model_weights: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """AUC and TPR at each FPR in ``fprs`` for every weighting of the audit samples.
+    """AUC and TPR at each FPR in ``fprs`` for every weighting of the audit samples (and of the models).
 
     ``is_in`` and ``score`` are ``(n_models, n_audit)`` (column = audit
     sample); ``weights`` is ``(n_replicates, n_audit)`` (e.g. from
-    :func:`bootstrap_weights`).  Returns ``{"auc": float64[n_replicates],
-    key: float64[n_replicates] for key in fprs}``, computed exactly as
+    :func:`bootstrap_weights`).  With ``model_weights``
+    (``(n_replicates, n_models)``, e.g. from :func:`two_way_bootstrap_weights`)
+    pair ``(m, s)`` of replicate ``r`` weighs ``model_weights[r, m] *
+    weights[r, s]``: the two-way bootstrap; without, the models are held
+    fixed.  Returns ``{"auc": float64[n_replicates], key:
+    float64[n_replicates] for key in fprs}``, computed exactly as
     :func:`roc_metrics` does (ties kept together, TPR interpolated between
     operating points): with all weights 1 the values equal its output.  A
     replicate with no IN or no OUT weight gives NaN.
@@ -294,11 +332,16 @@ def bootstrap_roc_metrics(
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 2 or weights.shape[1] != score.shape[1]:
         raise ValueError(f"weights {weights.shape} must be (n_replicates, {score.shape[1]})")
+    if model_weights is not None:
+        model_weights = np.asarray(model_weights, dtype=np.float64)
+        if model_weights.shape != (len(weights), score.shape[0]):
+            raise ValueError(f"model_weights {model_weights.shape} must be ({len(weights)}, {score.shape[0]})")
     flat_score = score.ravel()
     order = np.argsort(-flat_score, kind="stable")
     sorted_score = flat_score[order]
     sorted_in = is_in.ravel()[order]
     sorted_sample = np.tile(np.arange(score.shape[1]), score.shape[0])[order]
+    sorted_model = np.repeat(np.arange(score.shape[0]), score.shape[1])[order]
     # The last pair of each run of tied scores: one operating point per distinct threshold.
     group_end = np.append(sorted_score[1:] != sorted_score[:-1], True)
 
@@ -308,6 +351,8 @@ def bootstrap_roc_metrics(
     block = max(1, block_elements // max(1, len(order)))
     for start in range(0, n_rep, block):
         pair_weight = weights[start : start + block][:, sorted_sample]
+        if model_weights is not None:
+            pair_weight *= model_weights[start : start + block][:, sorted_model]
         tp = np.cumsum(np.where(sorted_in, pair_weight, 0.0), axis=1)[:, group_end]
         fp = np.cumsum(np.where(sorted_in, 0.0, pair_weight), axis=1)[:, group_end]
         zeros = np.zeros((len(tp), 1))
@@ -331,6 +376,75 @@ def bootstrap_roc_metrics(
         for values in out.values():
             values[rows][bad] = np.nan
     return out
+
+
+def bootstrap_tpr_at_fpr(
+    is_in: np.ndarray,
+    score: np.ndarray,
+    weights: np.ndarray,
+    fpr: float,
+    model_weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """float64 ``(n_replicates,)``: TPR at FPR ``fpr`` for every weighting, as :func:`bootstrap_roc_metrics` gives it.
+
+    The same arguments and the same value (ties kept together, TPR
+    interpolated between operating points, NaN without IN or OUT weight), for
+    one FPR and without the AUC: it walks the OUT and the IN pairs apart, so
+    it costs ``O(n_replicates * n_pairs)`` with a small constant (the DP-SGD
+    frontier's two-way bootstrap, and its simulation, call it thousands of
+    times).  The last operating point at or below ``fpr`` is the one just
+    above the first OUT score whose cumulative OUT weight exceeds ``fpr``;
+    the next is the end of that score's run of ties.
+    """
+    is_in = np.asarray(is_in, dtype=bool)
+    score = np.asarray(score, dtype=np.float64)
+    if is_in.shape != score.shape or is_in.ndim != 2:
+        raise ValueError(f"is_in {is_in.shape} and score {score.shape} must both be (n_models, n_audit)")
+    weights = np.asarray(weights)
+    if weights.ndim != 2 or weights.shape[1] != score.shape[1]:
+        raise ValueError(f"weights {weights.shape} must be (n_replicates, {score.shape[1]})")
+    n_rep = len(weights)
+    if model_weights is None:
+        model_weights = np.ones((n_rep, score.shape[0]), dtype=np.int32)
+    model_weights = np.asarray(model_weights)
+    if model_weights.shape != (n_rep, score.shape[0]):
+        raise ValueError(f"model_weights {model_weights.shape} must be ({n_rep}, {score.shape[0]})")
+    counts = weights.dtype.kind in "iu" and model_weights.dtype.kind in "iu"  # resampling counts add up exactly
+    dtype = np.int64 if counts else np.float64
+    weights, model_weights = weights.astype(dtype, copy=False), model_weights.astype(dtype, copy=False)
+    flat_score, flat_in = score.ravel(), is_in.ravel()
+
+    def side(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Descending scores of one side, and the cumulative weight of each replicate along them (prefixed 0)."""
+        pairs = np.flatnonzero(mask)
+        pairs = pairs[np.argsort(-flat_score[pairs], kind="stable")]
+        model, sample = np.divmod(pairs, score.shape[1])  # pair (m, s) weighs model_weights[r, m] * weights[r, s]
+        cumulative = np.zeros((n_rep, len(pairs) + 1), dtype=dtype)
+        np.cumsum(np.take(model_weights, model, axis=1) * np.take(weights, sample, axis=1), axis=1, out=cumulative[:, 1:])
+        return flat_score[pairs], cumulative
+
+    in_score, in_cum = side(flat_in)
+    out_score, out_cum = side(~flat_in)
+    rows = np.arange(n_rep)
+    total_in, total_out = in_cum[:, -1].astype(np.float64), out_cum[:, -1].astype(np.float64)
+    target = fpr * total_out
+    result = np.ones(n_rep)
+    # The index of the first OUT pair past the target (for integer weights, cum <= target iff cum <= floor(target)).
+    bound = np.floor(target).astype(dtype) if counts else target
+    crossing = np.count_nonzero(out_cum[:, 1:] <= bound[:, None], axis=1)
+    inside = crossing < len(out_score)  # beyond the last OUT pair the curve ends at (1, 1)
+    at = out_score[np.minimum(crossing, len(out_score) - 1)]
+
+    def weight_above(sorted_desc: np.ndarray, cum: np.ndarray, strictly: bool) -> np.ndarray:
+        count = np.searchsorted(-sorted_desc, -at, side="left" if strictly else "right")
+        return cum[rows, count].astype(np.float64)
+
+    fpr_before, fpr_after = weight_above(out_score, out_cum, True), weight_above(out_score, out_cum, False)
+    tpr_before, tpr_after = weight_above(in_score, in_cum, True), weight_above(in_score, in_cum, False)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = np.where(fpr_before == target, 0.0, (target - fpr_before) / (fpr_after - fpr_before))
+        result = np.where(inside, (tpr_before + step * (tpr_after - tpr_before)) / total_in, 1.0)
+    return np.where((total_in > 0) & (total_out > 0), result, np.nan)
 
 
 def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
@@ -366,78 +480,66 @@ def paired_bootstrap_difference(
     return {"difference": float(observed_a - observed_b), "low": low, "high": high, "p": p, "n_boot": int(len(difference))}
 
 
-# ------------------------------------------------------- a valid epsilon lower bound
+def one_sided_bootstrap_p(replicates: np.ndarray, side: str) -> float:
+    """Bootstrap p-value against "the statistic lies on ``side`` of zero" (``"below"`` or ``"above"``).
+
+    ``replicates``: the statistic's bootstrap replicates (e.g. a paired
+    difference; NaN dropped).  The share of replicates on ``side`` of zero, ties
+    at zero counted half (mid-p): a percentile interval at ``1 - 2 alpha`` lies
+    strictly on the other side exactly when this is at most ``alpha``, up to
+    ties.  Counting ties half means that replicates stuck at 0 (two TPRs of 0,
+    nothing measured) give ``p >= 0.5`` and never evidence.  NaN with no finite
+    replicate.
+    """
+    values = np.asarray(replicates, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan")
+    if side not in ("below", "above"):
+        raise ValueError(f"side={side!r}: choose 'below' or 'above'")
+    beyond = np.mean(values < 0.0) if side == "below" else np.mean(values > 0.0)
+    return float(beyond + 0.5 * np.mean(values == 0.0))
+
+
+def mean_difference_test(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> dict[str, float]:
+    """Welch's t for ``mean(a) - mean(b)`` of two independent samples (e.g. per-model test accuracies).
+
+    Returns ``difference``, its two-sided ``low``/``high`` interval at
+    ``confidence`` (t quantile, Welch–Satterthwaite degrees of freedom ``df``),
+    ``p_above``: the one-sided p-value against ``difference > 0`` (small when
+    ``a`` is clearly lower), and ``p_below`` against ``difference < 0``.  With
+    fewer than 2 values in either sample nothing can be concluded (NaN interval,
+    p-values 1); with no spread at all the difference is taken as exact.
+    """
+    from scipy.stats import t as student_t
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    nan = float("nan")
+    if len(a) < 2 or len(b) < 2:
+        difference = float(a.mean() - b.mean()) if len(a) and len(b) else nan
+        return {"difference": difference, "low": nan, "high": nan, "p_above": 1.0, "p_below": 1.0, "df": nan}
+    difference = float(a.mean() - b.mean())
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = float(np.sqrt(va + vb))
+    if se == 0.0:  # every value identical within each sample: the sign of the difference is certain
+        sign = float(np.sign(difference))
+        return {"difference": difference, "low": difference, "high": difference, "df": float("inf"),
+                "p_above": (1.0 + sign) / 2.0, "p_below": (1.0 - sign) / 2.0}
+    df = float((va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)))
+    spread = float(student_t.ppf(0.5 + confidence / 2.0, df)) * se
+    statistic = difference / se
+    return {
+        "difference": difference, "low": difference - spread, "high": difference + spread, "df": df,
+        "p_above": float(student_t.cdf(statistic, df)), "p_below": float(student_t.sf(statistic, df)),
+    }
+
+
+# ------------------------------------------------------- the epsilon lower bound
 #
-# roc_metrics' eps_lower_bound takes the best of all thresholds, each bounded at 95% on the same data: it exceeds
-# a known epsilon in about a third of simulated audits.  This one is valid: (1) the threshold and which DP
-# inequality to test are chosen on a random half of the units, the bound computed on the other half alone (one
-# test: a union bound over ~10^4 thresholds costs more than halving the data at low FPR); (2) the two one-sided
-# bounds share 1 - confidence; (3) with ``groups`` the unit is the sample: halves split samples and the held-out
-# half gives one pair per sample (random model), so one sample's correlated pairs are never separate trials.
-
-
-def _epsilon_candidates(tp, n_in, fp, n_out, delta: float, alpha: float) -> np.ndarray:
-    """``(2, K)``: epsilon from ``TPR <= e^eps FPR + delta`` (row 0) and from its complement (row 1), NaN if none."""
-    fpr_high = clopper_pearson_upper(fp, n_out, alpha)
-    tpr_low = clopper_pearson_lower(tp, n_in, alpha)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        forms = np.stack([np.log((tpr_low - delta) / fpr_high), np.log((1.0 - fpr_high - delta) / (1.0 - tpr_low))])
-    return np.where(np.isfinite(forms), forms, np.nan)
-
-
-def grid_points(fp: np.ndarray, n_out: int) -> np.ndarray:
-    """Indices of the operating points ``_choose_threshold`` considers: per :func:`_count_grid` count, the last
-    point at or below it (only its highest-TP point can win).  Applied to any subsequence that keeps those
-    points, in order, it picks the same points (how the partitioned metrics merge)."""
-    point = np.unique(np.searchsorted(fp, _count_grid(n_out), side="right") - 1)
-    return point[point >= 0]
-
-
-def best_threshold(tp: np.ndarray, fp: np.ndarray, values: np.ndarray, n_in: int, n_out: int, delta: float, alpha: float,
-                   held_in: int, held_out: int) -> tuple[float, int, int]:
-    """``(threshold, inequality, index into the points)`` of largest bound, ``(inf, 0, -1)`` if none.
-
-    ``tp``, ``fp``, ``values``: cumulative counts and score at operating points
-    (descending scores) of the selection half (``n_in`` IN, ``n_out`` OUT
-    pairs), all of them or any subsequence holding :func:`grid_points`'; rates
-    are scaled to the held-out counts."""
-    point = grid_points(fp, n_out)
-    tp_held, fp_held = tp[point] * (held_in / n_in), fp[point] * (held_out / n_out)
-    candidates = _epsilon_candidates(tp_held, held_in, fp_held, held_out, delta, alpha)
-    if np.isnan(candidates).all():
-        return np.inf, 0, -1
-    form, best = np.unravel_index(np.nanargmax(candidates), candidates.shape)
-    return float(values[point[best]]), int(form), int(point[best])
-
-
-def _choose_threshold(
-    is_in: np.ndarray, scores: np.ndarray, delta: float, alpha: float, held_in: int, held_out: int
-) -> tuple[float, int]:
-    """The threshold (IN at ``score >= t``) and inequality of largest bound, rates scaled to the held-out counts.
-
-    Per FP count only its highest-TP point can win; beyond 4,096 OUT pairs only :func:`_count_grid`'s counts."""
-    n_in, n_out = int(is_in.sum()), int((~is_in).sum())
-    if n_in == 0 or n_out == 0:
-        return np.inf, 0
-    order = np.argsort(-scores)  # the order within ties is irrelevant: only each run's end is an operating point
-    ordered, labels = scores[order], is_in[order]
-    last = run_ends(ordered)  # one operating point per distinct score
-    tp, fp = np.cumsum(labels)[last], np.cumsum(~labels)[last]
-    threshold, form, _ = best_threshold(tp, fp, ordered[last], n_in, n_out, delta, alpha, held_in, held_out)
-    return threshold, form
-
-
-def split_halves(units: np.ndarray, n_units: int, rng: np.random.Generator, one_per_unit: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The bound's random halves: ``select`` (bool per pair: the threshold-choice half, a random half of the
-    units) and ``held`` (indices of the held-out pairs; with ``one_per_unit`` one per held-out unit, its pair
-    drawn at random)."""
-    select = (rng.permutation(n_units) < n_units // 2)[units]
-    held = np.flatnonzero(~select)
-    if one_per_unit:
-        shuffled, chosen = rng.permutation(held), np.full(n_units, -1, dtype=np.int64)
-        chosen[units[shuffled]] = shuffled  # one pair per unit (the one written last): fixed by the shuffle alone
-        held = chosen[chosen >= 0]
-    return select, held
+# The bound metrics.json reports lives in :mod:`raypriv.epsilon` (all pairs, a fixed threshold grid, Bonferroni;
+# its docstring says why pooling pairs is valid and what it does not cover).  These two are its public names here.
 
 
 def epsilon_lower_bound_from_scores(
@@ -447,54 +549,29 @@ def epsilon_lower_bound_from_scores(
     delta: float = 0.0,
     confidence: float = 0.95,
     groups: np.ndarray | None = None,
-    seed: int = 0,
 ) -> float:
-    """A lower bound on the epsilon of any (epsilon, delta)-DP training that gave these attack scores, valid at ``confidence``.
+    """A lower bound on the ε of any (ε, δ)-DP training that gave these attack scores, valid at ``confidence``.
 
-    ``is_in``: bool, ``scores``: float of the same shape (one entry per
-    (model, sample) pair); ``groups``: optional sample id per pair, making the
-    audit sample the unit (see the comment above).  ``seed`` fixes the random
-    halves, so the value is reproducible.  0 when nothing can be concluded.
+    ``is_in``: bool, ``scores``: float, of one shape (one entry per (model, canary) pair; any shape, flattened).
+    :func:`raypriv.epsilon.pair_epsilon_bound`: every pair, a fixed grid of thresholds, Bonferroni over it; no
+    split, no seed.  ``groups``: optional canary id per pair; when given, the balanced design the pooling argument
+    needs (each canary as often IN as OUT) is checked, and an unbalanced one is a ValueError.  0 when nothing can
+    be concluded.  metrics.json's ``eps_lower_bound`` is this value at 95%.
     """
-    is_in = np.asarray(is_in, dtype=bool).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    if is_in.shape != scores.shape:
+    is_in = np.asarray(is_in, dtype=bool)
+    scores = np.asarray(scores)
+    if is_in.size != scores.size:
         raise ValueError(f"is_in has {is_in.size} entries but scores {scores.size}; they must match")
-    if not np.isfinite(scores).all():
-        raise ValueError("attack scores must be finite")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence} must be between 0 and 1")
-    rng = np.random.default_rng(seed)
-    if groups is None:
-        units = np.arange(len(scores))
-    else:
-        groups = np.asarray(groups).ravel()
-        if groups.shape != scores.shape:
-            raise ValueError(f"groups has {groups.size} entries but scores {scores.size}; they must match")
-        small_ids = groups.dtype.kind in "iu" and len(groups) and groups.min() >= 0 and groups.max() < len(groups)
-        units = groups.astype(np.int64) if small_ids else np.unique(groups, return_inverse=True)[1]  # ids as they are
-    n_units = int(units.max()) + 1 if len(units) else 0
-    select, held = split_halves(units, n_units, rng, one_per_unit=groups is not None)
-    alpha = (1.0 - confidence) / 2.0
-    held_in = is_in[held]
-    n_in, n_out = int(held_in.sum()), int((~held_in).sum())
-    # The choice sees only the selected half and the held-out counts (not which held-out pair is IN).
-    threshold, form = _choose_threshold(is_in[select], scores[select], delta, alpha, max(n_in, 1), max(n_out, 1))
-    guess = scores[held] >= threshold
-    return held_out_bound(int(np.sum(guess & held_in)), n_in, int(np.sum(guess & ~held_in)), n_out, threshold, form, delta, alpha)
-
-
-def held_out_bound(tp: int, n_in: int, fp: int, n_out: int, threshold: float, form: int, delta: float, alpha: float) -> float:
-    """The bound from the held-out half's counts at the chosen threshold and inequality (0 if none)."""
-    if n_in == 0 or n_out == 0 or not np.isfinite(threshold):
-        return 0.0
-    value = _epsilon_candidates(tp, n_in, fp, n_out, delta, alpha)[form]
-    return float(max(0.0, value)) if np.isfinite(value) else 0.0
+    if groups is not None:
+        if np.size(groups) != scores.size:
+            raise ValueError(f"groups has {np.size(groups)} entries but scores {scores.size}; they must match")
+        check_balanced(is_in, groups)
+    return pair_epsilon_bound(is_in, scores, delta, confidence)
 
 
 def audit_epsilon_lower_bound(is_in: np.ndarray, scores: np.ndarray, delta: float = 0.0) -> float:
-    """metrics.json's ``eps_lower_bound``: :func:`epsilon_lower_bound_from_scores` of ``(n_models, n_audit)``
-    arrays with the audit sample (column) as the unit, at 95%."""
-    is_in = np.asarray(is_in, dtype=bool)
-    groups = np.broadcast_to(np.arange(is_in.shape[-1]), is_in.shape)
-    return epsilon_lower_bound_from_scores(is_in, scores, delta=delta, groups=groups)
+    """metrics.json's ``eps_lower_bound`` of ``(n_models, n_audit)`` arrays: :func:`epsilon_lower_bound_from_scores`
+    at 95%.  The Ray backend computes the same value from its partitions (:mod:`raypriv.scoring.partitions`)."""
+    return epsilon_lower_bound_from_scores(is_in, scores, delta=delta)

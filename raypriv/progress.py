@@ -71,3 +71,19 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def report_open(title: str, states: dict[str, tuple[str, str]], enabled: bool) -> None:
+    """After a round of an until-decided audit: which paradigms it decided, which are still open, and why.
+
+    ``states``: paradigm -> (state, reason), for the paradigms that were open
+    before this round's look (``state``: ``leaks``, ``bounded`` or ``open``).
+    One log line per paradigm on the ``raypriv`` logger (stderr on the
+    command line), so it shows in ``ray job submit`` logs as on a terminal.
+    """
+    if not enabled:
+        return
+    still_open = [p for p, (state, _) in states.items() if state == "open"]
+    log.info("%s: %d paradigm(s) still open%s", title, len(still_open), f" ({', '.join(still_open)})" if still_open else "")
+    for paradigm, (state, reason) in states.items():
+        log.info("  %s: %s: %s", paradigm, "still open" if state == "open" else f"decided, {state}", reason)

@@ -21,6 +21,8 @@ from typing import Any, Mapping
 from raypriv.errors import RayprivError
 from raypriv.metrics import LOW_FPRS
 
+# metrics.json's one-run ε bounds (raypriv.epsilon): the loss attack's entry only; absent (None) elsewhere.
+ONE_RUN_FIELDS = ("eps_one_run", "gdp_mu_bound", "eps_gdp_bound")
 # metrics.json's per-paradigm numbers that come from the model rows; every other key but "info" is an attack.
 PARADIGM_FIELDS = ("test_acc", "test_acc_std", "n_models", "synth_seconds_mean", "train_seconds_mean")
 
@@ -33,6 +35,13 @@ class AttackMetrics:
     ``"tpr@1%fpr"``) to the TPR there.  ``n_in`` / ``n_out``: the IN and OUT
     pairs the ROC was computed on.  ``extra``: any further number a newer
     scorer wrote, kept so that a read-write round trip loses nothing.
+    ``eps_one_run``, ``gdp_mu_bound``, ``eps_gdp_bound``: the one-run bounds
+    (:mod:`raypriv.epsilon`), computed for the ``loss`` attack only; None for
+    the other attacks and in a metrics.json written before 2026-12-05.
+    ``tpr_readout``: how ``tpr`` was read off the ROC curve
+    (:data:`raypriv.metrics.TPR_READOUTS`), or None in a metrics.json from
+    before it was recorded (2026-12-05), which was read by linear
+    interpolation (:attr:`readout`); None is written back as absent.
     """
 
     auc: float
@@ -42,6 +51,15 @@ class AttackMetrics:
     n_out: int
     eps_lower_bound: float
     extra: Mapping[str, float] = field(default_factory=dict)
+    tpr_readout: str | None = None
+    eps_one_run: float | None = None
+    gdp_mu_bound: float | None = None
+    eps_gdp_bound: float | None = None
+
+    @property
+    def readout(self) -> str:
+        """The TPR read-out, ``"interpolate"`` where metrics.json did not record one."""
+        return self.tpr_readout or "interpolate"
 
     def value(self, name: str) -> float:
         """A number by its metrics.json name (``"auc"``, ``"tpr@1%fpr"``, ``"eps_lower_bound"``, ...)."""
@@ -52,7 +70,7 @@ class AttackMetrics:
 
     __getitem__ = value  # metrics["tpr@1%fpr"]: the same number by its metrics.json name
 
-    def to_json(self) -> dict[str, float | int]:
+    def to_json(self) -> dict[str, float | int | str]:
         return {
             "auc": self.auc,
             "balanced_acc": self.balanced_acc,
@@ -61,6 +79,8 @@ class AttackMetrics:
             "n_out": self.n_out,
             "eps_lower_bound": self.eps_lower_bound,
             **self.extra,
+            **({"tpr_readout": self.tpr_readout} if self.tpr_readout is not None else {}),
+            **{name: value for name in ONE_RUN_FIELDS if (value := getattr(self, name)) is not None},
         }
 
     @classmethod
@@ -68,7 +88,7 @@ class AttackMetrics:
         if not isinstance(raw, Mapping):
             raise RayprivError(f"{where}: an attack entry is {type(raw).__name__}, not a mapping; rerun the audit to rescore")
         try:
-            known = {"auc", "balanced_acc", "n_in", "n_out", "eps_lower_bound", *LOW_FPRS}
+            known = {"auc", "balanced_acc", "n_in", "n_out", "eps_lower_bound", "tpr_readout", *LOW_FPRS, *ONE_RUN_FIELDS}
             return cls(
                 auc=float(raw["auc"]),
                 balanced_acc=float(raw["balanced_acc"]),
@@ -77,6 +97,8 @@ class AttackMetrics:
                 n_out=int(raw["n_out"]),
                 eps_lower_bound=float(raw["eps_lower_bound"]),
                 extra={key: float(value) for key, value in raw.items() if key not in known},
+                tpr_readout=None if raw.get("tpr_readout") is None else str(raw["tpr_readout"]),
+                **{name: None if raw.get(name) is None else float(raw[name]) for name in ONE_RUN_FIELDS},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RayprivError(f"{where}: an attack entry is malformed ({exc!r}); rerun the audit to rescore") from None
@@ -87,7 +109,8 @@ class ParadigmMetrics:
     """One paradigm of a run: utility and cost from its model rows, what it reported, and its attacks.
 
     ``info``: the mean over models of the numbers the paradigm reported
-    (``epsilon`` and ``delta`` for the DP paradigms).  ``attacks``: name ->
+    (``epsilon`` and ``delta`` for the DP paradigms), and the strings every
+    model reported alike (the ``accountant`` beside ε).  ``attacks``: name ->
     :class:`AttackMetrics`, in the run's attack order.
     """
 
@@ -96,7 +119,7 @@ class ParadigmMetrics:
     n_models: int
     synth_seconds_mean: float
     train_seconds_mean: float
-    info: Mapping[str, float] = field(default_factory=dict)
+    info: Mapping[str, float | str] = field(default_factory=dict)
     attacks: Mapping[str, AttackMetrics] = field(default_factory=dict)
 
     @property
@@ -126,7 +149,7 @@ class ParadigmMetrics:
         if not isinstance(raw, Mapping):
             raise RayprivError(f"{where}: a paradigm entry is {type(raw).__name__}, not a mapping; rerun the audit to rescore")
         try:
-            info = {key: float(value) for key, value in (raw.get("info") or {}).items()}
+            info = {key: value if isinstance(value, str) else float(value) for key, value in (raw.get("info") or {}).items()}
             rows_part = cls(float(raw["test_acc"]), float(raw["test_acc_std"]), int(raw["n_models"]),
                             float(raw["synth_seconds_mean"]), float(raw["train_seconds_mean"]), info)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -10,7 +10,10 @@ Truly Protect Privacy?", ICLR 2025):
   set (RMIA's ``z``): no model trains on them, and they keep their own labels;
 * ``keep[m, i]`` says whether audit sample ``i`` is IN for model ``m``; each
   column holds exactly ``n_models / 2`` Trues, built as in the reference LiRA
-  code (argsort of uniform draws down each column).
+  code (argsort of uniform draws down each column).  An until-decided audit
+  (``budget.until: decided``) draws it in balanced blocks of ``budget.round``
+  models instead (:func:`block_balanced_keep`), so that every prefix of whole
+  rounds, where the audit may stop, is balanced too.
 
 Everything here is deterministic from the experiment seed (see
 :mod:`raypriv.seeding`).
@@ -73,6 +76,26 @@ def balanced_keep(n_models: int, n_audit: int, seed: int) -> np.ndarray:
     return order < n_models // 2
 
 
+def block_balanced_keep(n_models: int, n_audit: int, seed: int, block: int) -> np.ndarray:
+    """``keep[m, i]`` in balanced blocks: in each block of ``block`` consecutive models, every audit sample is IN
+    for exactly ``block / 2`` of them.
+
+    Each block is drawn as :func:`balanced_keep` draws a whole matrix, from
+    its own stream (``"keep-block"``, keyed by the block's index), so the
+    first blocks do not depend on how many follow, and the first ``r·block``
+    rows put every sample IN for exactly ``r·block / 2`` models.
+    """
+    if block < 2 or block % 2:
+        raise RayprivError(f"a keep block of {block} models cannot be balanced; give an even round of at least 2")
+    if n_models % block:
+        raise RayprivError(f"n_models={n_models} is not a whole number of keep blocks of {block} models")
+    blocks = [
+        numpy_rng(seed, "keep-block", index).uniform(size=(block, n_audit)).argsort(axis=0) < block // 2
+        for index in range(n_models // block)
+    ]
+    return np.concatenate(blocks, axis=0) if blocks else np.zeros((0, n_audit), dtype=bool)
+
+
 def _draw(seed: int, stream: str, available: int, size: int, field_name: str, where: str) -> np.ndarray:
     """``size`` sorted indices out of ``available``, drawn from ``stream``; too many is a RayprivError."""
     if size > available:
@@ -82,8 +105,14 @@ def _draw(seed: int, stream: str, available: int, size: int, field_name: str, wh
     return np.sort(numpy_rng(seed, stream).choice(available, size=size, replace=False)).astype(np.int64)
 
 
-def make_audit_split(dataset: Dataset, n_audit: int, canary: str, n_models: int, seed: int, n_population: int = 0) -> AuditSplit:
-    """Draw the audit samples, their canary labels, the keep matrix and the population set."""
+def make_audit_split(dataset: Dataset, n_audit: int, canary: str, n_models: int, seed: int, n_population: int = 0,
+                     keep_block: int | None = None) -> AuditSplit:
+    """Draw the audit samples, their canary labels, the keep matrix and the population set.
+
+    ``keep_block``: draw the keep matrix in balanced blocks of this many
+    models (:func:`block_balanced_keep`, for until-decided audits); None (fixed
+    budgets): :func:`balanced_keep`, as every run before blocks existed.
+    """
     audit_index = _draw(seed, "audit", len(dataset.y_train), n_audit, "n_audit", f"the training pool of {dataset.name}")
     true_labels = dataset.y_train[audit_index].astype(np.int64)
     labels = dataset.y_train.astype(np.int64).copy()
@@ -95,7 +124,9 @@ def make_audit_split(dataset: Dataset, n_audit: int, canary: str, n_models: int,
     elif canary != "none":
         raise RayprivError(f"audit.canary={canary!r} is not known; choose 'none' or 'mislabel'")
     population = _draw(seed, "population", len(dataset.y_test), n_population, "n_population", f"the test split of {dataset.name}")
-    return AuditSplit(audit_index, true_labels, labels, balanced_keep(n_models, n_audit, seed), population,
+    keep = (balanced_keep(n_models, n_audit, seed) if keep_block is None
+            else block_balanced_keep(n_models, n_audit, seed, keep_block))
+    return AuditSplit(audit_index, true_labels, labels, keep, population,
                       dataset.y_test[population].astype(np.int64))
 
 

@@ -53,7 +53,8 @@ def tidy_metrics(metrics: Mapping[str, ParadigmMetrics]) -> pd.DataFrame:
     rows = []
     for paradigm, entry in metrics.items():
         scalars = {"test_acc": entry.test_acc, "test_acc_std": entry.test_acc_std, "n_models": entry.n_models, **entry.info}
-        rows += [(paradigm, None, name, float(value), nan, nan) for name, value in scalars.items()]
+        rows += [(paradigm, None, name, float(value), nan, nan) for name, value in scalars.items()
+                 if not isinstance(value, str)]  # a reported string (the accountant) is no metric
         for attack, result in entry.attacks.items():
             for name in TIDY_METRICS:
                 value = result.value(name)
@@ -86,7 +87,9 @@ def format_summary(config: ExperimentConfig, metrics: Mapping[str, ParadigmMetri
     for paradigm, entry in metrics.items():
         rows = models[models.paradigm == paradigm]
         info = entry.info
-        accounted = f"; accounted ε={info['epsilon']:.2f} (δ={info.get('delta', 0.0):.1e})" if "epsilon" in info else ""
+        accountant = f", {info['accountant']}" if isinstance(info.get("accountant"), str) else ""
+        accounted = (f"; accounted ε={info['epsilon']:.2f} (δ={info.get('delta', 0.0):.1e}{accountant})"
+                     if "epsilon" in info else "")
         lines.append(
             f"{paradigm}: test acc {entry.test_acc:.3f} ± {entry.test_acc_std:.3f}; per model "
             f"{rows.synth_seconds.mean():.2f}s synthesis + {rows.train_seconds.mean():.2f}s training "

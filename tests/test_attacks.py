@@ -2,17 +2,19 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from raypriv.attacks import ATTACKS, run_attacks, score_attacks
+from raypriv.attacks import ATTACKS, LiraOptions, RmiaOptions, pooled_probability, run_attacks, score_attacks
 from raypriv.attacks.block import group_ids, loo_moments
 from raypriv.attacks.reference import (
     _leave_one_out_stats,
     label_probabilities,
+    lira_aerni_attack,
     lira_attack,
     lira_scores_from_logits,
     loss_attack,
     rmia_attack,
     sklearn_metrics,
 )
+from raypriv.attacks.rmia import fit_offline_a
 from raypriv.errors import RayprivError
 from raypriv.metrics import roc_metrics, tpr_at_fpr
 from raypriv.split import balanced_keep
@@ -110,7 +112,8 @@ def test_engine_matches_the_reference_implementation():
         exact = lira_attack(lira_scores_from_logits(logits, labels), keep, "online" in attack, attack.endswith("_fixed"))
         np.testing.assert_allclose(engine[attack], exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
     np.testing.assert_allclose(engine["loss"], loss_attack(logits, labels), rtol=1e-6)
-    reference = rmia_attack(label_probabilities(logits, labels), keep)
+    # The default RMIA (trimmed mean 0.2, per-query vote) against the authors' formula on the float64 logits.
+    reference = rmia_attack(label_probabilities(logits, labels, pooled=False), keep, gamma=1.0, trim=0.2)
     np.testing.assert_allclose(engine["rmia"], reference, atol=1e-6)
 
 
@@ -142,9 +145,82 @@ def test_rmia_matches_its_definition(gamma):
     probs = label_probabilities(logits, labels)
     expected = _rmia_brute_force(probs, keep, gamma)
     np.testing.assert_allclose(rmia_attack(probs, keep, gamma), expected, atol=1e-12)
+    pooled = RmiaOptions(gamma=gamma, trim=0.0, queries="pool")  # raypriv's RMIA before 2026-12-05
     np.testing.assert_allclose(
-        run_attacks(logits.astype(np.float32), labels, keep, ["rmia"], gamma=gamma)["rmia"], expected, atol=1e-6
+        run_attacks(logits.astype(np.float32), labels, keep, ["rmia"], rmia=pooled)["rmia"], expected, atol=1e-6
     )
+
+
+def test_trimmed_mean_of_the_references_by_hand():
+    """6 models, one sample IN for 0-2: target 0 keeps models 1, 2 (IN) and 3, 4 (OUT; 5 is the highest OUT id)."""
+    from raypriv.attacks.rmia import reference_prior, trimmed_mean_less
+
+    probs = np.array([[0.9, 0.8, 0.1, 0.3, 0.5, 0.7]])  # (B=1, M=6)
+    member = np.array([[True, True, True, False, False, False]])
+    prior = reference_prior(probs, member, group_ids(member), group_ids(~member), trim=0.25)
+    # Target 0: refs {0.8, 0.1, 0.3, 0.5}, int(0.25 * 4) = 1 cut a side -> mean(0.3, 0.5) = 0.4.
+    # Target 3 (OUT): drops itself and the highest IN id (2): refs {0.9, 0.8, 0.5, 0.7} -> mean(0.7, 0.8) = 0.75.
+    # Target 5: drops itself and model 2: refs {0.9, 0.8, 0.3, 0.5} -> mean(0.5, 0.8) = 0.65.
+    assert prior[0, [0, 3, 5]] == pytest.approx([0.4, 0.75, 0.65])
+    assert prior[0, 1] == pytest.approx(0.4)  # refs {0.9, 0.1, 0.3, 0.5}: mean(0.3, 0.5)
+    # trim 0 is the plain mean; ties and a removed value inside the kept range.
+    values = np.array([[1.0, 2.0, 2.0, 2.0, 9.0, -5.0, 4.0]])
+    assert trimmed_mean_less(values, [np.array([[1]])], 0.0)[0, 0] == pytest.approx((15.0 - 2.0) / 6)
+    assert trimmed_mean_less(values, [np.array([[1]]), np.array([[6]])], 0.2)[0, 0] == pytest.approx(5.0 / 3)  # (1, 2, 2)
+
+
+@pytest.mark.parametrize("options,population,offline", [
+    (RmiaOptions(), False, False),  # the default: trimmed mean, vote (two queries here)
+    (RmiaOptions(gamma=2.0, trim=0.2, temperature=2.0, queries="vote"), False, False),  # the authors' CIFAR-10 config
+    (RmiaOptions(gamma=1.0, trim=0.2, queries="vote"), True, False),  # z from a population set
+    (RmiaOptions(gamma=1.5, trim=0.1, queries="vote"), False, True),  # offline, a fixed
+])
+def test_rmia_matches_the_authors_formula(options, population, offline):
+    """Engine (float32 channels, blocks, log ratios) against the reference (float64 logits, trim_mean, products, votes)."""
+    rng = np.random.default_rng(11)
+    n_models, n_samples, n_queries, n_classes = 10, 40, 3, 4
+    keep = balanced_keep(n_models, n_samples, 11)
+    logits = (rng.normal(size=(n_models, n_samples + 30, n_queries, n_classes)) * 2).astype(np.float32)
+    labels = rng.integers(0, n_classes, n_samples + 30)
+    logits[:, :n_samples, :, :] += (2.0 * keep[:, :, None, None] * np.eye(n_classes)[labels[:n_samples]][None, :, None, :]
+                                    ).astype(np.float32)
+    probs = label_probabilities(logits, labels, options.temperature, pooled=False)
+    attack = "rmia_offline" if offline else "rmia"
+    scores = lira_scores_from_logits(logits, labels)
+    channels = [scores]
+    if options.own_signal:
+        channels.append(lira_scores_from_logits(logits / np.float32(options.temperature), labels))
+    inputs = np.concatenate(channels, axis=2).astype(np.float32)
+    engine = score_attacks(inputs[:, :n_samples], None, keep, [attack], rmia=options,
+                           population=inputs[:, n_samples:] if population else None)[attack]
+    if offline:  # the engine fits a per target (fit_offline_a, tested in test_queries.py); the reference takes it
+        a = fit_offline_a(pooled_probability(inputs[:, :n_samples], n_queries), keep, options.gamma)
+        expected = rmia_attack(probs[:, :n_samples], keep, options.gamma, options.trim, offline_a=a)
+    else:
+        expected = rmia_attack(probs[:, :n_samples], keep, options.gamma, options.trim,
+                               population=probs[:, n_samples:] if population else None)
+    np.testing.assert_allclose(engine, expected, atol=1e-6)
+    if not (offline or population):  # queries: mean is the per-query shares averaged
+        mean = score_attacks(inputs[:, :n_samples], None, keep, [attack], rmia=RmiaOptions(
+            options.gamma, options.trim, options.temperature, "mean"))[attack]
+        per_query = np.mean([rmia_attack(probs[:, :n_samples, q], keep, options.gamma, options.trim)
+                             for q in range(n_queries)], axis=0)
+        np.testing.assert_allclose(mean, per_query, atol=1e-6)
+
+
+def test_lira_aerni_preset_matches_its_definition():
+    logits, labels, keep = gaussian_audit(8, 30, 1.0, seed=3, n_queries=2)
+    aerni = LiraOptions.from_preset("aerni-2024")
+    assert (aerni.center, aerni.ddof, aerni.truncate) == ("mean", 1, False)
+    engine = run_attacks(logits, labels, keep, ["lira_online", "lira_offline"], lira=aerni)
+    scores = lira_scores_from_logits(logits, labels).astype(np.float32).astype(np.float64)
+    for attack, online in (("lira_online", True), ("lira_offline", False)):
+        reference = lira_aerni_attack(scores, keep, online)
+        np.testing.assert_allclose(engine[attack], reference, rtol=1e-5, atol=1e-5 * np.abs(reference).max())
+    carlini = run_attacks(logits, labels, keep, ["lira_online"])["lira_online"]
+    assert not np.allclose(carlini, engine["lira_online"])  # the presets differ
+    with pytest.raises(RayprivError, match="ddof 1"):
+        run_attacks(logits[:4], labels, balanced_keep(4, 30, 0), ["lira_online"], lira=aerni)
 
 
 def test_lira_online_reaches_the_neyman_pearson_tpr():
@@ -190,9 +266,10 @@ def test_queries_are_averaged():
     one = sklearn_metrics(keep, lira_attack(lira_scores_from_logits(logits[:, :, :1], labels), keep, True, False))
     four = sklearn_metrics(keep, lira_attack(lira_scores_from_logits(logits, labels), keep, True, False))
     assert four["auc"] > one["auc"] + 0.05  # four independent looks beat one
-    for attack in ("lira_online", "rmia"):
-        one = metrics_of(keep, run_attacks(logits[:, :, :1], labels, keep, [attack])[attack])
-        four = metrics_of(keep, run_attacks(logits, labels, keep, [attack])[attack])
+    for attack, samples in (("lira_online", 2000), ("rmia", 600)):  # RMIA's vote is O(N^2 Q) per target
+        part = (slice(None), slice(0, samples))
+        one = metrics_of(keep[part], run_attacks(logits[part][:, :, :1], labels[:samples], keep[part], [attack])[attack])
+        four = metrics_of(keep[part], run_attacks(logits[part], labels[:samples], keep[part], [attack])[attack])
         assert four["auc"] > one["auc"] + 0.05, attack
 
 
@@ -231,6 +308,24 @@ def test_tpr_at_fpr_interpolates_between_operating_points():
     assert tpr_at_fpr(fpr, tpr, 0.001) == pytest.approx(0.2)  # halfway from (0, 0.1) to (0.002, 0.3)
     assert tpr_at_fpr(fpr, tpr, 0.002) == pytest.approx(0.3)
     assert tpr_at_fpr(fpr, tpr, 0.01) == pytest.approx(0.3 + 0.2 * 8 / 18)
+    # The other read-outs: the last point at FPR <= t, and the reference code's last point at FPR < t.
+    assert [tpr_at_fpr(fpr, tpr, t, "at-or-below") for t in (0.001, 0.002, 0.01)] == [0.1, 0.3, 0.3]
+    assert [tpr_at_fpr(fpr, tpr, t, "below") for t in (0.001, 0.002, 0.01)] == [0.1, 0.1, 0.3]
+    with pytest.raises(ValueError, match="read-out"):
+        tpr_at_fpr(fpr, tpr, 0.01, "nearest")
+
+
+@pytest.mark.parametrize("readout", ["interpolate", "at-or-below", "below"])
+def test_streamed_tpr_readouts_equal_sklearns_curve(readout):
+    """roc_metrics (streamed, chunked) reads each way as the full curve does, and records the read-out."""
+    rng = np.random.default_rng(2)
+    is_in = rng.random(20_000) < 0.5
+    score = np.round(rng.normal(size=20_000) + 1.5 * is_in, 2).astype(np.float32)  # ties: operating points on the grid
+    streamed = roc_metrics(is_in, score, chunk=777, tpr_readout=readout)[0]
+    full = sklearn_metrics(is_in, score, readout)
+    assert streamed["tpr_readout"] == readout
+    for key in ("tpr@0.1%fpr", "tpr@1%fpr"):
+        assert streamed[key] == pytest.approx(full[key], abs=1e-12)
     metrics = sklearn_metrics(np.array([1, 1, 0, 0], bool), np.array([3.0, 2.0, 1.0, 0.0]))
     assert metrics["auc"] == 1.0 and metrics["tpr@0.1%fpr"] == 1.0 and metrics["balanced_acc"] == 1.0
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from raypriv.config import load as load_config
+from raypriv.queries import expand_queries
 from raypriv.synth import make_paradigm
 
 CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "cifar10-paradigms.yaml"
@@ -41,7 +42,7 @@ def test_the_config_loads_with_the_studys_setup():
     config = load_config(CONFIG)
     assert config.dataset.name == "cifar10" and config.n_models == 64 and config.model.arch == "resnet18"
     assert config.audit.n_audit == 500 and config.audit.canary == "mislabel"
-    assert config.paradigms == PARADIGMS and config.queries == ["identity", "hflip"]
+    assert config.paradigms == PARADIGMS and config.queries == expand_queries(["flip-shift-18"], 4)  # the study's 18
     mtt = make_paradigm(config, "distill@mtt").options
     assert (mtt.method, mtt.n_experts, mtt.expert_train_epochs, mtt.syn_steps, mtt.iterations) == ("mtt", 100, 50, 30, 5000)
     datm = make_paradigm(config, "distill@datm").options
@@ -88,10 +89,14 @@ def test_a_shortened_copy_runs_end_to_end(tmp_path, monkeypatch):
         "train.batch_size": 128,
         "train.engine": "loop",
         "attacks": ["loss"],
+        # Two of the 18 queries (one flip, one shift): each query is one more pass over the audit set per model,
+        # and the 18-query protocol itself is checked query by query in tests/test_queries.py.
+        "queries": ["identity", "hflip"],
         **{f"paradigm_options.{name}": options for name, options in CHEAP.items()},
     }
+    assert len(load_config(CONFIG).queries) == 18  # the study's protocol, as the config states it
     config = load_config(CONFIG, overrides)
-    assert config.paradigms == PARADIGMS and config.queries == ["identity", "hflip"]
+    assert config.paradigms == PARADIGMS
     result = run_audit(config, use_ray=False, show_progress=False)
     models = result.models
     assert sorted(models.paradigm.unique()) == sorted(PARADIGMS)

@@ -1,10 +1,10 @@
-"""Shift queries and presets, attack settings (lira.center, rmia.gamma), and RMIA offline."""
+"""Shift queries and presets, attack settings (lira.preset, rmia:, audit.tpr_readout), and RMIA offline."""
 
 import numpy as np
 import pytest
 import torch
 
-from raypriv.attacks import run_attacks, score_attacks
+from raypriv.attacks import LiraOptions, RmiaOptions, run_attacks, score_attacks
 from raypriv.attacks.reference import lira_scores_from_logits
 from raypriv.attacks.rmia import OFFLINE_A_GRID, fit_offline_a, rmia_ranks
 from raypriv.config import from_dict as config_from_dict
@@ -49,6 +49,13 @@ def test_presets_expand_in_the_config_and_enter_the_protocol():
         ({"rmia": {"gamma": 0}}, "rmia.gamma=0.0 must be a positive number"),
         ({"rmia": {"gamma": -1.5}}, "rmia.gamma=-1.5 must be a positive number"),
         ({"lira": {"center": "mode"}}, "lira.center='mode' is not allowed"),
+        ({"lira": {"preset": "carlini"}}, "lira.preset='carlini' is not allowed; choose one of ['carlini-2022', 'aerni-2024']"),
+        ({"lira": {"preset": "aerni-2024", "center": "median"}}, "contradicts lira.preset: aerni-2024"),
+        ({"rmia": {"trim": 0.5}}, "rmia.trim=0.5 must lie in [0, 0.5)"),
+        ({"rmia": {"trim": -0.1}}, "rmia.trim=-0.1 must lie in [0, 0.5)"),
+        ({"rmia": {"temperature": 0}}, "rmia.temperature=0.0 must be a positive number"),
+        ({"rmia": {"queries": "majority"}}, "rmia.queries='majority' is not allowed; choose one of ['vote', 'mean', 'pool']"),
+        ({"audit": {"tpr_readout": "nearest"}}, "audit.tpr_readout='nearest' is not allowed"),
     ],
 )
 def test_bad_queries_and_attack_settings_are_named(raw, expected):
@@ -64,7 +71,8 @@ def test_image_queries_refuse_tabular_batches():
 
 def test_attack_settings_keep_every_fingerprint():
     base = config_from_dict({})
-    tuned = config_from_dict({"lira": {"center": "mean"}, "rmia": {"gamma": 2.0}})
+    tuned = config_from_dict({"lira": {"preset": "aerni-2024"}, "rmia": {"gamma": 2.0, "trim": 0.0, "temperature": 2.0},
+                              "audit": {"tpr_readout": "below"}})
     assert protocol_hash(base) == protocol_hash(tuned) and recipe_hash(base, "real") == recipe_hash(tuned, "real")
 
 
@@ -79,7 +87,8 @@ def _signal_logits(rng, n_models=12, n_samples=60, n_queries=2, strength=2.0):
 def test_lira_mean_center_is_the_leave_one_out_mean():
     rng = np.random.default_rng(1)
     logits, labels, keep = _signal_logits(rng, n_samples=15)
-    engine = run_attacks(logits, labels, keep, ["lira_online", "lira_offline"], center="mean")
+    mean_centre = LiraOptions.from_preset("carlini-2022", "mean")  # an older config's lira.center: mean
+    engine = run_attacks(logits, labels, keep, ["lira_online", "lira_offline"], lira=mean_centre)
     scores = lira_scores_from_logits(logits, labels).astype(np.float32).astype(np.float64)
     n_models, n_samples, _ = scores.shape
     expected = np.zeros((n_models, n_samples))
@@ -101,7 +110,7 @@ def test_lira_mean_center_is_the_leave_one_out_mean():
 def test_rmia_offline_finds_members_and_fits_a_on_the_other_fold():
     rng = np.random.default_rng(2)
     logits, labels, keep = _signal_logits(rng, n_models=16, n_samples=200)
-    result = run_attacks(logits, labels, keep, ["rmia_offline", "rmia"], gamma=2.0)
+    result = run_attacks(logits, labels, keep, ["rmia_offline", "rmia"], rmia=RmiaOptions(gamma=2.0))
     assert roc_metrics(keep, result["rmia_offline"])[0]["auc"] > 0.7
     probs = np.random.default_rng(3).random(keep.shape)
     a = fit_offline_a(probs, keep)
@@ -118,8 +127,9 @@ def test_rmia_with_a_population_set_counts_population_samples():
     logits, labels, keep = _signal_logits(rng, n_models=8, n_samples=120)
     scores = lira_scores_from_logits(logits, labels).astype(np.float32)
     population = rng.normal(size=(8, 50, 2)).astype(np.float32)  # LiRA scores of 50 samples no model trained on
-    with_z = score_attacks(scores, None, keep, ["rmia", "rmia_offline"], population=population, gamma=2.0)
-    without = score_attacks(scores, None, keep, ["rmia"], gamma=2.0)["rmia"]
+    pooled = RmiaOptions(gamma=2.0, queries="pool")  # one share per pair; the vote is checked in test_attacks.py
+    with_z = score_attacks(scores, None, keep, ["rmia", "rmia_offline"], population=population, rmia=pooled)
+    without = score_attacks(scores, None, keep, ["rmia"], rmia=pooled)["rmia"]
     assert not np.allclose(with_z["rmia"], without)
     # every score is a share of the 50 population samples
     assert np.allclose(with_z["rmia"] * 50, np.round(with_z["rmia"] * 50), atol=1e-4)
@@ -131,9 +141,50 @@ def test_rmia_with_a_population_set_counts_population_samples():
     np.testing.assert_array_equal(rmia_ranks(x, np.e, z), [[0.0, 0.25, 0.75]])
 
 
+def test_attack_settings_reach_the_scoring_plan_and_metrics_json():
+    from types import SimpleNamespace
+
+    from raypriv.results import AttackMetrics
+    from raypriv.scoring import ScoringPlan
+
+    config = config_from_dict({"n_models": 8, "queries": ["flip-2"], "lira": {"preset": "aerni-2024"},
+                               "rmia": {"gamma": 2.0, "temperature": 2.0, "queries": "mean"},
+                               "audit": {"tpr_readout": "below"}})
+    keep = balanced_keep(8, 10, 0)
+    split = SimpleNamespace(keep=keep, audit_labels=np.zeros(10, np.int64), population_labels=np.zeros(0, np.int64))
+    plan = ScoringPlan.from_config(config, split, recipe_hashes={})
+    assert plan.rmia == RmiaOptions(gamma=2.0, trim=0.2, temperature=2.0, queries="mean")
+    assert plan.lira == LiraOptions("mean", 1, False) and plan.tpr_readout == "below"
+    assert plan.n_channels == 4  # two queries' LiRA scores, then their tempered RMIA channels
+    assert ScoringPlan.from_config(config_from_dict({"queries": ["flip-2"]}), split, recipe_hashes={}).n_channels == 2
+    # metrics.json records the read-out; an older entry without one reads as interpolated.
+    old = {"auc": 0.9, "balanced_acc": 0.8, "tpr@0.1%fpr": 0.1, "tpr@1%fpr": 0.2, "n_in": 5, "n_out": 5,
+           "eps_lower_bound": 0.0}
+    assert AttackMetrics.from_json(old).readout == "interpolate" and AttackMetrics.from_json(old).to_json() == old
+    new = AttackMetrics.from_json({**old, "tpr_readout": "below"})
+    assert new.tpr_readout == "below" and new.to_json()["tpr_readout"] == "below" and not new.extra
+
+
 def test_rmia_alone_runs_with_four_models_lira_does_not():
     assert config_from_dict({"n_models": 4, "attacks": ["loss", "rmia", "rmia_offline"]}).n_models == 4
     with pytest.raises(RayprivError, match="too few for RMIA"):
         config_from_dict({"n_models": 2, "attacks": ["rmia"]})
     with pytest.raises(RayprivError, match="too few for LiRA"):
         config_from_dict({"n_models": 4, "attacks": ["rmia", "lira_online"]})
+
+
+def test_a_vote_too_large_to_finish_is_refused_before_training(capsys, tmp_path):
+    """18 queries x 20,000 audit samples x 256 models: 1.8e12 (x, z, query) comparisons; the mean is accepted."""
+    from raypriv.config import load
+    from raypriv.errors import RayprivError
+    from tests.conftest import cli_error
+
+    big = {"queries": ["flip-shift-18"], "audit.n_audit": 20000, "n_models": 256}
+    with pytest.raises(RayprivError, match=r"rmia.queries: vote .* 1.8e\+12 comparisons.*set rmia.queries: mean"):
+        load(None, big)
+    assert load(None, {**big, "rmia.queries": "mean"}).rmia.queries == "mean"
+    assert load(None, {**big, "attacks": ["loss", "lira_online"]}).rmia.queries == "vote"  # no RMIA: no vote
+    config = tmp_path / "big.yaml"
+    config.write_text("n_models: 256\nqueries: [flip-shift-18]\naudit: {n_audit: 20000}\n")
+    line = cli_error(capsys, ["audit", "--config", str(config), "--out", str(tmp_path / "run")])
+    assert "rmia.queries: vote" in line and not (tmp_path / "run").exists()

@@ -31,7 +31,10 @@ from raypriv.split import make_audit_split
 from tests.conftest import stop_cluster, stop_shared_ray, tiny_config_dict
 
 RUNS = {"default": {"train.epochs": 2}, "paradigms": {"train.epochs": 2, "paradigms": ["real", "coreset"]},
-        "population": {"train.epochs": 2, "audit.n_population": 25}}  # RMIA's z from a population set
+        "population": {"train.epochs": 2, "audit.n_population": 25},  # RMIA's z from a population set
+        # RMIA's own tempered channels, a vote over two queries, z from a population set, the reference code's read-out
+        "rmia-options": {"train.epochs": 2, "queries": ["identity", "hflip"], "audit.n_population": 25,
+                         "rmia.temperature": 2.0, "rmia.gamma": 2.0, "audit.tpr_readout": "below"}}
 CLUSTER_RUNS = ("default", "paradigms")  # the two runs
 
 

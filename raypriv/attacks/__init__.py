@@ -11,9 +11,13 @@ First Principles", S&P 2022):
 * **Score.** ``s = log p_y - log sum_{y' != y} p_y'`` (the "logit-scaled
   confidence"), in float64 after subtracting the max logit.  Clamped at
   1e-45 inside the logs, as in the reference, so it stays finite.
-* **Means** of the IN and OUT Gaussians are the *median* over shadows
-  (``lira.center: mean`` takes the mean, as Aerni et al. 2024 do).
-* **Standard deviations** are ``np.std`` (ddof 0) over shadows, plus 1e-30.
+* **Conventions** (``lira.preset``, :class:`LiraOptions`): ``carlini-2022``
+  (the default) centres the IN and OUT Gaussians on the *median* over
+  shadows, with ``np.std`` (ddof 0), plus 1e-30, and equal group sizes (the
+  truncation below); ``aerni-2024`` (Aerni et al., CCS 2024) takes the
+  *mean*, ddof 1 and every other model as a shadow (no truncation).
+  ``lira.center: mean`` alone keeps raypriv's older meaning (only the
+  centre changes).
 * **One Gaussian per augmentation query**; the per-query log-likelihoods
   (or ratios) are averaged over queries.
 * **Online** (``lira_online``): ``mean_q [log N(s; mu_in, sd_in) - log N(s; mu_out, sd_out)]``.
@@ -32,26 +36,27 @@ First Principles", S&P 2022):
   target is not in a group, that group drops its highest model id instead,
   like the reference's truncation of all groups to the smallest size.
   (Unequal sizes bias ddof-0 variances and push a no-signal AUC below 0.5
-  at small model counts.)
+  at small model counts.)  ``aerni-2024`` does not truncate: its ddof-1
+  variances are unbiased at either size.
 * **Loss** (``loss``, Yeom et al. 2018): minus the cross-entropy of the
   target on the un-augmented query (query 0).  It uses no shadows.
 * **RMIA** (``rmia``, Zarifzadeh et al., "Low-Cost High-Power Membership
-  Inference Attacks", ICML 2024), online variant.  ``Pr(x|theta)`` is the
-  target's softmax probability of the audit label, averaged over queries;
-  ``Pr(x)`` is its mean over the same leave-one-out shadows as LiRA's (the
-  ``n_models/2 - 1`` IN and ``n_models/2 - 1`` OUT shadows, which is the
-  paper's online estimate).  The score of ``x`` is the share of population
-  samples ``z`` with ``[Pr(x|theta)/Pr(x)] / [Pr(z|theta)/Pr(z)] > gamma``
-  (``rmia.gamma``, :data:`RMIA_GAMMA` = 1 by default).  The paper draws ``z``
-  from a population set no model trained on; here ``z`` runs over *all the
-  other audit samples*, ``Pr(z)`` from the same target's leave-one-out
-  shadows: nothing the attacker could not know, but about half of those
-  ``z`` are members, a harder comparison set than pure non-members.
-  ``audit.n_population`` gives the paper's population set instead.  ``Pr(x)``
-  is a plain mean over the shadows; the authors' code uses a trimmed mean,
-  which raypriv does not.
+  Inference Attacks", ICML 2024), online variant, as the authors' code runs
+  it (:mod:`raypriv.attacks.rmia` lists its settings and every departure).
+  ``Pr(x|theta)`` is the target's softmax probability of the audit label
+  (at temperature ``rmia.temperature``), per query; ``Pr(x)`` is its
+  trimmed mean (``rmia.trim``, 0.2) over the same leave-one-out shadows as
+  LiRA's (``n_models/2 - 1`` IN and ``n_models/2 - 1`` OUT, the paper's
+  online estimate).  ``x`` beats ``z`` on a query when
+  ``[Pr(x|theta)/Pr(x)] / [Pr(z|theta)/Pr(z)] > gamma`` (``rmia.gamma``, 1);
+  the queries vote (``rmia.queries: vote``) and the score is the share of
+  ``z`` that ``x`` beats.  Without ``audit.n_population``, ``z`` runs over
+  *all the other audit samples*, ``Pr(z)`` from the same target's
+  leave-one-out shadows: nothing the attacker could not know, but about half
+  of those ``z`` are members, a harder comparison set than the paper's.
 * **RMIA offline** (``rmia_offline``): the paper's linear approximation
-  ``Pr(x) = ((1 + a) Pr_OUT(x) + 1 - a) / 2`` from the leave-one-out OUT mean.
+  ``Pr(x) = ((1 + a) Pr_OUT(x) + 1 - a) / 2`` from the trimmed leave-one-out
+  OUT mean, with the same ``rmia`` settings.
   ``a`` is fitted as in the paper: reference models attacked with OUT
   references, the ``a`` in 0, 0.1, ..., 1 of highest AUC, cross-fitted over
   two folds of model ids, so a target's own scores and membership never enter.
@@ -74,31 +79,46 @@ First Principles", S&P 2022):
   like the definitions, for the tests; the audit never imports it.
 """
 
-from raypriv.attacks.block import SampleBlock
+from raypriv.attacks.block import LIRA_PRESETS, LiraOptions, SampleBlock
 from raypriv.attacks.engine import (
     ATTACKS,
     Attack,
+    attack_channels,
     check_attacks,
     group_sizes,
+    has_rmia,
     headline_order,
+    lira_queries,
     map_threads,
+    pooled_probability,
     run_attacks,
     score_attacks,
+    staged_queries,
 )
 from raypriv.attacks.lira import reduce_logits, to_float32
-from raypriv.attacks.rmia import RMIA_GAMMA
+from raypriv.attacks.rmia import RMIA_GAMMA, RMIA_QUERIES, RmiaOptions, tempered_scores
 
 __all__ = [
     "ATTACKS",
     "Attack",
+    "LIRA_PRESETS",
+    "LiraOptions",
     "RMIA_GAMMA",
+    "RMIA_QUERIES",
+    "RmiaOptions",
     "SampleBlock",
+    "attack_channels",
     "check_attacks",
     "group_sizes",
+    "has_rmia",
     "headline_order",
+    "lira_queries",
     "map_threads",
+    "pooled_probability",
     "reduce_logits",
     "run_attacks",
     "score_attacks",
+    "staged_queries",
+    "tempered_scores",
     "to_float32",
 ]

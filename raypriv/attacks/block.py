@@ -11,6 +11,7 @@ it, so LiRA's online and offline variants share one OUT fit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -18,6 +19,43 @@ from scipy.special import expit
 
 STD_FLOOR = 1e-30  # added to every standard deviation, as the reference LiRA code does
 _HALF_LOG_2PI = 0.5 * np.log(2.0 * np.pi)
+
+
+LIRA_PRESETS = ("carlini-2022", "aerni-2024")
+
+
+@dataclass(frozen=True)
+class LiraOptions:
+    """LiRA's Gaussian-fit conventions (the config's ``lira:`` section, resolved by :meth:`from_preset`).
+
+    * ``carlini-2022`` (the default; Carlini et al., S&P 2022, and their
+      ``research/mi_lira_2021`` code): the *median* of the shadows as centre,
+      ``np.std`` with ddof 0, and groups truncated to equal size (here: the
+      group a target is not in drops its highest model id, so both groups
+      have ``n_models/2 - 1`` shadows).
+    * ``aerni-2024`` (Aerni, Zhang, Tramèr, "Evaluations of Machine Learning
+      Privacy Defenses are Misleading", CCS 2024): the *mean* as centre,
+      the unbiased variance (ddof 1), and no truncation: a target's shadows
+      are every other model (``n_models/2 - 1`` in its own group,
+      ``n_models/2`` in the other).
+
+    ``center`` alone (``lira.center: mean`` under ``carlini-2022``) keeps
+    raypriv's older meaning: only the centre changes.
+    """
+
+    center: str = "median"  # "median" or "mean"
+    ddof: int = 0
+    truncate: bool = True  # equal group sizes: the group a target is not in drops its highest model id
+
+    @classmethod
+    def from_preset(cls, preset: str = "carlini-2022", center: str | None = None) -> "LiraOptions":
+        if preset == "carlini-2022":
+            return cls(center or "median", 0, True)
+        if preset == "aerni-2024":
+            if center not in (None, "mean"):
+                raise ValueError(f"lira preset aerni-2024 uses the mean centre, not {center!r}")
+            return cls("mean", 1, False)
+        raise ValueError(f"unknown LiRA preset {preset!r}; choose one of {LIRA_PRESETS}")
 
 
 def log_normal_pdf(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -33,9 +71,13 @@ def group_ids(member: np.ndarray) -> np.ndarray:
 
 
 def loo_moments(
-    scores32: np.ndarray, scores64: np.ndarray, member: np.ndarray, ids: np.ndarray, need_median: bool, center: str = "median"
+    scores32: np.ndarray, scores64: np.ndarray, member: np.ndarray, ids: np.ndarray, need_median: bool,
+    lira: LiraOptions = LiraOptions(),
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """Leave-one-out centre (median, or mean with ``center="mean"``) and variance of one group, for one block.
+    """Leave-one-out centre (median, or mean) and variance (ddof ``lira.ddof``) of one group, for one block.
+
+    With ``lira.truncate`` false (``aerni-2024``) only a target inside the
+    group is removed; one outside it keeps all ``K`` (mean centre only).
 
     Arrays are ``(B, Q, M)``.  ``scores32``/``scores64``: the block's scores (float32 as stored, and as
     float64); ``member``: ``(B, M)`` group membership; ``ids``: its
@@ -51,13 +93,21 @@ def loo_moments(
     size = k - 1
     values32 = np.take_along_axis(scores32, ids[:, None, :], axis=2)  # (B, Q, K) by model id
     values = values32.astype(np.float64)
-    removed = np.where(member[:, None, :], scores64, values[:, :, k - 1 : k])
+    if lira.truncate:
+        removed = np.where(member[:, None, :], scores64, values[:, :, k - 1 : k])
+    else:
+        if lira.center != "mean":
+            raise ValueError("LiRA without truncation takes the mean centre (the aerni-2024 preset)")
+        removed = np.where(member[:, None, :], scores64, 0.0)
+        size = (k - member[:, None, :]).astype(np.float64)  # (B, 1, M): K - 1 inside the group, K outside
     mean = (values.sum(axis=2)[:, :, None] - removed) / size
     mean_sq = ((values * values).sum(axis=2)[:, :, None] - removed * removed) / size
     variance = np.maximum(mean_sq - mean * mean, 0.0)
+    if lira.ddof:
+        variance = variance * size / (size - lira.ddof)
     if not need_median:
         return None, variance
-    if center == "mean":
+    if lira.center == "mean":
         return mean, variance
     values32.sort(axis=2)
     low, high = (size - 1) // 2, size // 2
@@ -89,26 +139,30 @@ class SampleBlock:
     """
 
     def __init__(self, scores: np.ndarray, keep: np.ndarray, start: int, stop: int, pooled: dict | None = None,
-                 center: str = "median", offline_a: np.ndarray | None = None):
-        self.scores32 = np.ascontiguousarray(scores[:, start:stop, :].transpose(1, 2, 0))  # (B, Q, M)
+                 lira: LiraOptions = LiraOptions(), offline_a: np.ndarray | None = None, n_queries: int | None = None):
+        """``scores``: float32 ``(M, N, C)``: the ``n_queries`` LiRA channels (all ``C`` when None), then, when
+        ``C > n_queries``, RMIA's own logit-scaled ``Pr(x|theta)`` per query (a softmax temperature)."""
+        n_queries = scores.shape[2] if n_queries is None else n_queries
+        self.scores32 = np.ascontiguousarray(scores[:, start:stop, :n_queries].transpose(1, 2, 0))  # (B, Q, M)
         self.scores64 = self.scores32.astype(np.float64)
+        self.rmia_scores = scores[:, start:stop, n_queries:] if scores.shape[2] > n_queries else None
         self.member = np.ascontiguousarray(keep[:, start:stop].T)  # (B, M)
         self.ids_in, self.ids_out = group_ids(self.member), group_ids(~self.member)
         self.pooled = pooled or {}  # {is_in_side: (Q, M) pooled variance} for the fixed-variance attacks
-        self.center, self.offline_a = center, offline_a  # LiRA's Gaussian centre; RMIA offline's a per target
+        self.lira, self.offline_a = lira, offline_a  # LiRA's conventions; RMIA offline's a per target
 
     def variance(self, in_side: bool) -> np.ndarray:
         """Leave-one-out variance of the IN (or OUT) shadows, without the median (the pooling pre-pass)."""
         member, ids = (self.member, self.ids_in) if in_side else (~self.member, self.ids_out)
-        return loo_moments(self.scores32, self.scores64, member, ids, need_median=False)[1]
+        return loo_moments(self.scores32, self.scores64, member, ids, False, self.lira)[1]
 
     @cached_property
     def moments_out(self) -> tuple[np.ndarray, np.ndarray]:
-        return loo_moments(self.scores32, self.scores64, ~self.member, self.ids_out, True, self.center)
+        return loo_moments(self.scores32, self.scores64, ~self.member, self.ids_out, True, self.lira)
 
     @cached_property
     def moments_in(self) -> tuple[np.ndarray, np.ndarray]:
-        return loo_moments(self.scores32, self.scores64, self.member, self.ids_in, True, self.center)
+        return loo_moments(self.scores32, self.scores64, self.member, self.ids_in, True, self.lira)
 
     def log_pdf(self, in_side: bool, fixed_variance: bool) -> np.ndarray:
         """``log N(s; centre, std)`` of each score under its leave-one-out IN or OUT Gaussian."""
@@ -121,6 +175,14 @@ class SampleBlock:
         return cache[key]
 
     @cached_property
+    def rmia_probability(self) -> np.ndarray:
+        """RMIA's ``Pr(x|theta)`` per query, ``(B, Q, M)``: ``sigmoid(s) = p_y`` of the LiRA score, or of RMIA's own
+        tempered channel when the scores carry one."""
+        if self.rmia_scores is None:
+            return expit(self.scores64)
+        return expit(self.rmia_scores.transpose(1, 2, 0).astype(np.float64))
+
+    @cached_property
     def label_probability(self) -> np.ndarray:
-        """RMIA's ``Pr(x|theta)``: ``sigmoid(s) = p_y``, mean over queries, ``(B, M)``."""
-        return expit(self.scores64).mean(axis=1)
+        """RMIA's query-pooled ``Pr(x|theta)``: :attr:`rmia_probability` averaged over queries, ``(B, M)``."""
+        return self.rmia_probability.mean(axis=1)

@@ -6,7 +6,7 @@
   of one :class:`~raypriv.attacks.block.SampleBlock` under the leave-one-out
   IN and OUT Gaussians, averaged over queries.
 
-The conventions (median or mean centre, ddof 0, the 1e-45 and 1e-30 floors,
+The conventions (the presets of :class:`~raypriv.attacks.block.LiraOptions`, the 1e-45 and 1e-30 floors,
 fixed variance) are listed in :mod:`raypriv.attacks`.
 """
 

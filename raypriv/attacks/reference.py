@@ -5,9 +5,12 @@ audit computes elsewhere in bounded memory, written to read like the
 definition (see the docstring of :mod:`raypriv.attacks` for the choices):
 
 * :func:`lira_scores_from_logits`, :func:`loss_attack`,
-  :func:`label_probabilities`, :func:`lira_attack`, :func:`rmia_attack`:
-  the attacks on whole ``(n_models, n_audit, n_queries, C)`` logit arrays;
-  the engine is :func:`raypriv.attacks.score_attacks`.
+  :func:`label_probabilities`, :func:`lira_attack`, :func:`lira_aerni_attack`,
+  :func:`rmia_attack`: the attacks on whole ``(n_models, n_audit, n_queries,
+  C)`` logit arrays; the engine is :func:`raypriv.attacks.score_attacks`.
+  :func:`rmia_attack` is written from the authors' formula (explicit
+  reference sets, ``scipy.stats.trim_mean``, products of ratios, a vote
+  per ``(x, z)`` pair), sharing no code with :mod:`raypriv.attacks.rmia`.
 * :func:`roc` and :func:`sklearn_metrics`: ROC metrics on sklearn's full
   curve; the engine is :func:`raypriv.metrics.roc_metrics`.
 * :func:`best_threshold_epsilon`: the epsilon "lower bound" of the best ROC
@@ -21,11 +24,11 @@ definition (see the docstring of :mod:`raypriv.attacks` for the choices):
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import trim_mean
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from raypriv.attacks.block import STD_FLOOR, log_normal_pdf
 from raypriv.attacks.lira import LOG_FLOOR
-from raypriv.attacks.rmia import RMIA_GAMMA, rmia_ranks
 from raypriv.metrics import LOW_FPRS, clopper_pearson_lower, clopper_pearson_upper, tpr_at_fpr
 
 # ------------------------------------------------------------------ attacks
@@ -57,14 +60,19 @@ def loss_attack(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return log_softmax[:, np.arange(len(labels)), labels]
 
 
-def label_probabilities(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """RMIA's ``Pr(x|theta)``: softmax probability of the label, mean over queries, ``(n_models, n_audit)``."""
-    z = logits.astype(np.float64)
+def label_probabilities(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0, pooled: bool = True) -> np.ndarray:
+    """RMIA's ``Pr(x|theta)``: softmax probability of the label at ``temperature``.
+
+    ``(n_models, n_audit)``, the mean over queries with ``pooled``; else
+    ``(n_models, n_audit, n_queries)``.
+    """
+    z = logits.astype(np.float64) / temperature
     z -= z.max(axis=-1, keepdims=True)
     p = np.exp(z)
     p /= p.sum(axis=-1, keepdims=True)
     sample = np.arange(len(labels))
-    return np.moveaxis(p[:, sample, :, labels], 0, 1).mean(axis=2)
+    per_query = np.moveaxis(p[:, sample, :, labels], 0, 1)
+    return per_query.mean(axis=2) if pooled else per_query
 
 
 def _leave_one_out_stats(scores: np.ndarray, member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,27 +136,79 @@ def lira_attack(scores: np.ndarray, keep: np.ndarray, online: bool, fixed_varian
     return (log_in - log_out).mean(axis=2)
 
 
-def _removed_value(values: np.ndarray, member: np.ndarray) -> np.ndarray:
-    """Per (target, sample): the value leave-one-out drops from group ``member`` (see :func:`_leave_one_out_stats`)."""
-    last = member.shape[0] - 1 - np.argmax(member[::-1], axis=0)  # highest model id in the group, per sample
-    return np.where(member, values, values[last, np.arange(values.shape[1])][None, :])
+def lira_aerni_attack(scores: np.ndarray, keep: np.ndarray, online: bool) -> np.ndarray:
+    """LiRA under ``lira.preset: aerni-2024`` (reference, float64, loops): every other model a shadow, mean, ddof 1.
+
+    ``scores``: ``(M, N, Q)``; ``keep``: ``(M, N)``.  For target ``m`` and
+    sample ``n`` the IN shadows are all other models with ``n`` IN, the OUT
+    shadows all other models with ``n`` OUT; Gaussians per query.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    n_models, n_samples, _ = scores.shape
+    out = np.empty((n_models, n_samples))
+    for m in range(n_models):
+        for n in range(n_samples):
+            logs = {}
+            for side in (True, False):
+                shadows = scores[[j for j in range(n_models) if j != m and keep[j, n] == side], n, :]  # (K', Q)
+                std = np.std(shadows, axis=0, ddof=1) + STD_FLOOR
+                logs[side] = log_normal_pdf(scores[m, n], shadows.mean(axis=0), std)
+            out[m, n] = (logs[True] - logs[False]).mean() if online else -logs[False].mean()
+    return out
 
 
-def rmia_attack(probs: np.ndarray, keep: np.ndarray, gamma: float = RMIA_GAMMA) -> np.ndarray:
-    """RMIA (online) scores ``(n_models, n_audit)`` from ``Pr(x|theta)`` (reference, float64).
+def rmia_attack(probs: np.ndarray, keep: np.ndarray, gamma: float = 1.0, trim: float = 0.0,
+                population: np.ndarray | None = None, offline_a: float | np.ndarray | None = None) -> np.ndarray:
+    """RMIA scores ``(n_models, n_audit)`` from ``Pr(x|theta)``, as the authors' code computes them (reference).
 
-    ``probs``: ``(M, N)`` label probabilities (:func:`label_probabilities`);
-    ``keep``: ``(M, N)`` membership.  ``Pr(x)`` for target ``m`` is the mean
-    over its leave-one-out IN and OUT shadows; the population ``z`` is every
-    other audit sample (module docstring).
+    ``probs``: ``(M, N)`` or ``(M, N, Q)`` label probabilities
+    (:func:`label_probabilities`; ``Q`` queries vote); ``keep``: ``(M, N)``.
+    For target ``m`` and sample ``n`` the references are the models listed
+    explicitly: the IN and OUT groups less ``m`` (where ``m`` is in the
+    group) or less the group's last model id (where not), ``Pr(x)`` their
+    ``scipy.stats.trim_mean(proportiontocut=trim)`` per query (with
+    ``offline_a``, one value or one per target: the OUT group only, then
+    ``((1 + a) Pr_OUT + 1 - a) / 2``).
+    ``x`` beats ``z`` on query ``q`` when
+    ``ratio_x[q] * (1 / ratio_z[q]) > gamma`` (the code's outer product),
+    and overall when more than half the queries say so (``torch.mode`` of 0/1
+    values: a tie is 0).  ``z``: every other audit sample, or the
+    ``population`` probabilities ``(M, P[, Q])`` (all models OUT, references
+    every model but ``m``).  The score is the share of ``z`` beaten.
     """
     keep = np.asarray(keep, dtype=bool)
     probs = np.asarray(probs, dtype=np.float64)
-    k_in, k_out = int(keep[:, 0].sum()), int((~keep[:, 0]).sum())
-    shadow_sum = probs.sum(axis=0)[None, :] - _removed_value(probs, keep) - _removed_value(probs, ~keep)
-    prior = shadow_sum / (k_in - 1 + k_out - 1)
-    log_ratio = np.log(probs + LOG_FLOOR) - np.log(prior + LOG_FLOOR)
-    return rmia_ranks(log_ratio, gamma)
+    probs = probs[:, :, None] if probs.ndim == 2 else probs
+    n_models, n_samples, n_queries = probs.shape
+    if population is not None:
+        population = np.asarray(population, dtype=np.float64)
+        population = population[:, :, None] if population.ndim == 2 else population
+
+    def references(m: int, n: int) -> list[int]:
+        chosen = []
+        for member in ((~keep[:, n],) if offline_a is not None else (keep[:, n], ~keep[:, n])):
+            group = [j for j in range(n_models) if member[j]]
+            chosen += [j for j in group if j != m] if m in group else group[:-1]
+        return chosen
+
+    def prior(reference: np.ndarray, a: float | None) -> np.ndarray:
+        mean = trim_mean(reference, proportiontocut=trim, axis=0)
+        return mean if a is None else (1 + a) / 2 * mean + (1 - a) / 2
+
+    scores = np.zeros((n_models, n_samples))
+    for m in range(n_models):
+        a = None if offline_a is None else float(np.broadcast_to(offline_a, (n_models,))[m])
+        ratio_x = np.array([probs[m, n] / prior(probs[references(m, n), n], a) for n in range(n_samples)])  # (N, Q)
+        if population is None:
+            ratio_z = ratio_x
+        else:
+            others = [j for j in range(n_models) if j != m]
+            ratio_z = np.array([population[m, p] / prior(population[others, p], a) for p in range(population.shape[1])])
+        for n in range(n_samples):
+            zs = [z for z in range(len(ratio_z)) if population is not None or z != n]
+            votes = [(ratio_x[n] * (1.0 / ratio_z[z]) > gamma).sum() for z in zs]
+            scores[m, n] = np.mean([v > n_queries / 2 for v in votes])
+    return scores
 
 
 # -------------------------------------------------------------- ROC metrics
@@ -182,8 +242,8 @@ def best_threshold_epsilon(
     return float(max(0.0, candidates.max())) if len(candidates) else 0.0
 
 
-def sklearn_metrics(is_in: np.ndarray, score: np.ndarray) -> dict[str, float]:
-    """AUC, balanced accuracy and TPR at 0.1% and 1% FPR, from sklearn's full ROC curve."""
+def sklearn_metrics(is_in: np.ndarray, score: np.ndarray, tpr_readout: str = "interpolate") -> dict[str, float | str]:
+    """AUC, balanced accuracy and TPR at 0.1% and 1% FPR (read as ``tpr_readout``), from sklearn's full ROC curve."""
     is_in = np.asarray(is_in, dtype=bool).ravel()
     score = np.asarray(score, dtype=np.float64).ravel()
     fpr, tpr = roc(is_in, score)
@@ -192,9 +252,10 @@ def sklearn_metrics(is_in: np.ndarray, score: np.ndarray) -> dict[str, float]:
         "balanced_acc": float(np.max(1.0 - (fpr + (1.0 - tpr)) / 2.0)),
     }
     for key, target in LOW_FPRS.items():
-        metrics[key] = tpr_at_fpr(fpr, tpr, target)
+        metrics[key] = tpr_at_fpr(fpr, tpr, target, tpr_readout)
     metrics["n_in"] = int(is_in.sum())
     metrics["n_out"] = int((~is_in).sum())
+    metrics["tpr_readout"] = tpr_readout
     return metrics
 
 

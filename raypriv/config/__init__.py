@@ -22,6 +22,7 @@ from raypriv.config.fields import (
     MAX_KEEP_ENTRIES,
     MAX_MODELS,
     AuditConfig,
+    BudgetConfig,
     DatasetConfig,
     ExperimentConfig,
     LiraConfig,
@@ -42,7 +43,7 @@ from raypriv.config.fields import (
 _LAZY = {"load": "raypriv.config.loading", "from_dict": "raypriv.config.loading", "check_names": "raypriv.config.names"}
 
 __all__ = [
-    "MAX_INT", "MAX_KEEP_ENTRIES", "MAX_MODELS", "AuditConfig", "DatasetConfig", "ExperimentConfig", "LiraConfig",
+    "MAX_INT", "MAX_KEEP_ENTRIES", "MAX_MODELS", "AuditConfig", "BudgetConfig", "DatasetConfig", "ExperimentConfig", "LiraConfig",
     "ModelConfig", "RayConfig", "RmiaConfig", "ScoringConfig", "TrainConfig", "apply_overrides", "build_dataclass",
     "check_fields", "dump_config", "load_yaml", "parse_config", "read_config_file", *_LAZY,
 ]

@@ -58,18 +58,34 @@ class AuditConfig:
     # Held-out samples (from the test split) no model trains on; every model logs its logits on them too and
     # RMIA draws its population z from them.  0: no population set (z: the other audit samples).
     n_population: int = 0
+    # How TPR at 0.1% and 1% FPR is read off the ROC curve (raypriv.metrics.TPR_READOUTS), recorded in metrics.json:
+    # interpolate (the achievable curve), at-or-below (the last point with FPR <= t), below (FPR < t: the LiRA code's).
+    tpr_readout: Literal["interpolate", "at-or-below", "below"] = "interpolate"
 
 
 @dataclass
 class LiraConfig:
-    """LiRA's settings.  Attack settings never change a model (they stay out of the fingerprints)."""
+    """LiRA's settings.  Attack settings never change a model (they stay out of the fingerprints).
 
-    center: Literal["median", "mean"] = "median"  # the Gaussians' centre: reference LiRA code, or Aerni et al. 2024
+    ``preset`` (raypriv.attacks.LiraOptions): ``carlini-2022`` (median centre, ddof 0, groups truncated to equal
+    size: the reference LiRA code) or ``aerni-2024`` (mean centre, ddof 1, no truncation: Aerni et al., CCS 2024).
+    ``center`` (older configs): with ``carlini-2022``, ``mean`` changes only the centre; null: the preset's.
+    """
+
+    preset: Literal["carlini-2022", "aerni-2024"] = "carlini-2022"
+    center: Literal["median", "mean"] | None = None
 
 
 @dataclass
 class RmiaConfig:
-    gamma: float = 1.0  # the threshold on the ratio of likelihood ratios; the paper's code uses 2
+    """RMIA's settings (raypriv.attacks.rmia: Zarifzadeh et al., ICML 2024, as the authors' code runs it)."""
+
+    gamma: float = 1.0  # x beats z when the ratio of their likelihood ratios exceeds it (the authors' configs: 2)
+    trim: float = 0.2  # Pr(x): trimmed mean over the reference models, this share cut from each end (0: the plain mean)
+    temperature: float = 1.0  # Pr(x|theta) = softmax(logits / temperature)_y (the authors' configs: 1 or 2)
+    # vote: a ratio and a comparison per query, then a majority vote per (x, z) (the authors' code);
+    # mean: the per-query shares averaged; pool: probabilities averaged over queries before the ratio (before 2026-12-05)
+    queries: Literal["vote", "mean", "pool"] = "vote"
 
 
 @dataclass
@@ -126,6 +142,23 @@ class ScoringConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """How many models to train: a fixed ``n_models``, or rounds until each paradigm's verdict is decided.
+
+    ``until: decided`` trains ``round`` models per paradigm at a time, up to
+    ``max_models`` (which becomes ``n_models``), rescoring after each round
+    and stopping a paradigm once it leaks or its TPR is bounded under
+    ``bounded_multiple`` × chance (:mod:`raypriv.sequential`).  The keep
+    matrix is then built in balanced blocks of ``round`` models.
+    """
+
+    until: Literal["fixed", "decided"] = "fixed"
+    max_models: int | None = None  # until: decided: the most models per paradigm (the run's n_models)
+    round: int = 8  # until: decided: models per paradigm per round (even; divides max_models)
+    bounded_multiple: float = 2.0  # until: decided: "bounded" once TPR/FPR's upper bound is under this multiple
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "digits-quick"
     seed: int = 0
@@ -144,6 +177,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,11 +211,26 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 
 def _coerce_optional(args: tuple[Any, ...], value: Any, where: str) -> Any:
-    """An ``X | None`` field (``args``: the union's members): None if allowed, else ``value`` coerced to ``X``."""
+    """An ``X | None`` field (``args``: the union's members): None if allowed, else ``value`` coerced to ``X``.
+
+    A union of several members (``float | Literal["auto"] | None``) takes the
+    first member that accepts ``value``, ``Literal`` members first (a string
+    is never read as a number), and names every choice if none does.
+    """
     if value is None and type(None) in args:
         return None
-    (inner,) = [a for a in args if a is not type(None)]
-    return _coerce(inner, value, where)
+    members = [a for a in args if a is not type(None)]
+    if len(members) == 1:
+        return _coerce(members[0], value, where)
+    members.sort(key=lambda a: typing.get_origin(a) is not Literal)
+    for member in members:
+        try:
+            return _coerce(member, value, where)
+        except RayprivError:
+            continue
+    choices = [", ".join(repr(v) for v in typing.get_args(m)) if typing.get_origin(m) is Literal else f"a {_type_name(m)}"
+               for m in members] + (["null"] if type(None) in args else [])
+    raise RayprivError(f"config: {where}={value!r} is not allowed; give {' or '.join(choices)}")
 
 
 def _coerce_literal(args: tuple[Any, ...], value: Any, where: str) -> Any:
@@ -298,6 +347,28 @@ def check_name(name: str) -> None:
     _require(name.isprintable(), f"name {shown} holds non-printable characters (newlines, tabs, controls); remove them")
 
 
+def check_budget(config: ExperimentConfig) -> None:
+    """The ``budget`` section; with ``until: decided``, ``n_models`` is set to ``budget.max_models`` (the plan)."""
+    b = config.budget
+    _require(b.bounded_multiple > 1,
+             f"budget.bounded_multiple={b.bounded_multiple:g} must be above 1 (a multiple of chance, e.g. 2)")
+    if b.until == "fixed":
+        _require(b.max_models is None,
+                 f"budget.max_models={b.max_models} is set but budget.until is 'fixed'; add --until-decided "
+                 "(budget.until: decided), or give the model count as --models (n_models)")
+        return
+    _require(b.max_models is not None,
+             "budget.until is 'decided' but budget.max_models is not set; pass --max-models N (budget.max_models), "
+             "the most models per paradigm")
+    _require(b.round >= 2 and b.round % 2 == 0,
+             f"budget.round={b.round} must be even and at least 2: each round of models puts every audit sample IN "
+             "for exactly half of them; choose e.g. 8")
+    _require(b.max_models >= b.round and b.max_models % b.round == 0,
+             f"budget.round={b.round} does not divide budget.max_models={b.max_models}; choose a round that divides "
+             f"it, or a max_models that is a multiple of {b.round}")
+    config.n_models = b.max_models
+
+
 def check_fields(config: ExperimentConfig) -> ExperimentConfig:
     """Check the ranges of fields and the relations between them that types alone cannot express.
 
@@ -322,12 +393,27 @@ def check_fields(config: ExperimentConfig) -> ExperimentConfig:
         )
     _require(0.0 < config.dataset.test_fraction < 1.0, "dataset.test_fraction must be between 0 and 1")
     _require(config.seed >= 0, "seed must be a non-negative integer")
+    check_budget(config)
     _require(config.audit.n_audit >= 1, "audit.n_audit must be at least 1")
     _require(config.audit.n_population >= 0, "audit.n_population must be 0 (no population set) or more")
 
     _require(
         np.isfinite(config.rmia.gamma) and config.rmia.gamma > 0,
         f"rmia.gamma={config.rmia.gamma} must be a positive number (1: the likelihood ratios themselves; the paper uses 2)",
+    )
+    _require(
+        0.0 <= config.rmia.trim < 0.5,
+        f"rmia.trim={config.rmia.trim} must lie in [0, 0.5): the share of reference models cut from each end "
+        "(0.2 as the authors' code; 0 for the plain mean)",
+    )
+    _require(
+        config.rmia.temperature > 0,
+        f"rmia.temperature={config.rmia.temperature} must be a positive number (1: the softmax itself; the authors use 1 or 2)",
+    )
+    _require(
+        config.lira.preset != "aerni-2024" or config.lira.center in (None, "mean"),
+        f"lira.center={config.lira.center!r} contradicts lira.preset: aerni-2024, which takes the mean centre; remove "
+        "lira.center (or use lira.preset: carlini-2022 for the median)",
     )
     _check_unique(config.paradigms, "paradigms")
     _check_unique(config.queries, "queries")
@@ -390,7 +476,13 @@ def check_fields(config: ExperimentConfig) -> ExperimentConfig:
 
 def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
     """Build a config from a plain mapping and check its fields (not yet its names: see raypriv.run.fingerprints)."""
-    return check_fields(build_dataclass(ExperimentConfig, raw, ""))
+    config = build_dataclass(ExperimentConfig, raw, "")
+    if config.budget.until == "decided" and "n_models" in raw and raw["n_models"] != config.budget.max_models:
+        raise RayprivError(
+            f"config: n_models={raw['n_models']} and budget.until: decided both set the model count; give only "
+            f"budget.max_models (--max-models), the most models an until-decided audit trains per paradigm"
+        )
+    return check_fields(config)
 
 
 class _AliasRefused(yaml.YAMLError):

@@ -54,4 +54,28 @@ def check_names(config: ExperimentConfig) -> ExperimentConfig:
         config.attacks = list(ATTACKS)
     for attack in config.attacks:
         _require(attack in ATTACKS, f"attack {attack!r} is not known; choose from {list(ATTACKS)}")
+    _check_vote_size(config)
     return config
+
+
+# RMIA's per-query vote compares every (x, z) pair on every query, for every target model: past this many
+# comparisons in all (about an hour of NumPy on one core) the audit would stall in scoring after all its training.
+MAX_VOTE_COMPARISONS = 2e11
+
+
+def _check_vote_size(config: ExperimentConfig) -> None:
+    """Refuse, before anything is trained, an ``rmia.queries: vote`` whose comparisons cannot finish."""
+    n_queries = len(config.queries)
+    if config.rmia.queries != "vote" or n_queries < 2 or not {"rmia", "rmia_offline"} & set(config.attacks):
+        return
+    n_audit = config.audit.n_audit
+    versus = config.audit.n_population or n_audit - 1
+    comparisons = float(config.n_models) * n_audit * versus * n_queries
+    against = "population" if config.audit.n_population else "other audit"
+    _require(
+        comparisons <= MAX_VOTE_COMPARISONS,
+        f"rmia.queries: vote compares every audit sample with every {against} "
+        f"sample on each of the {n_queries} queries for each of the {config.n_models} models: {comparisons:.1e} "
+        f"comparisons, over the {MAX_VOTE_COMPARISONS:.0e} that finish in about an hour; set rmia.queries: mean "
+        "(the per-query shares averaged, O(N log N) per query) or a smaller audit.n_population",
+    )

@@ -22,6 +22,7 @@ from raypriv.errors import RayprivError
 from raypriv.metrics import (
     LOW_FPRS,
     bootstrap_roc_metrics,
+    bootstrap_tpr_at_fpr,
     bootstrap_weights,
     paired_bootstrap_difference,
     percentile_interval,
@@ -30,7 +31,16 @@ from raypriv.metrics import (
 from raypriv.report.figures import headline_figures, neighbour_figure, png_bytes
 from raypriv.report.results import Comparison, FinishedRun, ParadigmResult, Report
 from raypriv.report.samples import TOP_SAMPLES, nearest_neighbours, vulnerable_samples
-from raypriv.report.verdicts import FrontierPoint, LevelEvidence, VerdictInput, frontier_verdict, is_frontier, verdict
+from raypriv.report.verdicts import (
+    FrontierArm,
+    LevelEvidence,
+    VerdictInput,
+    frontier_decision,
+    frontier_verdict,
+    is_frontier,
+    lowest_measurable_fpr,
+    verdict,
+)
 from raypriv.seeding import numpy_rng
 
 HISTOGRAM_PREFERENCE = ("lira_online",)  # "per-sample LiRA scores", whatever the headline attack
@@ -50,7 +60,9 @@ def load_scores(run: FinishedRun, paradigm: str, attacks: list[str]) -> tuple[np
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    n_models, n_audit = run.keep.shape
+    used = run.results[paradigm].n_models if paradigm in run.results else 0  # an until-decided paradigm's stop
+    keep = run.keep[:used] if 0 < used < run.keep.shape[0] else run.keep
+    n_models, n_audit = keep.shape
     path = run.store.path("scores.parquet")
     try:  # a file, or the Ray backend's folder
         available = pads.dataset(path, filesystem=run.store.fs, format="parquet").schema.names
@@ -79,9 +91,9 @@ def load_scores(run: FinishedRun, paradigm: str, attacks: list[str]) -> tuple[np
         raise RayprivError(f"{path}: some (model, sample) pairs of {paradigm} are missing or repeated; rescore the run")
     is_in = np.zeros((n_models, n_audit), dtype=bool)
     is_in[model, sample] = table.column("is_in").to_numpy(zero_copy_only=False)
-    if not np.array_equal(is_in, run.keep):  # another run's scores, or a damaged is_in column
+    if not np.array_equal(is_in, keep):  # another run's scores, or a damaged is_in column
         raise RayprivError(
-            f"{path}: the is_in column of {paradigm} disagrees with keep.npy on {int((is_in != run.keep).sum())} "
+            f"{path}: the is_in column of {paradigm} disagrees with keep.npy on {int((is_in != keep).sum())} "
             "(model, sample) pairs (scores of another run, or damaged); rerun `raypriv audit` with the same config "
             "and --out to rescore"
         )
@@ -158,6 +170,7 @@ def _evidence(result: ParadigmResult, attack: str) -> VerdictInput:
         accounted_epsilon=epsilon,
         accounted_delta=delta,
         eps_lower_bound=metrics.eps_lower_bound,
+        accountant=result.accountant,
     )
 
 
@@ -208,7 +221,7 @@ def build_report(
         result.bootstrap = bootstrap_roc_metrics(result.is_in, result.scores[attack], weights[n_audit])
         result.verdict_kind, result.verdict = verdict(_evidence(result, attack))
 
-    _judge_against_frontier(results, attack)
+    judge_against_frontier(results, attack, n_boot, seed)
     comparisons, skipped = _comparisons(results, attack, compare)
     histogram_attack = next((a for a in HISTOGRAM_PREFERENCE if all(a in r.scores for r in results)), attack)
     figures = headline_figures(results, attack, histogram_attack)
@@ -216,30 +229,57 @@ def build_report(
     return Report(runs, results, attack, histogram_attack, n_boot, comparisons, skipped, vulnerable, figures, notes)
 
 
-def frontier_point(result: ParadigmResult) -> FrontierPoint:
-    """A paradigm's utility, cost and accounted ε, as the DP-SGD frontier verdict reads them."""
+def frontier_arm(
+    result: ParadigmResult, attack: str, fpr: float | None, sample_weights: np.ndarray | None,
+    model_weights: np.ndarray | None,
+) -> FrontierArm:
+    """A paradigm's evidence for the DP-SGD frontier decision: per-model accuracies, TPR at ``fpr`` of ``attack``
+    from its scores, and that TPR's two-way bootstrap replicates under ``(sample_weights, model_weights)`` (rows of
+    :func:`raypriv.metrics.two_way_bootstrap_weights`; pass the same to every arm of a run).  ``fpr`` None: no
+    measurable level, no TPR."""
     entry = result.entry
-    return FrontierPoint(result.label, entry.test_acc, entry.test_acc_std, entry.n_models,
-                         entry.synth_seconds_mean + entry.train_seconds_mean, result.accounted[0])
+    models = result.models.sort_values("model_id")
+    accuracies = models.test_acc.to_numpy(dtype=np.float64)
+    if fpr is None or sample_weights is None or model_weights is None:
+        tpr, replicates = float("nan"), np.empty(0)
+    else:
+        is_in, score = result.is_in, result.scores[attack]
+        tpr = float(bootstrap_tpr_at_fpr(is_in, score, np.ones((1, is_in.shape[1]), dtype=np.int32), fpr)[0])
+        replicates = bootstrap_tpr_at_fpr(is_in, score, sample_weights, fpr, model_weights)
+    epsilon, delta = result.accounted
+    return FrontierArm(result.label, accuracies, tpr, replicates, entry.synth_seconds_mean + entry.train_seconds_mean,
+                       epsilon=epsilon, delta=delta, accountant=result.accountant)
 
 
-def _judge_against_frontier(results: list[ParadigmResult], attack: str, key: str = "tpr@0.1%fpr") -> None:
-    """Set each non-DP-SGD paradigm's frontier verdict against the DP-SGD points of its own run (paired replicates)."""
+def judge_against_frontier(results: list[ParadigmResult], attack: str, n_boot: int = 1000, seed: int = 0) -> None:
+    """Set each non-DP-SGD paradigm's frontier verdict against the DP-SGD points of its own run.
+
+    The level is the run's lowest measurable FPR (:func:`raypriv.report.verdicts.lowest_measurable_fpr` of its
+    OUT pairs); all paradigms of a run share one two-way bootstrap of ``n_boot`` replicates drawn from ``seed``
+    (paired: same models, same samples), and :func:`raypriv.report.verdicts.frontier_decision` decides.
+    """
     for run in {id(r.run): r.run for r in results}.values():
         members = [r for r in results if r.run is run]
         frontier = [r for r in members if is_frontier(r.paradigm)]
-        if not frontier:
+        candidates = [r for r in members if not is_frontier(r.paradigm)]
+        if not frontier or not candidates:
             continue
-        for result in members:
-            if is_frontier(result.paradigm):
-                continue
-            tpr = result.entry.attacks[attack][key]
-            points = []
-            for d in frontier:
-                d_tpr = d.entry.attacks[attack][key]
-                difference = paired_bootstrap_difference(tpr, d_tpr, result.bootstrap[key], d.bootstrap[key])
-                points.append((frontier_point(d), d_tpr, (difference["low"], difference["high"])))
-            result.frontier_kind, result.frontier = frontier_verdict(frontier_point(result), tpr, points, "TPR@0.1%FPR")
+        # An until-decided paradigm may stop early: it then has the first rows of the keep matrix.  The level must
+        # be measurable for every arm, and arms with the same models share their model resamples (paired).
+        n_audit = run.keep.shape[1]
+        n_out = min(int((~r.is_in).sum()) for r in members)
+        fpr = lowest_measurable_fpr(n_out)
+        sample_weights, model_weights = None, {}
+        if fpr is not None:
+            sample_weights = bootstrap_weights(n_audit, n_boot, numpy_rng(seed, f"report/frontier/samples/{n_audit}"))
+            for n_models in sorted({r.is_in.shape[0] for r in members}):
+                rng = numpy_rng(seed, f"report/frontier/models/{n_models}")
+                model_weights[n_models] = bootstrap_weights(n_models, n_boot, rng)
+        arms = {id(r): frontier_arm(r, attack, fpr, sample_weights, model_weights.get(r.is_in.shape[0])) for r in members}
+        points = [arms[id(d)] for d in frontier]
+        for result in candidates:
+            decision = frontier_decision(arms[id(result)], points, fpr, n_out)
+            result.frontier_kind, result.frontier = frontier_verdict(decision)
 
 
 def _comparisons(

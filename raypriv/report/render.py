@@ -136,12 +136,16 @@ METHOD_NOTES = [
     "the threshold chosen at that FPR. It treats pairs as independent and the threshold as given, so it is "
     "narrower than the bootstrap; read it as the precision of the operating point, not of the audit.",
     "ε lower bound: the smallest ε any (ε, δ)-DP training could have and still give these attack scores, valid "
-    "at 95% (δ the paradigm's own, or 0). The audit samples are split at random (a fixed seed) into two halves: the "
-    "threshold is chosen on one half's pairs, and the bound comes from the other half, one (model, sample) pair "
-    "per held-out sample, with one-sided Clopper–Pearson bounds on its TPR and FPR. Choosing and measuring on "
-    "different samples keeps it valid; keeping one pair per sample makes the sample the unit, but it also caps the "
-    "bound by the number of samples, so a small value is weak evidence of privacy. It sits beside the accounted "
-    "ε of a DP-SGD paradigm.",
+    "at 95% (δ the paradigm's own, or 0), for the headline attack only (a maximum over attacks would not be a 95% "
+    "bound). It uses every (model, sample) pair: for a fixed grid of 24 counts k of OUT pairs (and of IN pairs, "
+    "for the complementary test), the threshold just above the (k+1)-th highest OUT score; at each, an exact test "
+    "of TPR ≤ e^ε·FPR + δ that accounts for the noise in both counts; Bonferroni over the grid. No split and no "
+    "seed. Pooling pairs is valid because every sample is IN for exactly half the models, so a sample's "
+    "difficulty weighs equally on TPR and FPR; correlation through shared models is checked by simulation, not "
+    "proven. For the loss attack, metrics.json also holds one-run bounds, each model audited alone and the "
+    "median taken (eps_one_run, after Steinke et al. 2023; eps_gdp_bound, after Mahloujifar et al. 2024, valid "
+    "for a Gaussian trade-off curve). It sits beside the accounted ε of a DP paradigm; above it, the training or "
+    "its accounting is wrong.",
     "Paired comparison: both paradigms are recomputed on the same resample of audit samples; the difference's "
     "95% interval and p (twice the smaller share of resampled differences on either side of zero) test 'no "
     "difference'. Different runs pair only when their audit samples, labels and keep matrix are identical.",
@@ -221,9 +225,11 @@ def report_document(report: Report) -> Document:
     verdicts = BulletList(tuple(Item(r.verdict, r.label, r.verdict_kind) for r in report.results), "verdicts")
     judged = [r for r in report.results if r.frontier]
     frontier_note = Paragraph((
-        "Each paradigm against the DP-SGD points of its run (TPR@0.1%FPR, ", Code(report.attack),
-        "; test accuracy): dominated only when DP-SGD is at least as accurate (95% interval over models) and the "
-        "paradigm leaks at least as much (95% paired bootstrap interval).",
+        "Each paradigm against the DP-SGD points of its run (", Code(report.attack), " TPR at the lowest FPR the "
+        "run can measure, with at least 5 expected false positives; test accuracy): dominated only when a DP-SGD "
+        "point is shown at least as accurate (Welch t over models) and the paradigm shown to leak at least as much "
+        "(two-way bootstrap over models and audit samples, paired), each at one-sided 2.5%, Holm-corrected over the "
+        "points; not dominated when it is shown more accurate or less leaky than every point; otherwise undecided.",
     ))
     frontier = BulletList(tuple(Item(r.frontier, r.label, r.frontier_kind) for r in judged), "verdicts")
     sections = (
@@ -373,6 +379,7 @@ p, li { max-width: 92ch; }
 .verdicts li.no-leak-detected { border-color: #5d6d7e; }
 .verdicts li.dominated { border-color: #7d3c98; background: #f5eef8; }
 .verdicts li.not-dominated { border-color: #1e8449; }
+.verdicts li.undecided { border-color: #d68910; }
 .verdicts b { margin-right: 6px; }
 .scroll { overflow-x: auto; max-width: 100%; margin: 8px 0 14px; }
 table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }

@@ -64,6 +64,12 @@ class ParadigmResult:
         info = self.entry.info
         return info.get("epsilon"), info.get("delta")
 
+    @property
+    def accountant(self) -> str | None:
+        """How the accounted ε was computed (``rdp``, ``prv``, ``zcdp``, ...), None if the paradigm did not say."""
+        value = self.entry.info.get("accountant")
+        return value if isinstance(value, str) else None
+
 
 @dataclass
 class Comparison:

@@ -36,6 +36,7 @@ def privacy_table(report: Report) -> pd.DataFrame:
                 "ε lower bound": m.eps_lower_bound,
                 "accounted ε": epsilon if epsilon is not None else float("nan"),
                 "δ": delta if delta is not None else float("nan"),
+                "accountant": r.accountant,
                 "test acc": r.entry.test_acc,
                 "test acc std": r.entry.test_acc_std,
                 "models": r.entry.n_models,
@@ -135,6 +136,15 @@ def _seconds(value: float) -> str:
     return "–" if not np.isfinite(value) else (f"{value:.1f}" if value >= 1 or value == 0 else f"{value:.2f}")
 
 
+def _accounted(row: pd.Series) -> str:
+    """``7.99 (δ=1.0e-05, rdp)``: the accounted ε with its δ and accountant; ``–`` without one."""
+    if not np.isfinite(row["accounted ε"]):
+        return "–"
+    details = [f"δ={row['δ']:.1e}"] if np.isfinite(row["δ"]) and row["δ"] > 0 else []
+    details += [row["accountant"]] if row["accountant"] else []
+    return f"{row['accounted ε']:.2f}" + (f" ({', '.join(details)})" if details else "")
+
+
 def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """The summary table as shown: headline attack with bootstrap CIs; † where a level is too fine."""
     ci = "(95%\u00a0CI)"  # no break inside "95% CI" when a header wraps
@@ -150,7 +160,7 @@ def summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
             f"{percent(row['TPR@1%FPR'])} ({_ci(row['TPR@1%FPR CI'])}){mark[0.01]}",
             f"{percent(row['TPR@0.1%FPR'])} ({_ci(row['TPR@0.1%FPR CI'])}){mark[0.001]}",
             _number(row["ε lower bound"]),
-            _number(row["accounted ε"]),
+            _accounted(row),
             f"{row['test acc']:.3f} ± {row['test acc std']:.3f}",
             f"{_seconds(row['synthesis s/model'])} + {_seconds(row['training s/model'])}",
         ])

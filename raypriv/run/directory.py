@@ -53,7 +53,11 @@ MANIFEST_KEYS = ("schema_version", "protocol_hash")
 RUN_ENTRIES = frozenset({
     "run.json", "config.yaml", "keep.npy", "audit.parquet", "models", "logits", "synthetic", "models.parquet",
     "scores.parquet", "metrics.json", "metrics.csv", "roc.png", "summary.txt", "report", LOCK_FILE,
+    "sequential.json",
 })  # what every run.json holds, whatever its version
+# An until-decided audit's schedule, decisions and looks (raypriv.sequential).  Rebuilt by every rerun from the
+# stored models, never read back by the audit; ``status`` reads it to tell a stopped paradigm from a missing one.
+SEQUENTIAL_FILE = "sequential.json"
 # The outputs run.json checks by sha256 once scoring wrote them (keep.npy has its own keep_sha256).
 CHECKED_OUTPUTS = ("audit.parquet", "scores.parquet", "metrics.json")
 
@@ -430,6 +434,18 @@ class RunDirectory:
 
     # ------------------------------------------------------------ status
 
+    def sequential_stops(self) -> dict[str, tuple[int, str]]:
+        """``{paradigm: (models used, decision)}`` of an until-decided audit's decided paradigms, from
+        ``sequential.json``; empty for a fixed budget, or when the file is absent or unreadable (a rerun rebuilds it)."""
+        if not self.store.exists(SEQUENTIAL_FILE):
+            return {}
+        try:
+            paradigms = self.store.read_json(SEQUENTIAL_FILE)["paradigms"]
+            return {name: (int(entry["models"]), str(entry["state"])) for name, entry in paradigms.items()
+                    if entry["state"] != "open"}
+        except (RayprivError, KeyError, TypeError, ValueError, AttributeError):
+            return {}
+
     def status(self, config: ExperimentConfig | None = None) -> str:
         """What the directory holds: complete and missing models, and whether ``config`` matches it."""
         self.require_run()
@@ -460,12 +476,16 @@ class RunDirectory:
         name_width = max(10, *map(len, config.paradigms))
         expected_rows = (config.audit.n_audit + config.audit.n_population) * len(config.queries)
         recipes = Fingerprints.of(config).recipes
+        stopped = self.sequential_stops()
         for paradigm in config.paradigms:
             found = self.scan(paradigm, recipes[paradigm], expected_rows, repair=False)
             done = sorted(m for m in found.complete if m < config.n_models)
-            missing = sorted(set(range(config.n_models)) - set(done))
+            used, state = stopped.get(paradigm, (config.n_models, ""))
+            missing = sorted(set(range(used)) - set(done))
             total_missing += len(missing)
             note = f"; {found.other_recipe} models of another recipe (options changed)" if found.other_recipe else ""
+            if state and not missing:
+                note += f"; stopped after {used} models: {state} (until-decided, sequential.json)"
             lines.append(
                 f"  {paradigm:<{name_width}} {len(done):>5}/{config.n_models} complete"
                 + (f"; missing: {_ranges(missing)}" if missing else "")

@@ -42,6 +42,10 @@ def result_defining(config: ExperimentConfig) -> dict[str, Any]:
         resolved.pop(key)
     if resolved["audit"]["n_population"] == 0:  # absent before population sets existed: old runs keep their hashes
         resolved["audit"].pop("n_population")
+    resolved["audit"].pop("tpr_readout", None)  # how metrics read the ROC curve: no model depends on it
+    budget = resolved.pop("budget", None)  # fixed-budget runs keep their hashes; bounded_multiple changes no model
+    if budget is not None and budget["until"] == "decided":
+        resolved["keep_blocks"] = budget["round"]  # the keep matrix is drawn in balanced blocks of this many models
     return resolved
 
 

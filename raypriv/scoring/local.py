@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from raypriv.attacks import score_attacks
+from raypriv.epsilon import ONE_RUN_ATTACK, one_run_bounds
 from raypriv.metrics import audit_epsilon_lower_bound, roc_metrics
 from raypriv.results import AttackMetrics
 from raypriv.run.format import scores_schema, scores_table, scores_write_options
@@ -69,11 +70,12 @@ def score_paradigm(plan: ScoringPlan, store: RunStore, paradigm: str, output: pq
     if plan.needs_population:  # RMIA's z
         population, _ = load_attack_inputs(plan, store, paradigm, population=True, workers=workers)
     read = time.perf_counter()
-    scores = score_attacks(lira_scores, label_log_p, plan.keep, plan.attacks, gamma=plan.gamma, workers=workers,
-                           center=plan.center, population=population)
+    scores = score_attacks(lira_scores, label_log_p, plan.keep, plan.attacks, rmia=plan.rmia, lira=plan.lira,
+                           workers=workers, population=population)
     del population, lira_scores, label_log_p
     attacked = time.perf_counter()
-    results = {attack: attack_metrics(plan.keep, score, delta) for attack, score in scores.items()}
+    results = {attack: attack_metrics(plan.keep, score, delta, plan.tpr_readout, one_run=attack == ONE_RUN_ATTACK)
+               for attack, score in scores.items()}
     write_scores(output, paradigm, plan.keep, scores)
     log.info(
         "scored %s: %d models x %d samples; read %.1fs, attacks %.1fs, metrics and scores.parquet %.1fs",
@@ -82,14 +84,18 @@ def score_paradigm(plan: ScoringPlan, store: RunStore, paradigm: str, output: pq
     return results
 
 
-def attack_metrics(is_in: np.ndarray, score: np.ndarray, delta: float) -> tuple[AttackMetrics, Curve]:
-    """One attack's metrics and ROC curve from its ``(n_models, n_audit)`` scores.
+def attack_metrics(is_in: np.ndarray, score: np.ndarray, delta: float,
+                   tpr_readout: str = "interpolate", one_run: bool = False) -> tuple[AttackMetrics, Curve]:
+    """One attack's metrics and ROC curve from its ``(n_models, n_audit)`` scores; TPR read as ``tpr_readout``.
 
+    ``one_run``: add the one-run ε bounds (:func:`raypriv.epsilon.one_run_bounds`; the ``loss`` attack's).
     The Ray backend's partitioned metrics (:mod:`raypriv.scoring.partitions`)
     are equal to these, exactly.
     """
-    values, curve = roc_metrics(is_in, score)
-    values["eps_lower_bound"] = audit_epsilon_lower_bound(is_in, score, delta)  # valid, per sample
+    values, curve = roc_metrics(is_in, score, tpr_readout=tpr_readout)
+    values["eps_lower_bound"] = audit_epsilon_lower_bound(is_in, score, delta)  # all pairs, a fixed grid
+    if one_run:
+        values.update(one_run_bounds(is_in, score, delta).to_json())
     return AttackMetrics.from_json(values, "scoring"), curve
 
 

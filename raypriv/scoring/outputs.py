@@ -26,16 +26,26 @@ Curve = tuple[np.ndarray, np.ndarray]  # an attack's ROC curve: (fpr, tpr), from
 
 
 def paradigm_metrics(rows: pd.DataFrame) -> ParadigmMetrics:
-    """A paradigm's utility, cost and reported info from its model rows (no attacks yet)."""
+    """A paradigm's utility, cost and reported info from its model rows (no attacks yet).
+
+    ``info``: the mean over models of each number the paradigm reported, and
+    each string every model reported alike (the ``accountant`` of an accounted
+    ε); other strings are left out.
+    """
     reported = pd.DataFrame([json.loads(info) for info in rows["info"]])
     numeric = reported.select_dtypes("number")
+    info: dict[str, float | str] = {key: float(value) for key, value in numeric.mean().items()} if not numeric.empty else {}
+    for key in reported.columns.difference(numeric.columns, sort=False):  # a string every model reports alike
+        values = reported[key].dropna()
+        if len(values) == len(reported) and values.map(lambda v: isinstance(v, str)).all() and values.nunique() == 1:
+            info[key] = str(values.iloc[0])  # e.g. the accountant beside an accounted epsilon
     return ParadigmMetrics(
         test_acc=float(rows.test_acc.mean()),
         test_acc_std=float(rows.test_acc.std(ddof=1)) if len(rows) > 1 else 0.0,
         n_models=int(len(rows)),
         synth_seconds_mean=float(rows.synth_seconds.mean()),
         train_seconds_mean=float(rows.train_seconds.mean()),
-        info={key: float(value) for key, value in numeric.mean().items()} if not numeric.empty else {},
+        info=info,
     )
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from raypriv.attacks import ATTACKS, check_attacks
+from raypriv.attacks import ATTACKS, LiraOptions, RmiaOptions, attack_channels, check_attacks, staged_queries
 from raypriv.config import ExperimentConfig
 
 if TYPE_CHECKING:
@@ -41,6 +41,9 @@ class ScoringPlan:
     without a population set).  ``backend``: ``"local"`` or ``"ray"``, already
     resolved from ``scoring.backend: auto``.  ``recipe_hashes``: each
     paradigm's recipe fingerprint, which its stored models must carry.
+    ``rmia`` / ``lira``: the attacks' settings (from ``rmia:`` and
+    ``lira.preset``); ``tpr_readout``: how TPR at a low FPR is read off the
+    ROC curve (``audit.tpr_readout``, :data:`raypriv.metrics.TPR_READOUTS`).
     """
 
     name: str
@@ -52,14 +55,17 @@ class ScoringPlan:
     n_queries: int
     recipe_hashes: Mapping[str, str]
     backend: str = "local"
-    gamma: float = 1.0  # RMIA's threshold on the ratio of likelihood ratios
-    center: str = "median"  # LiRA's Gaussian centre
+    rmia: RmiaOptions = RmiaOptions()
+    lira: LiraOptions = LiraOptions()
+    tpr_readout: str = "interpolate"
     block_samples: int | None = None  # Ray backend: audit samples per attack task (None: about 2^22 scores)
     num_cpus: float = 1.0  # Ray backend: CPUs per task
     ray_address: str | None = None  # Ray backend: the cluster to join when Ray is not running yet
     driver_memory_gb: float = 4.0
     show_progress: bool = False
     stages: tuple[str, ...] = field(default=STAGES)
+    # Until-decided audits: the models each paradigm used, the first rows of ``keep`` (absent: all of them).
+    model_counts: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def n_models(self) -> int:
@@ -72,6 +78,11 @@ class ScoringPlan:
     @property
     def n_population(self) -> int:
         return int(len(self.population_labels))
+
+    @property
+    def n_channels(self) -> int:
+        """float32 values the read pass keeps per (model, sample): the LiRA scores, and RMIA's tempered channels."""
+        return attack_channels(self.n_queries, self.attacks, self.rmia)
 
     @property
     def needs_scores(self) -> bool:
@@ -117,8 +128,9 @@ class ScoringPlan:
                 split.population_labels if config.audit.n_population else np.empty(0), dtype=np.int64),
             n_queries=len(config.queries),
             recipe_hashes=dict(recipe_hashes),
-            gamma=config.rmia.gamma,
-            center=config.lira.center,
+            rmia=RmiaOptions(config.rmia.gamma, config.rmia.trim, config.rmia.temperature, config.rmia.queries),
+            lira=LiraOptions.from_preset(config.lira.preset, config.lira.center),
+            tpr_readout=config.audit.tpr_readout,
             block_samples=config.scoring.block_samples,
             num_cpus=config.scoring.num_cpus,
             ray_address=config.ray.address,
@@ -127,25 +139,34 @@ class ScoringPlan:
         )
         return plan.with_backend(choose_backend(config.scoring.backend, plan, store_uri))
 
+    def for_paradigm(self, paradigm: str) -> ScoringPlan:
+        """The plan for one paradigm: ``keep`` cut to the models it used (:attr:`model_counts`), else this plan."""
+        used = self.model_counts.get(paradigm, self.n_models)
+        if used == self.n_models:
+            return self
+        from dataclasses import replace
+
+        return replace(self, keep=self.keep[:used])
+
     def with_backend(self, backend: str) -> ScoringPlan:
         from dataclasses import replace
 
         return replace(self, backend=backend)
 
     def score_array_gb(self) -> float:
-        """GB of one paradigm's float32 (models x samples x queries) LiRA scores, population rows included."""
-        return self.n_models * (self.n_audit + self.n_population) * self.n_queries * 4 / 2**30
+        """GB of one paradigm's float32 (models x samples x channels) scores, population rows included."""
+        return self.n_models * (self.n_audit + self.n_population) * self.n_channels * 4 / 2**30
 
     def local_gb(self) -> float:
         """GB of the arrays the local backend holds at once for one paradigm.
 
         The score array, the label log-probabilities and every attack's
         ``(models x samples)`` output, float32, plus float64 for the RMIA
-        variants until they are ranked.  Its measured peak RSS is this plus
+        variants until they are ranked (one per query when they vote).  Its measured peak RSS is this plus
         1.3 to 1.9 GB (interpreter, torch, per-block copies;
         ``benchmarks/RESULTS.md``).
         """
-        staged = sum(ATTACKS[a].finish is not None for a in self.attacks)
+        staged = sum(staged_queries(a, self.n_queries, self.rmia) for a in self.attacks if ATTACKS[a].finish is not None)
         pair_bytes = 4 + 4 * len(self.attacks) + 8 * staged
         return self.score_array_gb() + self.n_models * self.n_audit * pair_bytes / 2**30
 

@@ -70,9 +70,17 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from scipy.special import expit
 
-from raypriv.attacks import ATTACKS, SampleBlock, group_sizes, to_float32
+from raypriv.attacks import (
+    ATTACKS,
+    LiraOptions,
+    RmiaOptions,
+    SampleBlock,
+    group_sizes,
+    pooled_probability,
+    staged_queries,
+    to_float32,
+)
 from raypriv.attacks.rmia import fit_offline_a, population_log_ratio
 from raypriv.cluster import cluster_cpus, connected, ray_data_settings
 from raypriv.errors import RayprivError
@@ -80,7 +88,6 @@ from raypriv.results import AttackMetrics
 from raypriv.run.format import scores_schema, scores_table, scores_write_options, versioned_schema
 from raypriv.run.store import RunStore
 from raypriv.scoring.outputs import Curve
-from raypriv.scoring.partitions import bound_halves
 from raypriv.scoring.plan import ScoringPlan
 from raypriv.scoring.ray_metrics import metrics_on_ray, score_matrix
 from raypriv.scoring.read import reduce_model
@@ -122,14 +129,17 @@ def _blocks(n_samples: int, n_models: int, n_queries: int, block_samples: int | 
 
 
 def _reduce_models(batch: dict[str, np.ndarray], uri: str, paradigm: str, n_audit: int, n_queries: int,
-                   n_population: int, labels: np.ndarray, task_block: int) -> dict[str, list]:
-    """Stage 1: each model's logits -> float32 LiRA scores (N, Q) and query-0 log p_y (N,), cut into sample blocks."""
+                   n_population: int, labels: np.ndarray, task_block: int, n_channels: int,
+                   temperature: float) -> dict[str, list]:
+    """Stage 1: each model's logits -> float32 scores (N, C) (LiRA's, then RMIA's tempered channels) and query-0
+    log p_y (N,), cut into sample blocks."""
     store = RunStore(uri)
     out: dict[str, list] = {"model_id": [], "block": [], "scores": [], "log_p": []}
     for model_id in batch["model_id"]:
-        scores = np.empty((n_audit, n_queries), dtype=np.float32)
+        scores = np.empty((n_audit, n_channels), dtype=np.float32)
         log_p = np.empty(n_audit, dtype=np.float32)
-        reduce_model(store, paradigm, int(model_id), n_audit, n_queries, labels, scores, log_p, n_population=n_population)
+        reduce_model(store, paradigm, int(model_id), n_audit, n_queries, labels, scores, log_p, n_population=n_population,
+                     temperature=temperature)
         for block, start in enumerate(range(0, n_audit, task_block)):
             out["model_id"].append(int(model_id))
             out["block"].append(block)
@@ -159,21 +169,22 @@ def _sub_blocks(block: int, width: int, task_block: int, sub: int) -> list[tuple
 
 
 def _variance_partials(
-    row: dict[str, Any], keep: Any, n_queries: int, task_block: int, sub: int, sides: list[bool]
+    row: dict[str, Any], keep: Any, n_queries: int, task_block: int, sub: int, sides: list[bool], n_channels: int,
+    lira: LiraOptions,
 ) -> dict[str, Any]:
     """Stage 2b (fixed-variance attacks only): per engine sub-block, each side's (Q, M) sum of per-sample variances."""
     import ray
 
     keep = ray.get(keep)
-    block, scores, _ = _unpack(row, n_queries)
+    block, scores, _ = _unpack(row, n_channels)
     local = keep[:, block * task_block : block * task_block + scores.shape[1]]
-    parts = [[SampleBlock(scores, local, a, b).variance(side).sum(axis=0) for side in sides]
+    parts = [[SampleBlock(scores, local, a, b, lira=lira, n_queries=n_queries).variance(side).sum(axis=0) for side in sides]
              for a, b, _ in _sub_blocks(block, scores.shape[1], task_block, sub)]
     return {"block": block, "partials": np.asarray(parts, dtype=np.float64).tobytes()}
 
 
 def _attack_block(batch: dict[str, np.ndarray], keep: Any, attacks: list[str], n_queries: int, task_block: int, sub: int,
-                  pooled: Any, center: str, offline_a: Any) -> dict[str, list]:
+                  pooled: Any, lira: LiraOptions, rmia: RmiaOptions, offline_a: Any, n_channels: int) -> dict[str, list]:
     """Stage 2c: every attack on one sample block, per engine sub-block -> one row per (model, block)."""
     import ray
 
@@ -182,27 +193,29 @@ def _attack_block(batch: dict[str, np.ndarray], keep: Any, attacks: list[str], n
     offline_a = ray.get(offline_a) if isinstance(offline_a, ray.ObjectRef) else offline_a
     out: dict[str, list] = {"model_id": [], "block": [], **{a: [] for a in attacks}}
     for row in ({k: v[i] for k, v in batch.items()} for i in range(len(batch["block"]))):
-        block, scores, log_p = _unpack(row, n_queries)
+        block, scores, log_p = _unpack(row, n_channels)
         local = keep[:, block * task_block : block * task_block + scores.shape[1]]
         values = {a: [] for a in attacks}
         for a, b, _ in _sub_blocks(block, scores.shape[1], task_block, sub):
-            sample_block = SampleBlock(scores, local, a, b, pooled=pooled, center=center, offline_a=offline_a)
+            sample_block = SampleBlock(scores, local, a, b, pooled=pooled, lira=lira, offline_a=offline_a,
+                                       n_queries=n_queries)
             for name in attacks:
                 attack = ATTACKS[name]
                 if attack.block is None:  # the loss attack: the input itself
                     values[name].append(log_p[:, a:b])
                     continue
-                value = attack.block(sample_block).T
+                value = np.swapaxes(attack.block(sample_block, rmia), 0, 1)  # (M, B) or (M, B, Q)
                 values[name].append(value if attack.finish is not None else to_float32(value))  # finish: float64 until then
         for model_id in range(scores.shape[0]):
             out["model_id"].append(model_id)
             out["block"].append(block)
             for name in attacks:
-                out[name].append(np.ascontiguousarray(np.concatenate([v[model_id] for v in values[name]], axis=-1)).tobytes())
+                out[name].append(np.ascontiguousarray(np.concatenate([v[model_id] for v in values[name]], axis=0)).tobytes())
     return out
 
 
-def _finish_model(group: dict[str, np.ndarray], attacks: list[str], gamma: float, versus: Any = None) -> dict[str, list]:
+def _finish_model(group: dict[str, np.ndarray], attacks: list[str], rmia: RmiaOptions, n_queries: int,
+                  versus: Any = None) -> dict[str, list]:
     """Stage 3: one target's blocks in sample order -> its float32 score row per attack (RMIA ranks the whole row,
     against the population set's ratios ``versus`` when the run has one)."""
     import ray
@@ -217,7 +230,8 @@ def _finish_model(group: dict[str, np.ndarray], attacks: list[str], gamma: float
         row = np.concatenate([np.frombuffer(group[name][i], dtype=dtype) for i in order])
         if finish is not None:
             z = None if versus is None else versus[name][model_id : model_id + 1]
-            row = np.asarray(finish(row[None, :], gamma, z)[0], dtype=np.float32)  # as the local float32 assignment casts
+            shape = (1, -1, staged_queries(name, n_queries, rmia)) if rmia.per_query else (1, -1)  # as the engine stages it
+            row = np.asarray(finish(row.reshape(shape), rmia, z)[0], dtype=np.float32)  # as the local float32 assignment casts
         out[name] = [row.tobytes()]
     return out
 
@@ -249,10 +263,10 @@ def _pool_variances(refs: list, sides: list[bool], n_queries: int, n_models: int
     return {side: sum(part[i] for part in partial) / n_audit for i, side in enumerate(sides)}
 
 
-def _label_probabilities(row: dict[str, Any], n_queries: int) -> dict[str, Any]:
+def _label_probabilities(row: dict[str, Any], n_queries: int, n_channels: int) -> dict[str, Any]:
     """Stage 2b (RMIA offline only): one sample block's Pr(x|theta), as SampleBlock.label_probability computes it."""
-    block, scores, _ = _unpack(row, n_queries)
-    probs = expit(scores.astype(np.float64)).mean(axis=2)  # per pair: the mean over its queries, however rows are cut
+    block, scores, _ = _unpack(row, n_channels)
+    probs = pooled_probability(scores, n_queries)  # per pair: the mean over its queries, however rows are cut
     return {"block": block, "n_models": scores.shape[0], "probs": probs.tobytes()}
 
 
@@ -262,22 +276,24 @@ def _fit_offline(refs: list, keep: np.ndarray, task_block: int, gamma: float) ->
 
 
 def _population_ratios(
-    refs: list, shape: tuple[int, int, int], names: list[str], offline_a: np.ndarray | None
+    refs: list, shape: tuple[int, int, int], names: list[str], offline_a: np.ndarray | None, rmia: RmiaOptions,
+    n_queries: int,
 ) -> dict[str, np.ndarray]:
-    """Each RMIA variant's ``(M, P)`` population log ratios (:func:`raypriv.attacks.rmia.population_log_ratio`), on a worker."""
+    """Each RMIA variant's population log ratios (:func:`raypriv.attacks.rmia.population_log_ratio`), on a worker."""
     scores = _gather(refs, "scores", shape, np.float32)
-    return {name: population_log_ratio(scores, offline_a if name == "rmia_offline" else None) for name in names}
+    signal = scores[:, :, n_queries:] if shape[2] > n_queries else scores
+    return {name: population_log_ratio(signal, rmia, offline_a if name == "rmia_offline" else None) for name in names}
 
 
 def _reduce_population(batch: dict[str, np.ndarray], uri: str, paradigm: str, n_audit: int, n_queries: int,
-                       n_population: int, labels: np.ndarray) -> dict[str, list]:
-    """Each model's population-set logits -> float32 LiRA scores (P, Q): RMIA's ``z`` (as the local path reads them)."""
+                       n_population: int, labels: np.ndarray, n_channels: int, temperature: float) -> dict[str, list]:
+    """Each model's population-set logits -> float32 scores (P, C): RMIA's ``z`` (as the local path reads them)."""
     store = RunStore(uri)
     out: dict[str, list] = {"model_id": [], "scores": []}
     for model_id in batch["model_id"]:
-        scores = np.empty((n_population, n_queries), dtype=np.float32)
+        scores = np.empty((n_population, n_channels), dtype=np.float32)
         reduce_model(store, paradigm, int(model_id), n_audit, n_queries, labels, scores, None, n_population=n_population,
-                     population=True)
+                     population=True, temperature=temperature)
         out["model_id"].append(int(model_id))
         out["scores"].append(scores.tobytes())
     return out
@@ -322,7 +338,6 @@ class RayOutput:
     """What :func:`open_output` holds across paradigms: the shared object refs and the scores folder."""
 
     keep_ref: Any
-    halves_ref: Any
     folder: str
     engine_elements: int
     stage: Callable[[str], None]
@@ -343,18 +358,16 @@ def open_output(plan: ScoringPlan, store: RunStore, *, engine_elements: int = EN
     import ray
     from ray.exceptions import RayError
 
-    group_sizes(plan.keep, list(plan.attacks))
+    group_sizes(plan.keep, list(plan.attacks), plan.lira)
     # Ray Data logs a failed task's traceback before raising; a RayprivError is re-raised below as one line.
     data_log = logging.getLogger("ray.data")
     level = data_log.level
     try:
         with connected(plan.ray_address), ray_data_settings(plan.show_progress):
             data_log.setLevel(logging.CRITICAL)
-            args = _task_args(plan)
             keep_ref = ray.put(plan.keep)
-            halves_ref = ray.remote(**args)(bound_halves).remote(plan.n_models, plan.n_audit)  # on a worker: O(M N) draws
             with store.dataset_writing("scores.parquet") as folder:
-                yield RayOutput(keep_ref, halves_ref, folder, engine_elements, on_stage or (lambda name: None))
+                yield RayOutput(keep_ref, folder, engine_elements, on_stage or (lambda name: None))
     except (RayError, Exception) as exc:
         found = _user_error(exc)
         if found is None:
@@ -373,8 +386,8 @@ def score_paradigm(plan: ScoringPlan, store: RunStore, paradigm: str, output: Ra
     results = {
         attack: (AttackMetrics.from_json(values, "scoring"), curve)
         for attack, (values, curve) in metrics_on_ray(
-            per_model.to_arrow_refs(), list(plan.attacks), output.keep_ref, output.halves_ref, plan.n_models * plan.n_audit,
-            delta, args, plan.show_progress, f"scoring {paradigm}: metrics").items()
+            per_model.to_arrow_refs(), list(plan.attacks), output.keep_ref, plan.n_models * plan.n_audit,
+            delta, args, plan.show_progress, f"scoring {paradigm}: metrics", tpr_readout=plan.tpr_readout).items()
     }
     log.info("scoring %s on Ray Data: metrics of %d attacks in %.1fs", paradigm, len(plan.attacks), time.perf_counter() - start)
     output.stage("metrics")
@@ -395,13 +408,13 @@ def _attacked_rows(plan: ScoringPlan, store: RunStore, paradigm: str, output: Ra
     import ray
     import ray.data
 
-    n_models, n_audit, n_queries = plan.n_models, plan.n_audit, plan.n_queries
+    n_models, n_audit, n_queries, n_channels = plan.n_models, plan.n_audit, plan.n_queries, plan.n_channels
     attacks = list(plan.attacks)
     keep_ref = output.keep_ref
     args = _task_args(plan)
-    sub, task_block = _blocks(n_audit, n_models, n_queries, plan.block_samples, output.engine_elements)
+    sub, task_block = _blocks(n_audit, n_models, n_channels, plan.block_samples, output.engine_elements)
     read_args = {"uri": store.uri, "paradigm": paradigm, "n_audit": n_audit, "n_queries": n_queries,
-                 "n_population": plan.n_population}
+                 "n_population": plan.n_population, "n_channels": n_channels, "temperature": plan.rmia.temperature}
     start = time.perf_counter()
     models = ray.data.from_items([{"model_id": m} for m in range(n_models)], override_num_blocks=_read_tasks(n_models))
     reduced = models.map_batches(_reduce_models, batch_size=1, fn_kwargs={
@@ -418,24 +431,27 @@ def _attacked_rows(plan: ScoringPlan, store: RunStore, paradigm: str, output: Ra
     pooled: Any = {}
     if sides:  # partial sums per sub-block on the workers, added in one worker task: the driver gets a ref
         partials = blocks.map(_variance_partials, fn_kwargs={"keep": keep_ref, "n_queries": n_queries, "task_block": task_block,
-                                                               "sub": sub, "sides": sides}, **args).materialize()
+                                                               "sub": sub, "sides": sides, "n_channels": n_channels,
+                                                               "lira": plan.lira}, **args).materialize()
         pooled = ray.remote(**args)(_pool_variances).remote(partials.to_arrow_refs(), sides, n_queries, n_models, n_audit)
     offline_a = None
     if "rmia_offline" in blocked:  # one float64 per pair gathered on one worker, not the (M, N, Q) scores
-        probs = blocks.map(_label_probabilities, fn_kwargs={"n_queries": n_queries}, **args).materialize()
-        offline_a = ray.remote(**args)(_fit_offline).remote(probs.to_arrow_refs(), keep_ref, task_block, plan.gamma)
+        probs = blocks.map(_label_probabilities, fn_kwargs={"n_queries": n_queries, "n_channels": n_channels},
+                           **args).materialize()
+        offline_a = ray.remote(**args)(_fit_offline).remote(probs.to_arrow_refs(), keep_ref, task_block, plan.rmia.gamma)
     versus = None
     rmia = [a for a in attacks if ATTACKS[a].finish is not None]
     if plan.needs_population:  # RMIA's z from the population set, as the local path reads it
         population = models.map_batches(_reduce_population, batch_size=1, fn_kwargs={
             **read_args, "labels": plan.population_labels}, **args).materialize()
         versus = ray.remote(**args)(_population_ratios).remote(
-            population.to_arrow_refs(), (n_models, plan.n_population, n_queries), rmia, offline_a)
+            population.to_arrow_refs(), (n_models, plan.n_population, n_channels), rmia, offline_a, plan.rmia, n_queries)
     attacked = blocks.map_batches(_attack_block, batch_size=1, fn_kwargs={
         "keep": keep_ref, "attacks": attacks, "n_queries": n_queries, "task_block": task_block, "sub": sub,
-        "pooled": pooled, "center": plan.center, "offline_a": offline_a}, **args)
+        "pooled": pooled, "lira": plan.lira, "rmia": plan.rmia, "offline_a": offline_a, "n_channels": n_channels}, **args)
     per_model = attacked.groupby("model_id").map_groups(
-        _finish_model, fn_kwargs={"attacks": attacks, "gamma": plan.gamma, "versus": versus}, batch_format="numpy", **args)
+        _finish_model, fn_kwargs={"attacks": attacks, "rmia": plan.rmia, "n_queries": n_queries, "versus": versus},
+        batch_format="numpy", **args)
     per_model = per_model.materialize()  # sorted by model_id: the sort-based groupby sorted it, preserve_order keeps it
     log.info(
         "scoring %s on Ray Data: %d attacks on %d blocks in %.1fs", paradigm, len(attacks), n_blocks, time.perf_counter() - start

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from raypriv.cluster import cluster_cpus
+from raypriv.epsilon import ONE_RUN_ATTACK, combine_models, model_one_run, per_model_confidence
 from raypriv.progress import Progress
 from raypriv.scoring.partitions import (
     PartitionWalk,
@@ -38,16 +39,22 @@ def score_matrix(table: Any, column: str, dtype: type = np.float32) -> tuple[np.
     return ids, values
 
 
-def _sample_scores(table: Any, attacks: list[str]) -> dict[str, np.ndarray]:
-    """Pass 1, per block of targets: a few scores per attack, to place the ranges' boundaries."""
-    return {attack: sample_values(score_matrix(table, attack)[1]) for attack in attacks}
+def _sample_scores(table: Any, attacks: list[str], keep: np.ndarray, delta: float
+                   ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    """Pass 1, per block of targets: a few scores per attack, to place the ranges' boundaries; and the block's
+    per-model one-run ε bounds of the ``loss`` attack (:func:`raypriv.epsilon.model_one_run`), if it is scored."""
+    samples = {attack: sample_values(score_matrix(table, attack)[1]) for attack in attacks}
+    one_run = None
+    if ONE_RUN_ATTACK in attacks:
+        ids, scores = score_matrix(table, ONE_RUN_ATTACK)
+        one_run = model_one_run(keep[ids], scores, delta, per_model_confidence())
+    return samples, one_run
 
 
-def _split_scores(table: Any, attack: str, keep: np.ndarray, halves: tuple[np.ndarray, np.ndarray],
-                  boundaries: np.ndarray) -> tuple:
+def _split_scores(table: Any, attack: str, keep: np.ndarray, boundaries: np.ndarray) -> tuple:
     """Pass 2, per block of targets and attack: its sorted keys cut into score ranges, and their counts."""
     ids, scores = score_matrix(table, attack)
-    keys = pack_keys(scores, keep[ids], *halves, ids)
+    keys = pack_keys(scores, keep[ids])
     pieces, counts = split_keys(keys, boundaries)
     return (*pieces, counts)
 
@@ -74,26 +81,30 @@ def _get(refs: list, progress: Progress) -> list:
     return ray.get(list(refs))
 
 
-def metrics_on_ray(refs: list, attacks: list[str], keep_ref: Any, halves_ref: Any, n_pairs: int, delta: float,
-                   args: dict[str, Any], show_progress: bool = False, desc: str = "metrics"
+def metrics_on_ray(refs: list, attacks: list[str], keep_ref: Any, n_pairs: int, delta: float,
+                   args: dict[str, Any], show_progress: bool = False, desc: str = "metrics", tpr_readout: str = "interpolate"
                    ) -> dict[str, tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]]:
     """Every attack's metrics.json entry and ROC curve, exactly as the local path's, in the three passes above.
 
     ``refs``: Ray object refs of Arrow blocks of per-target rows (``model_id`` and one float32 binary column per
-    attack); ``keep_ref`` / ``halves_ref``: refs of ``keep`` and :func:`bound_halves`; ``args``: each task's
+    attack); ``keep_ref``: a ref of ``keep``; ``args``: each task's
     resources.  The driver holds block refs, per-range counts and curve points only.  ``show_progress``: tasks
-    done / total with throughput and ETA under ``desc`` (:class:`raypriv.progress.Progress`)."""
+    done / total with throughput and ETA under ``desc`` (:class:`raypriv.progress.Progress`).  ``tpr_readout``: as
+    :func:`raypriv.metrics.roc_metrics` reads TPR at low FPR."""
     import ray
 
     n_partitions = _n_partitions(n_pairs)
     progress = Progress(len(refs) * (1 + len(attacks)) + len(attacks) * n_partitions, desc, "tasks", show_progress)
     sample = ray.remote(**args)(_sample_scores)
-    samples = _get([sample.remote(ref, attacks) for ref in refs], progress)
-    boundaries = {a: choose_boundaries([s[a] for s in samples], n_partitions) for a in attacks}
-    del samples
+    passes = _get([sample.remote(ref, attacks, keep_ref, delta) for ref in refs], progress)
+    boundaries = {a: choose_boundaries([s[a] for s, _ in passes], n_partitions) for a in attacks}
+    one_run = None
+    if ONE_RUN_ATTACK in attacks:  # per model, so the blocks' models in any order give the local medians
+        one_run = combine_models(*(np.concatenate([block[i] for _, block in passes]) for i in (0, 1)), delta)
+    del passes
     progress.set_total(len(refs) * (1 + len(attacks)) + sum(len(b) + 1 for b in boundaries.values()))  # ties can merge ranges
     split = ray.remote(**args)(_split_scores)
-    splits = {a: [split.options(num_returns=len(boundaries[a]) + 2).remote(ref, a, keep_ref, halves_ref, boundaries[a])
+    splits = {a: [split.options(num_returns=len(boundaries[a]) + 2).remote(ref, a, keep_ref, boundaries[a])
                   for ref in refs] for a in attacks}
     walk = ray.remote(**args)(_walk)
     walks = {}
@@ -104,6 +115,9 @@ def metrics_on_ray(refs: list, attacks: list[str], keep_ref: Any, halves_ref: An
         walks[attack] = (totals, [walk.remote(above[i], totals, keep_all, *[parts[i] for parts in splits[attack]])
                                   for i in reversed(range(len(counts)))])  # highest scores first
     # One attack's walks on the driver at a time.
-    results = {a: merge_partitions(_get(attack_walks, progress), totals, delta) for a, (totals, attack_walks) in walks.items()}
+    results = {a: merge_partitions(_get(attack_walks, progress), totals, delta, tpr_readout)
+               for a, (totals, attack_walks) in walks.items()}
+    if one_run is not None:
+        results[ONE_RUN_ATTACK][0].update(one_run.to_json())
     progress.close()
     return results

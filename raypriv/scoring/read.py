@@ -6,7 +6,10 @@ Scoring never holds them: :func:`reduce_model` reads one model's Parquet file
 in row batches (:func:`raypriv.run.store.iter_logits`, which checks the file)
 and reduces every row at once to the LiRA score ``s`` and the label's
 log-probability (:func:`raypriv.attacks.reduce_logits`), float32, ``C``
-times smaller.  :func:`load_attack_inputs` does that for every model of a
+times smaller.  RMIA keeps every query's probability (it votes per query):
+at ``rmia.temperature: 1`` it is ``sigmoid`` of the LiRA score, otherwise
+one more float32 channel per query holds the tempered score
+(``ScoringPlan.n_channels``).  :func:`load_attack_inputs` does that for every model of a
 paradigm on a few threads (the local backend); the Ray backend calls
 :func:`reduce_model` in its read tasks.
 """
@@ -17,7 +20,7 @@ import time
 
 import numpy as np
 
-from raypriv.attacks import map_threads, reduce_logits, to_float32
+from raypriv.attacks import map_threads, reduce_logits, tempered_scores, to_float32
 from raypriv.errors import RayprivError
 from raypriv.run.format import logits_path, model_row_path
 from raypriv.run.store import RunStore, iter_logits
@@ -26,11 +29,14 @@ from raypriv.scoring.plan import ScoringPlan
 
 def reduce_model(store: RunStore, paradigm: str, model_id: int, n_audit: int, n_queries: int, labels: np.ndarray,
                  scores: np.ndarray | None, log_p: np.ndarray | None, batch_elements: int = 1 << 22,
-                 n_population: int = 0, population: bool = False) -> tuple[float, float]:
+                 n_population: int = 0, population: bool = False, temperature: float = 1.0) -> tuple[float, float]:
     """One model's stored logits, read in row batches and reduced as they are read (both scoring backends).
 
-    Fills ``scores`` (``(rows, Q)`` float32 LiRA scores) and ``log_p`` (``(rows,)``
-    float32 label log-probability on query 0); either may be None.  ``labels``:
+    Fills ``scores`` (``(rows, C)`` float32: the ``Q`` per-query LiRA scores,
+    then, when ``C = 2 Q``, RMIA's per-query channel at ``temperature``
+    (:func:`raypriv.attacks.tempered_scores`): RMIA keeps every query's
+    probability, never only their mean) and ``log_p`` (``(rows,)`` float32
+    label log-probability on query 0); either may be None.  ``labels``:
     the rows' labels (the audit's, or the population set's with ``population``).
     Returns the seconds spent reading and reducing.
     """
@@ -53,6 +59,8 @@ def reduce_model(store: RunStore, paradigm: str, model_id: int, n_audit: int, n_
         score, label_log_p = reduce_logits(logits, labels[sample])
         if scores is not None:
             scores[sample, query] = to_float32(score)
+            if scores.shape[1] > n_queries:
+                scores[sample, n_queries + query] = to_float32(tempered_scores(logits, labels[sample], temperature))
         if log_p is not None:
             first = query == 0
             log_p[sample[first]] = to_float32(label_log_p[first])
@@ -71,7 +79,7 @@ def load_attack_inputs(
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Pass 1 of local scoring: every model's logits of ``paradigm``, streamed and reduced as read.
 
-    Returns float32 LiRA scores ``(n_models, rows, n_queries)`` (None when no
+    Returns float32 scores ``(n_models, rows, plan.n_channels)`` (None when no
     attack of the plan needs them) and the label log-probability on query 0,
     ``(n_models, rows)`` (None when the plan has no loss attack).  ``rows``
     are the audit samples, or with ``population`` the population set's (then
@@ -83,7 +91,7 @@ def load_attack_inputs(
     labels = plan.population_labels if population else plan.audit_labels
     n_rows = plan.n_population if population else plan.n_audit
     shape = (plan.n_models, n_rows)
-    scores = np.empty((*shape, plan.n_queries), dtype=np.float32) if (plan.needs_scores or population) else None
+    scores = np.empty((*shape, plan.n_channels), dtype=np.float32) if (plan.needs_scores or population) else None
     log_p = np.empty(shape, dtype=np.float32) if (plan.needs_loss and not population) else None
     spent = np.zeros((plan.n_models, 2))
 
@@ -91,7 +99,7 @@ def load_attack_inputs(
         spent[model_id] = reduce_model(
             store, paradigm, model_id, plan.n_audit, plan.n_queries, labels,
             None if scores is None else scores[model_id], None if log_p is None else log_p[model_id],
-            batch_elements, plan.n_population, population,
+            batch_elements, plan.n_population, population, plan.rmia.temperature,
         )
 
     map_threads(load, range(plan.n_models), workers)

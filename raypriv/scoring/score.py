@@ -44,7 +44,7 @@ def score_run(plan: ScoringPlan, store: RunStore, models: pd.DataFrame, **backen
             rows = models[models.paradigm == paradigm]
             check_recipes(plan, paradigm, rows)
             entry: ParadigmMetrics = paradigm_metrics(rows)
-            results = backend.score_paradigm(plan, store, paradigm, output, delta=entry.delta)
+            results = backend.score_paradigm(plan.for_paradigm(paradigm), store, paradigm, output, delta=entry.delta)
             metrics[paradigm] = entry.with_attacks({attack: values for attack, (values, _) in results.items()})
             curves[paradigm] = {attack: curve for attack, (_, curve) in results.items()}
     write_metrics_files(store, metrics)

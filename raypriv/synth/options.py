@@ -128,7 +128,9 @@ class DPSGDOptions:
     """
 
     epsilon: float | None = 8.0  # target epsilon after all epochs; null: clipping only, no noise (no DP guarantee)
-    delta: float | None = None  # None: 1 / (private set size)
+    # auto: 1e-5, or 1/(10 n) when the private set has n > 1e5 samples (always below 1/n; dpsgd.default_delta);
+    # a number: that delta; null: 1/n, the default before 2026-12-05 (kept for those configs; not recommended)
+    delta: float | Literal["auto"] | None = "auto"
     max_grad_norm: float = 1.0  # per-sample clipping norm C
     accountant: Literal["rdp", "prv"] = "rdp"
     epochs: int | None = 30
@@ -139,10 +141,10 @@ class DPSGDOptions:
     def __post_init__(self) -> None:
         if self.epsilon is not None and not self.epsilon > 0:
             raise RayprivError(f"{_DPSGD}.epsilon={self.epsilon!r}: the target epsilon must be positive (e.g. 1 or 8)")
-        if self.delta is not None and not 0.0 < self.delta < 1.0:
+        if isinstance(self.delta, float) and not 0.0 < self.delta < 1.0:
             raise RayprivError(
                 f"{_DPSGD}.delta={self.delta!r}: delta must lie strictly between 0 and 1 "
-                "(well below 1/n, e.g. 1e-5), or be null for 1/(private set size)"
+                "(well below 1/n, e.g. 1e-5), or be auto (1e-5; 1/(10 n) from 1e5 samples on)"
             )
         if not self.max_grad_norm > 0:
             raise RayprivError(

@@ -95,7 +95,11 @@ def check_info(info: Any) -> None:
     ``info`` is a mapping with string keys and JSON values (it is stored as
     JSON in the models table).  An accounted ``epsilon`` comes with its
     ``delta`` (the summary and the report print them together): both finite
-    numbers, ``epsilon >= 0`` and ``0 <= delta < 1`` (0 for pure DP).
+    numbers, ``epsilon >= 0`` and ``0 <= delta < 1`` (0 for pure DP).  The
+    ``accountant`` that computed them (``"rdp"``, ``"prv"``, ``"zcdp"``, ...)
+    is printed beside them; the built-in DP paradigms always report it.  It is
+    optional for a plugin (one that omits it is shown without), but when given
+    it is a short non-empty string and comes with an ``epsilon``.
     """
     if not isinstance(info, dict):
         raise ValueError(f"context.info is a {type(info).__name__}; it must stay a dict")
@@ -108,6 +112,17 @@ def check_info(info: Any) -> None:
         raise ValueError(
             f"context.info is not JSON ({exc}); store plain numbers, strings and booleans (e.g. float(value))"
         ) from None
+    if "accountant" in info:
+        accountant = info["accountant"]
+        if not isinstance(accountant, str) or not accountant.strip() or len(accountant) > 40:
+            raise ValueError(
+                f"context.info['accountant']={accountant!r} must be a short non-empty string naming how epsilon was "
+                "accounted (e.g. 'rdp', 'prv', 'zcdp')"
+            )
+        if "epsilon" not in info:
+            raise ValueError(
+                "context.info has an 'accountant' but no 'epsilon'; report the accountant beside the epsilon it computed"
+            )
     if "epsilon" not in info and "delta" not in info:
         return
     if "epsilon" not in info or "delta" not in info:

@@ -136,6 +136,9 @@ class NoiseCalibration:
         facts: dict[str, Any] = {
             "epsilon": self.epsilon,
             "delta": self.delta,
+            # how epsilon was accounted: zCDP composition, converted to (epsilon, delta) (CKS 2020); or pure-DP
+            # basic composition of the Laplace invocations
+            "accountant": "zcdp" if self.mechanism == "gaussian" else "basic-composition",
             "noise_multiplier": self.noise_multiplier,
             "noise_scale": self.scale,
             "mechanism": self.mechanism,
