@@ -19,6 +19,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from raypriv.attacks import score_attacks
@@ -33,11 +35,12 @@ from raypriv.reader import Run, run_name
 from raypriv.report.figures import write_roc_png
 from raypriv.run.directory import SEQUENTIAL_FILE, RunDirectory
 from raypriv.run.fingerprints import Fingerprints
-from raypriv.run.format import MODEL_SCHEMA
+from raypriv.run.format import MODEL_SCHEMA, model_row_path
 from raypriv.scoring import ScoringPlan, score_run
 from raypriv.scoring.local import scoring_workers
+from raypriv.scoring.outputs import paradigm_metrics
 from raypriv.scoring.read import load_attack_inputs
-from raypriv.sequential import Decision, Schedule, decide, headline_attack, look_of
+from raypriv.sequential import ArmEvidence, Schedule, SequentialAudit, headline_attack
 from raypriv.split import AuditSplit, make_audit_split
 from raypriv.summary import format_summary
 from raypriv.synth import paradigm_class
@@ -90,9 +93,13 @@ def train_or_fail(config: ExperimentConfig, run: RunDirectory, dataset: Dataset,
 class SequentialRun:
     """An until-decided audit's rounds (:mod:`raypriv.sequential`): train a round, look, stop the decided paradigms.
 
+    :class:`raypriv.sequential.SequentialAudit` decides who trains and what
+    each look concludes; this class trains, scores the headline attack in
+    memory, and reads the per-model test accuracies from the model rows.
     Resumable as a fixed audit is: each round trains only the models it
-    lacks, and the looks are recomputed from the stored models, so a rerun
-    reaches the same decisions and trains nothing more.
+    lacks, and the looks are recomputed from the stored models (the frontier
+    bootstrap is seeded), so a rerun reaches the same decisions and trains
+    nothing more.
     """
 
     def __init__(self, config: ExperimentConfig, run: RunDirectory, fingerprints: Fingerprints, dataset: Dataset,
@@ -102,11 +109,8 @@ class SequentialRun:
         self.use_ray, self.show_progress = use_ray, show_progress
         self.attack = headline_attack(plan.attacks)
         self.schedule = Schedule.of(config.budget.max_models, config.budget.round, self.attack)
-        self.decisions: dict[str, Decision] = {}
-        self.looks: dict[str, list[dict[str, Any]]] = {p: [] for p in config.paradigms}
-
-    def open_paradigms(self) -> list[str]:
-        return [p for p in self.config.paradigms if not (p in self.decisions and self.decisions[p].decided)]
+        self.audit = SequentialAudit(list(config.paradigms), self.schedule, self.attack,
+                                     config.budget.bounded_multiple, seed=config.seed)
 
     def run(self, complete: dict) -> int:
         """Every round until each paradigm is decided or has ``max_models`` models; returns the models trained now."""
@@ -116,29 +120,25 @@ class SequentialRun:
     def _rounds(self, complete: dict) -> int:
         trained, looks = 0, set(self.schedule.looks)
         for index in range(self.schedule.rounds):
-            open_now = self.open_paradigms()
-            if not open_now:
+            training = self.audit.training()
+            if not training:
                 break
             start, stop = index * self.schedule.round, (index + 1) * self.schedule.round
-            pending = [(p, m) for m in range(start, stop) for p in open_now if (p, m) not in complete]
+            pending = [(p, m) for m in range(start, stop) for p in training if (p, m) not in complete]
             if pending:
                 train_or_fail(self.config, self.run_dir, self.dataset, self.split, pending, self.fingerprints,
                               self.use_ray, self.show_progress)
                 trained += len(pending)
             if stop in looks:
-                for paradigm in open_now:
-                    self.look(paradigm, stop)
+                self.audit.look(stop, self.plan.keep, {p: self.evidence(p, stop) for p in training})
             else:
-                for paradigm in open_now:
-                    self.decisions[paradigm] = Decision(
-                        "open", stop, f"no look before {self.schedule.first_look} models ({self.attack}'s minimum)")
-            report_open(f"round {index + 1}/{self.schedule.rounds} ({stop} models)",
-                        {p: (d.state, d.reason) for p, d in self.decisions.items() if p in open_now},
+                self.audit.wait(stop)
+            report_open(f"round {index + 1}/{self.schedule.rounds} ({stop} models)", self.audit.progress(training),
                         self.show_progress)
         return trained
 
-    def look(self, paradigm: str, models: int) -> None:
-        """Score ``paradigm``'s first ``models`` models with the headline attack (in memory) and decide."""
+    def evidence(self, paradigm: str, models: int) -> ArmEvidence:
+        """``paradigm``'s first ``models`` models: headline-attack scores (in memory, nothing written) and model rows."""
         sub = replace(self.plan, keep=self.plan.keep[:models], attacks=(self.attack,))
         workers = scoring_workers()
         lira_scores, label_log_p = load_attack_inputs(sub, self.run_dir.store, paradigm, workers=workers)
@@ -148,36 +148,29 @@ class SequentialRun:
         # As raypriv.scoring.local.score_paradigm calls it, for the headline attack only, without writing scores.
         scores = score_attacks(lira_scores, label_log_p, sub.keep, sub.attacks, rmia=sub.rmia, lira=sub.lira,
                                workers=workers, population=population)[self.attack]
-        look = look_of(paradigm, self.attack, sub.keep, scores)
-        decision = decide(look, self.schedule, self.config.budget.bounded_multiple)
-        self.decisions[paradigm] = decision
-        self.looks[paradigm].append({
-            "models": models, "state": decision.state,
-            "levels": [{"fpr": c.fpr, "tp": c.tp, "n_in": c.n_in, "fp": c.fp, "n_out": c.n_out} for c in look.levels],
-        })
+        rows = pd.DataFrame([self.run_dir.store.read_table(model_row_path(paradigm, m)).to_pylist()[0]
+                             for m in range(models)])
+        entry = paradigm_metrics(rows)
+        epsilon, delta, accountant = (entry.info.get(key) for key in ("epsilon", "delta", "accountant"))
+        return ArmEvidence(
+            np.asarray(scores, dtype=np.float64), rows.test_acc.to_numpy(dtype=np.float64),
+            entry.synth_seconds_mean + entry.train_seconds_mean,
+            epsilon=float(epsilon) if isinstance(epsilon, (int, float)) else None,
+            delta=float(delta) if isinstance(delta, (int, float)) else None,
+            accountant=accountant if isinstance(accountant, str) else None,
+        )
 
     def models_used(self) -> dict[str, int]:
-        """Each paradigm's models: where it was decided, else ``max_models``."""
-        return {p: self.decisions[p].models for p in self.config.paradigms}
+        """Each paradigm's models: where it stopped, else ``max_models``."""
+        return self.audit.models_used()
 
     def to_json(self) -> dict[str, Any]:
-        """``sequential.json``: the schedule, the spending rule, and each paradigm's decision and looks."""
-        return {
-            "attack": self.attack, "max_models": self.schedule.max_models, "round": self.schedule.round,
-            "looks": self.schedule.looks, "alpha": self.schedule.alpha, "alpha_per_look": self.schedule.alpha_per_look,
-            "bound_alpha": self.schedule.bound_alpha(), "spending": "bonferroni",
-            "bounded_multiple": self.config.budget.bounded_multiple,
-            "paradigms": {p: {**self.decisions[p].to_json(), "looks": self.looks[p]} for p in self.config.paradigms},
-        }
+        """``sequential.json``: the schedule, the spending rules, and each paradigm's decision and looks."""
+        return self.audit.to_json()
 
     def summary(self) -> str:
         """One line per paradigm: its decision, the models it used, and why."""
-        lines = [f"until decided ({self.attack}; looks at {self.schedule.looks} models, Bonferroni α="
-                 f"{self.schedule.alpha:g} over {len(self.schedule.looks)} looks):"]
-        for paradigm in self.config.paradigms:
-            d = self.decisions[paradigm]
-            lines.append(f"  {paradigm}: {d.state} after {d.models} of {self.schedule.max_models} models: {d.reason}")
-        return "\n".join(lines) + "\n"
+        return self.audit.summary()
 
 
 def run_audit(config: ExperimentConfig, *, use_ray: bool = True, show_progress: bool = True,

@@ -63,7 +63,7 @@ def attacks_table(report: Report) -> pd.DataFrame:
                     "TPR@0.1%FPR CP": tpr_interval(m["tpr@0.1%fpr"], m.n_in),
                     "bal.acc": m.balanced_acc,
                     "ε lower bound": m.eps_lower_bound,
-                    "IN/OUT pairs": f"{m['n_in']}/{m['n_out']}",
+                    "IN/OUT pairs": f"{m.n_in}/{m.n_out}",
                 }
             )
     return pd.DataFrame(rows)

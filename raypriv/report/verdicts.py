@@ -333,18 +333,24 @@ def _signed_percent(value: float) -> str:
     return f"{value:+.1%}" if abs(value) >= 0.001 or value == 0 else f"{value:+.2%}"
 
 
-def _accuracy_text(test: PointTest) -> str:
+def interval_name(confidence: float) -> str:
+    """An interval's confidence in words: ``95%`` at 0.95, ``99.4%`` at a spent share (a sequential look's)."""
+    return f"{confidence:.1%}".replace(".0%", "%")
+
+
+def _accuracy_text(test: PointTest, confidence: float = 0.95) -> str:
     """``0.900 vs 0.950, difference 95% CI -0.058 to -0.042``: the candidate's accuracy, the point's, the interval."""
     a = test.accuracy
-    interval = (f"difference 95% CI {a['low']:+.3f} to {a['high']:+.3f}" if np.isfinite(a["low"])
+    interval = (f"difference {interval_name(confidence)} CI {a['low']:+.3f} to {a['high']:+.3f}" if np.isfinite(a["low"])
                 else "no interval with under 2 models")
     return f"{a['difference'] + test.point.accuracy:.3f} vs {test.point.accuracy:.3f}, {interval}"
 
 
-def _tpr_text(test: PointTest, fpr: float) -> str:
+def _tpr_text(test: PointTest, fpr: float, confidence: float = 0.95) -> str:
     """``TPR@1%FPR 10.0% vs 3.0%, difference 95% CI +5.1% to +9.0%``."""
     return (f"{fpr_name(fpr)} {percent(test.point.tpr + test.tpr_difference)} vs {percent(test.point.tpr)}, "
-            f"difference 95% CI {_signed_percent(test.tpr_low)} to {_signed_percent(test.tpr_high)}")
+            f"difference {interval_name(confidence)} CI {_signed_percent(test.tpr_low)} to "
+            f"{_signed_percent(test.tpr_high)}")
 
 
 def frontier_verdict(decision: FrontierDecision) -> tuple[str, str]:
@@ -356,6 +362,7 @@ def frontier_verdict(decision: FrontierDecision) -> tuple[str, str]:
     point, why; "undecided" names each point still open and its intervals.
     """
     candidate, fpr, k = decision.candidate, decision.fpr, len(decision.tests)
+    level = 1.0 - 2.0 * decision.alpha  # the intervals' confidence: 95% at the report's one-sided 2.5%
     points = f"{k} DP-SGD point{'s' if k != 1 else ''}"
     cost = f"cost {candidate.seconds:.1f} s/model"
     side = f"one-sided {decision.alpha:.1%}"
@@ -365,8 +372,8 @@ def frontier_verdict(decision: FrontierDecision) -> tuple[str, str]:
     if decision.kind == "dominated":
         best = decision.dominating[0]
         text = (
-            f"dominated by {point_name(best.point)}: no more accurate ({_accuracy_text(best)}) and leaks at least "
-            f"as much ({_tpr_text(best, fpr)}); {accuracy_method}, {tpr_method}, both at {side}, Holm over {points}; "
+            f"dominated by {point_name(best.point)}: no more accurate ({_accuracy_text(best, level)}) and leaks at least "
+            f"as much ({_tpr_text(best, fpr, level)}); {accuracy_method}, {tpr_method}, both at {side}, Holm over {points}; "
             f"{cost} vs {best.point.seconds:.1f} s/model"
         )
         others = [point_name(test.point) for test in decision.dominating[1:]]
@@ -378,8 +385,8 @@ def frontier_verdict(decision: FrontierDecision) -> tuple[str, str]:
         reasons = []
         for test in decision.tests:
             shown_accurate = min(1.0, (1 if fpr is None else 2) * test.accuracy["p_below"]) <= decision.alpha
-            reasons.append(f"more accurate than {point_name(test.point)} ({_accuracy_text(test)})" if shown_accurate
-                           else f"leaks less than {point_name(test.point)} ({_tpr_text(test, fpr)})")
+            reasons.append(f"more accurate than {point_name(test.point)} ({_accuracy_text(test, level)})" if shown_accurate
+                           else f"leaks less than {point_name(test.point)} ({_tpr_text(test, fpr, level)})")
         text = (f"not dominated by DP-SGD ({k} point{'s' if k != 1 else ''}): {'; '.join(reasons)}; {methods}, each at {side} "
                 f"(Bonferroni over the two axes); {cost}")
         if fpr is None:
@@ -392,10 +399,11 @@ def frontier_verdict(decision: FrontierDecision) -> tuple[str, str]:
             f"undecided: leakage not measurable at this power ({decision.n_out} OUT pairs give under "
             f"{MIN_FALSE_POSITIVES:.0f} expected false positives at every FPR up to {FRONTIER_FPRS[-1]:.0%}), and "
             f"accuracy alone does not show it ahead of "
-            + "; ".join(f"{point_name(t.point)} ({_accuracy_text(t)})" for t in open_points)
+            + "; ".join(f"{point_name(t.point)} ({_accuracy_text(t, level)})" for t in open_points)
             + f"; {methods}; audit with more models or samples; {cost}"
         )
-    details = "; ".join(f"{point_name(t.point)}: accuracy {_accuracy_text(t)}, {_tpr_text(t, fpr)}" for t in open_points)
+    details = "; ".join(f"{point_name(t.point)}: accuracy {_accuracy_text(t, level)}, {_tpr_text(t, fpr, level)}"
+                        for t in open_points)
     return "undecided", (
         f"undecided against DP-SGD: neither dominated (Holm over {points}) nor shown more accurate or less leaky "
         f"than {len(open_points)} of them ({details}); {methods}, at {side}; {cost}"
