@@ -148,7 +148,7 @@ def test_attack_settings_reach_the_scoring_plan_and_metrics_json():
     from raypriv.scoring import ScoringPlan
 
     config = config_from_dict({"n_models": 8, "queries": ["flip-2"], "lira": {"preset": "aerni-2024"},
-                               "rmia": {"gamma": 2.0, "temperature": 2.0, "queries": "mean"},
+                               "rmia": {"gamma": 2.0, "trim": 0.2, "temperature": 2.0, "queries": "mean"},
                                "audit": {"tpr_readout": "below"}})
     keep = balanced_keep(8, 10, 0)
     split = SimpleNamespace(keep=keep, audit_labels=np.zeros(10, np.int64), population_labels=np.zeros(0, np.int64))
