@@ -32,6 +32,7 @@ from raypriv.metrics import clopper_pearson_lower, clopper_pearson_upper, epsilo
 from raypriv.sequential import ALPHA, DECISION_FPRS, MIN_FALSE_POSITIVES, Schedule, headline_attack
 from raypriv.split import balanced_keep, block_balanced_keep
 from raypriv.synth import build_options
+from raypriv.synth.options import DEFAULT_DELTA
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ def chance_bound(n_in: int, n_out: int, fpr: float, bound_alpha: float) -> float
 def paradigm_delta(config: ExperimentConfig, paradigm: str) -> float:
     """The paradigm's δ option where it sets one (DP paradigms), else 0 (what the ε bound is computed at)."""
     delta = getattr(build_options(paradigm, config.paradigm_options.get(paradigm)), "delta", None)
+    if delta == "auto":  # DP-SGD's default: 1e-5 below 10^5 private samples (smaller above: a larger reachable bound)
+        return DEFAULT_DELTA
     return float(delta) if isinstance(delta, (int, float)) and not isinstance(delta, bool) else 0.0
 
 

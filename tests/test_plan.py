@@ -69,3 +69,14 @@ def test_plan_refuses_bad_budgets_with_one_line(capsys):
     assert "budget.round=8 does not divide budget.max_models=20" in cli_error(
         capsys, ["plan", "--until-decided", "--max-models", "20"])
     assert main(["plan", "--models", "8"]) == 0
+
+
+def test_plan_reads_dpsgd_auto_delta_as_1e_5():
+    """DP-SGD's default δ (auto) is 1e-5 below 10⁵ private samples: the plan's reachable ε bound uses it, not δ = 0."""
+    from raypriv.config import load
+    from raypriv.planning import paradigm_delta
+
+    config = load(None, {"paradigms": "real,dpsgd", "paradigm_options.dpsgd.epsilon": 8.0})
+    assert paradigm_delta(config, "dpsgd") == 1e-5 and paradigm_delta(config, "real") == 0.0
+    explicit = load(None, {"paradigms": "dpsgd", "paradigm_options.dpsgd.delta": 1e-6})
+    assert paradigm_delta(explicit, "dpsgd") == 1e-6

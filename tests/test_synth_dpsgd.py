@@ -10,7 +10,7 @@ from raypriv.config import from_dict as config_from_dict
 from raypriv.driver import run_audit
 from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet, ShadowContext, build_options, make_paradigm
-from raypriv.synth.dpsgd import default_delta, resolve_delta
+from raypriv.synth.options import default_delta, resolve_delta
 from raypriv.synth.validation import check_info
 from raypriv.training import Normalizer, predict_logits
 from tests.conftest import tiny_config_dict

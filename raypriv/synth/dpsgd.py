@@ -44,31 +44,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from raypriv.config import ExperimentConfig, TrainConfig
 from raypriv.errors import RayprivError
 from raypriv.synth.base import LabeledSet, Paradigm, ShadowContext
-from raypriv.synth.options import DPSGDOptions
+from raypriv.synth.options import DPSGDOptions, resolve_delta
 from raypriv.training import augment, make_optimizer, make_scheduler
 
 _WHERE = "paradigm_options.dpsgd"
-DEFAULT_DELTA = 1e-5  # delta: auto below LARGE_PRIVATE_SET samples
-LARGE_PRIVATE_SET = 100_000  # from here on, delta: auto is 1 / (10 n)
-
-
-def default_delta(n: int) -> float:
-    """The δ of ``delta: auto`` for a private set of ``n`` samples: 1e-5 below 10⁵ samples, else 1/(10 n).
-
-    Always below 1/n (see the module docstring).
-    """
-    if n < 1:
-        raise ValueError(f"the private set must hold at least one sample, got n={n}")
-    return DEFAULT_DELTA if n < LARGE_PRIVATE_SET else 1.0 / (10 * n)
-
-
-def resolve_delta(option: float | str | None, n: int) -> float:
-    """The δ DP-SGD accounts at for ``paradigm_options.dpsgd.delta`` = ``option`` and ``n`` private samples."""
-    if option == "auto":
-        return default_delta(n)
-    if option is None:  # the default before 2026-12-05
-        return 1.0 / n
-    return float(option)
 
 
 class DPSGD(Paradigm):

@@ -128,7 +128,7 @@ class DPSGDOptions:
     """
 
     epsilon: float | None = 8.0  # target epsilon after all epochs; null: clipping only, no noise (no DP guarantee)
-    # auto: 1e-5, or 1/(10 n) when the private set has n > 1e5 samples (always below 1/n; dpsgd.default_delta);
+    # auto: 1e-5, or 1/(10 n) when the private set has n > 1e5 samples (always below 1/n; default_delta below);
     # a number: that delta; null: 1/n, the default before 2026-12-05 (kept for those configs; not recommended)
     delta: float | Literal["auto"] | None = "auto"
     max_grad_norm: float = 1.0  # per-sample clipping norm C
@@ -203,3 +203,28 @@ class ExternalOptions:
                 f"config: {where}.command is the string {raw['command']!r}; give an argv list instead, e.g. "
                 f"{raw['command'].split()!r}: raypriv never runs a shell"
             )
+
+
+# ------------------------------------------------------------------ DP-SGD's delta (torch-free: raypriv plan reads it)
+
+DEFAULT_DELTA = 1e-5  # delta: auto below LARGE_PRIVATE_SET samples
+LARGE_PRIVATE_SET = 100_000  # from here on, delta: auto is 1 / (10 n)
+
+
+def default_delta(n: int) -> float:
+    """The δ of ``delta: auto`` for a private set of ``n`` samples: 1e-5 below 10⁵ samples, else 1/(10 n).
+
+    Always below 1/n (see the module docstring).
+    """
+    if n < 1:
+        raise ValueError(f"the private set must hold at least one sample, got n={n}")
+    return DEFAULT_DELTA if n < LARGE_PRIVATE_SET else 1.0 / (10 * n)
+
+
+def resolve_delta(option: float | str | None, n: int) -> float:
+    """The δ DP-SGD accounts at for ``paradigm_options.dpsgd.delta`` = ``option`` and ``n`` private samples."""
+    if option == "auto":
+        return default_delta(n)
+    if option is None:  # the default before 2026-12-05
+        return 1.0 / n
+    return float(option)
