@@ -72,7 +72,7 @@ import numpy as np
 from scipy.special import log_ndtr, ndtr, ndtri
 from scipy.stats import beta, binom
 
-from raypriv.sorting import run_ends, value_keys
+from raypriv.sorting import flat_pairs, run_ends, sorted_keys
 
 GRID_POINTS = 24  # thresholds per inequality, at most (rounding merges a few small counts)
 QUADRATURE_BINS = 160  # probability-scale bins of the Beta mixture, dense towards its upper tail
@@ -201,15 +201,14 @@ def operating_points(is_in: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
     """int64 ``(P,)`` cumulative ``(tp, fp)`` at each distinct score, descending (ties one point; -0.0 is 0.0).
 
     float32 scores sort as packed ``(value key, label)`` uint64 keys (:func:`raypriv.sorting.value_keys`), the
-    order the Ray backend's partitions use; others by a stable argsort."""
-    if scores.dtype == np.float32:
-        keys = (value_keys(scores).astype(np.uint64) << np.uint64(1)) | is_in.astype(np.uint64)
-        keys.sort()
+    order the Ray backend's partitions use; others by a stable argsort (:func:`raypriv.sorting.sorted_keys`,
+    read from the top)."""
+    keys, labels = sorted_keys(is_in, scores)
+    if labels is None:  # packed keys: the value key above the label bit
         keys = keys[::-1]
         values, labels = keys >> np.uint64(1), (keys & np.uint64(1)).astype(bool)
     else:
-        order = np.argsort(-scores, kind="stable")
-        values, labels = scores[order] + 0.0, is_in[order]
+        values, labels = keys[::-1] + 0.0, labels[::-1]
     end = run_ends(values)
     tp = np.cumsum(labels)[end]
     return tp, np.flatnonzero(end) + 1 - tp
@@ -217,12 +216,7 @@ def operating_points(is_in: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
 
 def pair_epsilon_bound(is_in: np.ndarray, scores: np.ndarray, delta: float = 0.0, confidence: float = 0.95) -> float:
     """The all-pairs bound of bool ``is_in`` and float ``scores`` of any equal shape (one entry per pair)."""
-    is_in = np.asarray(is_in, dtype=bool).ravel()
-    scores = np.asarray(scores).ravel()
-    if scores.dtype.kind != "f":
-        scores = scores.astype(np.float64)
-    if not np.isfinite(scores).all():
-        raise ValueError("attack scores must be finite")
+    is_in, scores = flat_pairs(is_in, scores)
     n_in = int(is_in.sum())
     walk = GridWalk(n_in, len(is_in) - n_in)
     if len(is_in):

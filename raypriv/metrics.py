@@ -40,7 +40,7 @@ import numpy as np
 from scipy.stats import beta
 
 from raypriv.epsilon import check_balanced, pair_epsilon_bound
-from raypriv.sorting import run_ends, value_keys
+from raypriv.sorting import flat_pairs, run_ends, sorted_keys
 
 LOW_FPRS = {"tpr@0.1%fpr": 0.001, "tpr@1%fpr": 0.01}
 TPR_READOUTS = ("interpolate", "at-or-below", "below")
@@ -78,23 +78,6 @@ def clopper_pearson_upper(successes, trials, alpha: float):
     """One-sided Clopper-Pearson upper bound at confidence ``1 - alpha`` (vectorised; 1 for all successes)."""
     successes = np.asarray(successes)
     return np.where(successes >= trials, 1.0, beta.ppf(1 - alpha, successes + 1, trials - successes))
-
-
-def _sorted_keys(is_in: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ascending score order as ``(value keys, labels)``: equal keys are equal scores.
-
-    float32 scores are packed with their label into one uint64 (the float's
-    bits made order-preserving, shifted, plus the label bit), so one sort of
-    8-byte keys does it; other dtypes fall back to an argsort.
-    """
-    if score.dtype == np.float32:
-        keys = value_keys(score).astype(np.uint64)
-        keys <<= np.uint64(1)
-        keys |= is_in.view(np.uint8)
-        keys.sort()
-        return keys, None
-    order = np.argsort(score, kind="stable")
-    return score[order], is_in[order]
 
 
 class RocWalk:
@@ -195,18 +178,13 @@ def roc_metrics(
     pairs, else a subset on a log- and a linear-spaced FPR grid (exact
     points, fine enough for the log-log plot).
     """
-    is_in = np.asarray(is_in, dtype=bool).ravel()
-    score = np.asarray(score).ravel()
-    if score.dtype.kind != "f":
-        score = score.astype(np.float64)
-    if not np.isfinite(score).all():
-        raise ValueError("attack scores must be finite")
+    is_in, score = flat_pairs(is_in, score)
     n = len(score)
     n_in = int(is_in.sum())
     n_out = n - n_in
     if n_in == 0 or n_out == 0:
         raise ValueError(f"ROC metrics need IN and OUT pairs; got {n_in} IN and {n_out} OUT")
-    keys, labels = _sorted_keys(is_in, score)
+    keys, labels = sorted_keys(is_in, score)
     packed = labels is None
     walk = RocWalk(n_in, n_out, keep_all=n <= max_curve_points)
     last_tp, last_fp, tp_before, seen = 0, 0, 0, 0  # the previous operating point; pairs walked so far
