@@ -28,11 +28,13 @@ BENCHMARKS = {
     "queries": ("bench_queries.py", [], False),
     "parquet": ("bench_parquet.py", [], False),
     "ray": ("bench_ray.py", [], False),
+    "synthesis": ("bench_synthesis.py", [], False),
     "training-cuda": ("bench_training.py", ["--device", "cuda"], True),
     "training-cuda-cifar10": ("bench_training.py", ["--device", "cuda", "--recipe", "cifar10"], True),
 }
 # Section files in RESULTS.md order.
-SECTIONS = ["training.md", "training-cuda.md", "training-cuda-cifar10.md", "scoring.md", "queries.md", "parquet.md", "ray.md"]
+SECTIONS = ["training.md", "training-cuda.md", "training-cuda-cifar10.md", "scoring.md", "queries.md", "parquet.md", "ray.md",
+            "synthesis.md"]
 
 
 def cuda_available() -> bool:

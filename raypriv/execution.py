@@ -9,6 +9,8 @@ reports progress (a bar on a terminal, a log line every 10 s otherwise).
   died.  Two pools run side by side: the synthesis pool makes and stores the
   synthetic sets of separable paradigms, and hands each model to the
   shadow-model pool as soon as its set exists (:func:`_train_on_ray`).
+  One call is one group of models of one paradigm, and one actor owns it:
+  a pack (``execution.pack``) is synthesized together on that actor.
 
 Workers write results straight to the store; nothing but the models' rows
 comes back to the driver.
@@ -27,7 +29,7 @@ from raypriv.config import ExperimentConfig
 from raypriv.data import Dataset
 from raypriv.ensemble import engine_for, group_size
 from raypriv.errors import AuditInterrupted, ModelFailed, RayprivError
-from raypriv.pipeline import ShadowTrainer, make_checked_paradigm, separable_synthesis
+from raypriv.pipeline import ShadowTrainer, make_checked_paradigm, pack_ceiling, separable_synthesis
 from raypriv.progress import Progress
 from raypriv.run.format import synthetic_record_path
 from raypriv.run.store import RunStore
@@ -54,12 +56,37 @@ class _Progress(Progress):
 
 
 def _group_size(config: ExperimentConfig, paradigm: str, pending: int, workers: int, on_gpu: bool) -> int:
-    """Models per call for ``paradigm`` (:func:`raypriv.ensemble.group_size` with its engine)."""
+    """Models per call for ``paradigm``: :func:`raypriv.ensemble.group_size` with its engine, or its pack if larger.
+
+    A pack (``execution.pack``, :func:`raypriv.pipeline.pack_ceiling`) is
+    one call to one worker, cut like an ensemble group so that every worker
+    gets one.
+    """
     try:
-        engine = engine_for(config, make_checked_paradigm(config, paradigm), torch.device("cuda" if on_gpu else "cpu"))
+        made = make_checked_paradigm(config, paradigm)
+        engine = engine_for(config, made, torch.device("cuda" if on_gpu else "cpu"))
     except ModelFailed:  # a plugin that cannot be made: each model's worker reports the failure
         return 1
-    return group_size(engine, config.ray.models_per_group, pending, workers)
+    size = group_size(engine, config.ray.models_per_group, pending, workers)
+    pack = pack_ceiling(config, made, on_gpu)
+    return max(size, group_size("ensemble", pack, pending, workers)) if pack > 1 else size
+
+
+def _synthesis_packs(config: ExperimentConfig, keys: list[tuple[str, int]], workers: int, on_gpu: bool
+                     ) -> list[tuple[str, tuple[int, ...]]]:
+    """Cut the (paradigm, model id) pairs to synthesize into (paradigm, model ids) packs, one call each."""
+    by_paradigm: dict[str, list[int]] = {}
+    for paradigm, model_id in keys:
+        by_paradigm.setdefault(paradigm, []).append(model_id)
+    calls = []
+    for paradigm, ids in by_paradigm.items():
+        try:
+            pack = pack_ceiling(config, make_checked_paradigm(config, paradigm), on_gpu)
+        except ModelFailed:
+            pack = 1
+        size = group_size("ensemble", pack, len(ids), workers)
+        calls += [(paradigm, tuple(ids[i : i + size])) for i in range(0, len(ids), size)]
+    return calls
 
 
 def _make_groups(
@@ -170,8 +197,9 @@ def _train_on_ray(config, store, dataset, split, pending, recipe_hashes, progres
         p: _group_size(config, p, sum(key[0] == p for key in pending), len(trainers.actors), on_gpu)
         for p in config.paradigms
     }
-    for key in to_synthesize:
-        synthesis.add(key)
+    on_gpu_synthesis = config.ray.synthesis_gpus_per_worker > 0
+    for call in _synthesis_packs(config, to_synthesize, max(1, len(synthesis.actors)), on_gpu_synthesis):
+        synthesis.add(call)
     for group in _make_groups(config, [k for k in pending if k not in waiting], len(trainers.actors), on_gpu):
         trainers.add(group)
     try:
@@ -213,7 +241,7 @@ def _start_pools(config, store, dataset, split, pending, recipe_hashes) -> tuple
         "synthesis",
         actor_factory("synthesis", r.synthesis_cpus_per_worker, r.synthesis_gpus_per_worker),
         min(r.num_synthesis_workers, len(to_synthesize)),
-        "synthesize",
+        "synthesize_group",
     )
     trainers = _ActorPool(
         "shadow-model",
@@ -271,13 +299,15 @@ def _run_pools(
         ref = refs[0]
         if ref in synthesis.in_flight:
             done = synthesis.collect(ref)
-            if done is not None:
-                waiting.discard(done[0])
-                if done[1].get("status") == "failed":  # no set to train on; reported at the end
-                    progress.record(done[1])
-                else:
-                    ready.setdefault(done[0][0], []).append(done[0][1])
-                dispatch_ready(done[0][0])
+            if done is not None:  # a pack: (paradigm, model ids) and one record per model
+                paradigm = done[0][0]
+                for record in done[1]:
+                    waiting.discard((paradigm, record["model_id"]))
+                    if record.get("status") == "failed":  # no set to train on; reported at the end
+                        progress.record(record)
+                    else:
+                        ready.setdefault(paradigm, []).append(record["model_id"])
+                dispatch_ready(paradigm)
             if not synthesis.queue:
                 synthesis.release_idle()
         else:

@@ -7,7 +7,13 @@ group of model ids it
 1. takes each model's private set (the always-IN samples plus its IN audit
    samples, :meth:`raypriv.split.AuditSplit.private_indices`),
 2. makes the paradigm's training set from it, or loads the set a synthesis
-   worker stored for the same recipe,
+   worker stored for the same recipe.  Models of a separable paradigm
+   without a stored set are synthesized in packs of K (``execution.pack``, :func:`resolve_pack`): one
+   batched call for a paradigm with a batched synthesis
+   (:meth:`raypriv.synth.base.Paradigm.packs_synthesis`), one by one
+   otherwise.  Each model's set and record are stored on their own, as
+   without packs, and a pipeline's error is raised for that model alone, in
+   its turn, as the single run would raise it,
 3. trains the audited model with the engine :func:`raypriv.ensemble.engine_for`
    picks (one by one, or a vmapped group),
 4. queries it on the audit samples and stores its logits and its row
@@ -41,7 +47,7 @@ import torch
 from raypriv.config import from_dict
 from raypriv.data import Dataset
 from raypriv.ensemble import engine_for, models_fitting_in_memory, train_ensemble, train_fitting_memory
-from raypriv.errors import ModelFailed
+from raypriv.errors import ModelFailed, RayprivError
 from raypriv.run.fingerprints import recipe_hashes as recipe_hashes_of
 from raypriv.run.format import synthetic_path, synthetic_record_path
 from raypriv.run.store import RunStore, write_model_result
@@ -111,6 +117,56 @@ def _as_array(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+PACK_AUTO_MAX = {"cpu": 8, "cuda": 64}  # execution.pack: auto's ceiling per device type (benchmarks/RESULTS.md)
+
+
+def pack_ceiling(config, paradigm, on_gpu: bool) -> int:
+    """The most pipelines of ``paradigm`` a worker synthesizes at once, before its memory is known.
+
+    The driver cuts its calls to workers with this; the worker then packs
+    as :func:`resolve_pack` says, within the call.
+    """
+    pack = config.execution.pack
+    if pack != "auto":
+        return int(pack)
+    return PACK_AUTO_MAX["cuda" if on_gpu else "cpu"] if paradigm.packs_synthesis() else 1
+
+
+def resolve_pack(config, paradigm_name: str, paradigm, device: torch.device, input_shape: tuple[int, ...],
+                 num_classes: int, private_size: int) -> int:
+    """K, the pipelines of ``paradigm`` one worker synthesizes at once (``execution.pack``).
+
+    ``auto``: 1 for a paradigm without a batched synthesis (a pack would only
+    run it one by one); for one with, as many pipelines as its
+    :meth:`~raypriv.synth.base.Paradigm.pack_memory_bytes` fit in the budget
+    (``execution.pack_memory_gb`` on a CPU, half the free memory on a GPU),
+    at most :data:`PACK_AUTO_MAX` of the device type.  An explicit K whose
+    batched pack does not fit the budget is a RayprivError naming both.
+    """
+    pack = config.execution.pack
+    if pack != "auto" and (pack == 1 or not paradigm.packs_synthesis()):
+        return int(pack)
+    if pack == "auto" and not paradigm.packs_synthesis():
+        return 1
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget, where = free // 2, f"half the free memory of {device} ({free / 2**30:.1f} GiB free)"
+    else:
+        budget = int(config.execution.pack_memory_gb * 2**30)
+        where = f"execution.pack_memory_gb={config.execution.pack_memory_gb:g}"
+    per_pipeline = max(1, paradigm.pack_memory_bytes(tuple(input_shape), num_classes, private_size))
+    fits = int(budget // per_pipeline)
+    if pack == "auto":
+        return max(1, min(fits, PACK_AUTO_MAX.get(device.type, 1)))
+    if pack > fits:
+        raise RayprivError(
+            f"execution.pack={pack} does not fit: one pipeline of {paradigm_name} needs about "
+            f"{per_pipeline / 2**20:.1f} MiB, and {where} holds {max(fits, 0)}; lower execution.pack (or use auto)"
+            + ("" if device.type == "cuda" else ", or raise execution.pack_memory_gb")
+        )
+    return int(pack)
+
+
 def diverged(model, *logits: np.ndarray | None) -> bool:
     """Whether a trained model's weights, buffers or query logits hold NaN or infinity.
 
@@ -174,7 +230,8 @@ class ShadowTrainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def _context(self, paradigm_name: str, model_id: int) -> ShadowContext:
+    def context(self, paradigm_name: str, model_id: int) -> ShadowContext:
+        """The :class:`ShadowContext` model ``model_id`` of ``paradigm_name`` runs in on this worker."""
         context = ShadowContext(
             self.config, paradigm_name, model_id, self.num_classes, self.input_shape, self.normalizer, self.device
         )
@@ -183,15 +240,81 @@ class ShadowTrainer:
             context.info["plugin"] = " ".join(filter(None, (plugin["class"], plugin["distribution"], plugin["version"])))
         return context
 
+    def private_set(self, model_id: int) -> LabeledSet:
+        """Model ``model_id``'s private set on this worker's device (its always-IN and IN audit samples)."""
+        index = torch.from_numpy(self.split.private_indices(model_id)).to(self.device)
+        return LabeledSet(self.x_pool[index], self.y_pool[index])
+
     def _synthesize(self, paradigm, context: ShadowContext) -> tuple[LabeledSet, dict[str, Any]]:
         """Run the synthesis stage on the model's private set; store the set if the paradigm makes one."""
         name, model_id = context.paradigm, context.model_id
-        index = torch.from_numpy(self.split.private_indices(model_id)).to(self.device)
-        private = LabeledSet(self.x_pool[index], self.y_pool[index])
+        private = self.private_set(model_id)
         start = time.perf_counter()
         with self._seeded_global_rng(f"{name}/synthesize", model_id), plugin_errors(name, "synthesize()"):
             training_set = paradigm.synthesize(private, context)
         self._sync()
+        return self._store_synthesis(paradigm, training_set, context, len(private), time.perf_counter() - start)
+
+    def pack_size(self, paradigm_name: str, paradigm, model_id: int) -> int:
+        """K for ``paradigm`` on this worker (:func:`resolve_pack`; the private size of ``model_id`` sizes ``auto``)."""
+        return resolve_pack(self.config, paradigm_name, paradigm, self.device, tuple(self.input_shape),
+                            self.num_classes, len(self.split.private_indices(model_id)))
+
+    def _synthesize_packs(self, paradigm, contexts: list[ShadowContext]) -> dict[int, Any]:
+        """Synthesize and store the sets of ``contexts``' models in packs; model id -> (set, record) or its exception.
+
+        A paradigm with a batched synthesis runs each pack as one
+        ``synthesize_pack`` call (the synthesis time is shared evenly); any
+        other runs its models one by one (:meth:`_synthesize`).  Exceptions
+        are kept per model and raised for it by the caller, in its turn.
+        """
+        outcomes: dict[int, Any] = {}
+        if not contexts:
+            return outcomes
+        name = contexts[0].paradigm
+        try:
+            with plugin_errors(name, "packs_synthesis()"):
+                batched = paradigm.packs_synthesis()
+                size = self.pack_size(name, paradigm, contexts[0].model_id)
+        except ModelFailed as exc:  # a plugin's broken pack hooks fail its models, each on its own record
+            return {context.model_id: exc for context in contexts}
+        for first in range(0, len(contexts), size):
+            pack = contexts[first : first + size]
+            if len(pack) == 1 or not batched:
+                for context in pack:
+                    try:
+                        outcomes[context.model_id] = self._synthesize(paradigm, context)
+                    except Exception as exc:  # noqa: BLE001 - raised for its own model by the caller
+                        outcomes[context.model_id] = exc
+                continue
+            privates = [self.private_set(context.model_id) for context in pack]
+            start = time.perf_counter()
+            try:
+                # A batched synthesis draws from each context's generators only; the global RNG is seeded for determinism.
+                with self._seeded_global_rng(f"{name}/synthesize", pack[0].model_id), plugin_errors(name, "synthesize_pack()"):
+                    results = paradigm.synthesize_pack(privates, pack)
+                if not isinstance(results, list) or len(results) != len(pack):
+                    raise ModelFailed(f"paradigm {name!r}: synthesize_pack() returned {type(results).__name__}, not a "
+                                      f"list of {len(pack)} entries (a LabeledSet or an exception per pipeline)")
+            except ModelFailed as exc:  # the whole call failed (a plugin): each of its models fails on its own record
+                outcomes.update({context.model_id: exc for context in pack})
+                continue
+            self._sync()
+            seconds = (time.perf_counter() - start) / len(pack)
+            for context, private, result in zip(pack, privates, results, strict=True):
+                try:
+                    if isinstance(result, Exception):
+                        with plugin_errors(name, "synthesize_pack()"):
+                            raise result
+                    outcomes[context.model_id] = self._store_synthesis(paradigm, result, context, len(private), seconds)
+                except Exception as exc:  # noqa: BLE001 - raised for its own model by the caller
+                    outcomes[context.model_id] = exc
+        return outcomes
+
+    def _store_synthesis(self, paradigm, training_set: Any, context: ShadowContext, private_size: int,
+                         seconds: float) -> tuple[LabeledSet, dict[str, Any]]:
+        """Check a synthesized set, store it and its record (if the paradigm keeps sets); return both."""
+        name, model_id = context.paradigm, context.model_id
         training_set = self._checked_set(training_set, context)
         # Plain strides: a set trained on straight away must match one reloaded from storage.
         training_set = LabeledSet(
@@ -200,8 +323,8 @@ class ShadowTrainer:
         )
         record = {
             "recipe_hash": self.recipe_hashes[name],
-            "synth_seconds": time.perf_counter() - start,
-            "private_size": len(private),
+            "synth_seconds": seconds,
+            "private_size": private_size,
             "info": dict(context.info),
         }
         if paradigm.stores_training_set:
@@ -262,13 +385,31 @@ class ShadowTrainer:
 
     def synthesize(self, paradigm_name: str, model_id: int) -> dict[str, Any]:
         """Synthesis stage only (for the synthesis pool); returns the stored record, or a failure record."""
-        context = self._context(paradigm_name, model_id)
+        return self.synthesize_group(paradigm_name, [model_id])[0]
+
+    def synthesize_group(self, paradigm_name: str, model_ids: list[int]) -> list[dict[str, Any]]:
+        """Synthesis stage of ``model_ids`` in packs (for the synthesis pool): each one's record, or failure record.
+
+        Each record carries its ``model_id``.  A built-in's exception other
+        than :class:`ModelFailed` propagates, as from a single synthesis.
+        """
         try:
             paradigm = make_checked_paradigm(self.config, paradigm_name)
-            stored = self._stored_synthesis(paradigm, context)
-            return (stored or self._synthesize(paradigm, context))[1]
         except ModelFailed as exc:
-            return failure_record(paradigm_name, model_id, exc)
+            return [failure_record(paradigm_name, model_id, exc) for model_id in model_ids]
+        contexts = [self.context(paradigm_name, model_id) for model_id in model_ids]
+        stored = {c.model_id: self._stored_synthesis(paradigm, c) for c in contexts}
+        outcomes = self._synthesize_packs(paradigm, [c for c in contexts if stored[c.model_id] is None])
+        records = []
+        for model_id in model_ids:
+            outcome = stored[model_id] or outcomes[model_id]
+            if isinstance(outcome, ModelFailed):
+                records.append(failure_record(paradigm_name, model_id, outcome))
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                records.append({**outcome[1], "model_id": model_id})
+        return records
 
     def run(self, paradigm_name: str, model_id: int) -> dict[str, Any]:
         """Train, query and store one model; returns its row (see :meth:`run_group`)."""
@@ -291,10 +432,21 @@ class ShadowTrainer:
         except ModelFailed as exc:  # a plugin that cannot be made fails each of its models
             return [failure_record(paradigm_name, model_id, exc) for model_id in model_ids]
         rows, prepared, failed = [], [], []
-        for model_id in model_ids:
-            context = self._context(paradigm_name, model_id)
+        contexts = [self.context(paradigm_name, model_id) for model_id in model_ids]
+        stored = {context.model_id: self._stored_synthesis(paradigm, context) for context in contexts}
+        # Packs for separable paradigms only: one that keeps state from synthesis for train() (DFAD's student)
+        # synthesizes and trains each model in turn, as before packs.
+        separable = paradigm.separable_synthesis
+        outcomes = self._synthesize_packs(paradigm, [c for c in contexts if separable and stored[c.model_id] is None])
+        for context in contexts:
+            model_id = context.model_id
             try:
-                training_set, record = self._stored_synthesis(paradigm, context) or self._synthesize(paradigm, context)
+                outcome = stored[model_id] or outcomes.get(model_id)
+                if outcome is None:
+                    outcome = self._synthesize(paradigm, context)
+                elif isinstance(outcome, Exception):
+                    raise outcome  # this model's own error, in its turn (a built-in's non-ModelFailed propagates)
+                training_set, record = outcome
             except ModelFailed as exc:
                 failed.append(failure_record(paradigm_name, model_id, exc))
                 continue

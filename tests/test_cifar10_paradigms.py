@@ -46,7 +46,8 @@ def test_the_config_loads_with_the_studys_setup():
     mtt = make_paradigm(config, "distill@mtt").options
     assert (mtt.method, mtt.n_experts, mtt.expert_train_epochs, mtt.syn_steps, mtt.iterations) == ("mtt", 100, 50, 30, 5000)
     datm = make_paradigm(config, "distill@datm").options
-    assert (datm.method, datm.syn_steps, datm.initial_max_start_epoch, datm.iterations) == ("datm", 80, 10, 10000)
+    assert (datm.method, datm.syn_steps, datm.initial_max_start_epoch, datm.iterations) == ("datm", 80, 9, 10000)
+    assert (datm.expansion_iterations, datm.experts, datm.loss_threshold, datm.eval_recipe) == (1000, "ftd", 1.0, "published")
     assert make_paradigm(config, "dfkd").options.teacher_arch == "wrn16_4"
     img2img = make_paradigm(config, "diffusion@img2img").options
     assert (img2img.pipeline, img2img.generation, img2img.strength) == ("stable-diffusion", "img2img", 0.5)

@@ -150,13 +150,22 @@ def test_trajectory_options_are_checked():
     assert start_range(mtt, 0) == start_range(mtt, 59) == (0, 6)
 
 
-def test_datm_start_range_rises_at_both_ends():
+def test_datm_start_range_rises_at_the_upper_end_as_the_authors_code():
     options = build_options("distill", {"method": "datm", "iterations": 100, "max_start_epoch": 6})
-    assert (options.initial_max_start_epoch, options.final_min_start_epoch) == (3, 1)
+    assert (options.initial_max_start_epoch, options.final_min_start_epoch) == (3, 0)  # the lower end stays
     ranges = [start_range(options, i) for i in range(100)]
-    assert ranges[0] == (0, 3) and ranges[-1][1] >= 5 and start_range(options, 100) == (1, 6)
+    assert ranges[0] == (0, 3) and ranges[-1][1] >= 5 and start_range(options, 100) == (0, 6)
     # Neighbours: ranges[1:] is one shorter, so the last range pairs with nothing.
     assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(ranges, ranges[1:], strict=False))
+    # The authors' Upper_Bound = current + int((max - current) * it / expansion_end), drawn below it (exclusive):
+    # with their CIFAR-10 ipc-10 values (10, 20, 1000) the inclusive upper end at iteration 250 is 10 + 2 - 1.
+    cifar = build_options("distill", {"method": "datm", "expert_train_epochs": 50, "initial_max_start_epoch": 9,
+                                      "max_start_epoch": 19, "expansion_iterations": 1000, "iterations": 10000})
+    assert start_range(cifar, 250) == (0, 11) and start_range(cifar, 999) == (0, 18)
+    assert start_range(cifar, 1000) == start_range(cifar, 9999) == (0, 19)
+    # The rising lower end of the brief's reading stays available.
+    rising = build_options("distill", {"method": "datm", "iterations": 100, "max_start_epoch": 6, "final_min_start_epoch": 1})
+    assert start_range(rising, 100) == (1, 6)
 
 
 # ------------------------------------------------------- the paradigm, digits

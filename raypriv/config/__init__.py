@@ -24,6 +24,7 @@ from raypriv.config.fields import (
     AuditConfig,
     BudgetConfig,
     DatasetConfig,
+    ExecutionConfig,
     ExperimentConfig,
     LiraConfig,
     ModelConfig,
@@ -43,7 +44,8 @@ from raypriv.config.fields import (
 _LAZY = {"load": "raypriv.config.loading", "from_dict": "raypriv.config.loading", "check_names": "raypriv.config.names"}
 
 __all__ = [
-    "MAX_INT", "MAX_KEEP_ENTRIES", "MAX_MODELS", "AuditConfig", "BudgetConfig", "DatasetConfig", "ExperimentConfig", "LiraConfig",
+    "MAX_INT", "MAX_KEEP_ENTRIES", "MAX_MODELS", "AuditConfig", "BudgetConfig", "DatasetConfig", "ExecutionConfig",
+    "ExperimentConfig", "LiraConfig",
     "ModelConfig", "RayConfig", "RmiaConfig", "ScoringConfig", "TrainConfig", "apply_overrides", "build_dataclass",
     "check_fields", "dump_config", "load_yaml", "parse_config", "read_config_file", *_LAZY,
 ]

@@ -61,6 +61,9 @@ class AuditConfig:
     # How TPR at 0.1% and 1% FPR is read off the ROC curve (raypriv.metrics.TPR_READOUTS), recorded in metrics.json:
     # interpolate (the achievable curve), at-or-below (the last point with FPR <= t), below (FPR < t: the LiRA code's).
     tpr_readout: Literal["interpolate", "at-or-below", "below"] = "interpolate"
+    # Which threat models to score (raypriv.release): "model" (the attacks query the trained model) and "release"
+    # (the attacks read each pipeline's stored synthetic set, for paradigms that store one).  Changes no model.
+    threat_models: list[Literal["model", "release"]] = field(default_factory=lambda: ["model", "release"])
 
 
 @dataclass
@@ -134,6 +137,19 @@ class RayConfig:
 
 
 @dataclass
+class ExecutionConfig:
+    """How a worker groups its pipelines.  Never changes the results, so it stays out of the fingerprints.
+
+    ``pack``: K pipelines of one paradigm synthesized at once by one worker (raypriv.pipeline.resolve_pack).
+    ``auto``: 1 for a paradigm without a batched synthesis; for one with, as many as fit the budget, at most
+    8 on a CPU and 64 on a GPU.  The budget is ``pack_memory_gb`` on a CPU, half the free memory on a GPU.
+    """
+
+    pack: int | Literal["auto"] = "auto"
+    pack_memory_gb: float = 2.0
+
+
+@dataclass
 class ScoringConfig:
     """Where the attacks run (raypriv.scoring.ray_data).  Never changes the results, so it stays out of the fingerprints."""
 
@@ -178,6 +194,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 
@@ -419,6 +436,10 @@ def check_fields(config: ExperimentConfig) -> ExperimentConfig:
     )
     _check_unique(config.paradigms, "paradigms")
     _check_unique(config.queries, "queries")
+    _check_unique(config.audit.threat_models, "audit.threat_models")
+    _require("model" in config.audit.threat_models,
+             f"audit.threat_models={config.audit.threat_models} must include 'model': the release attacks are "
+             "reported beside the model attacks; give [model] or [model, release]")
     if config.attacks is not None:
         _check_unique(config.attacks, "attacks")
     _require(
@@ -469,6 +490,9 @@ def check_fields(config: ExperimentConfig) -> ExperimentConfig:
     _require(r.num_synthesis_workers >= 0, "ray.num_synthesis_workers must be 0 (no separate pool) or more")
     _require(r.synthesis_cpus_per_worker > 0, "ray.synthesis_cpus_per_worker must be positive")
     _require(r.synthesis_gpus_per_worker >= 0, "ray.synthesis_gpus_per_worker must be zero or positive")
+    e = config.execution
+    _require(e.pack == "auto" or e.pack >= 1, "execution.pack must be at least 1 (1: no packs), or auto")
+    _require(e.pack_memory_gb > 0, "execution.pack_memory_gb must be positive (the CPU memory a pack may use)")
     s = config.scoring
     _require(np.isfinite(s.driver_memory_gb) and s.driver_memory_gb > 0, "scoring.driver_memory_gb must be a positive number")
     _require(np.isfinite(s.num_cpus) and s.num_cpus > 0, "scoring.num_cpus must be positive (scoring tasks use CPUs only)")

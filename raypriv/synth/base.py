@@ -46,6 +46,28 @@ classes, NaN, lengths, emptiness), and its ``info`` by
 exception raised by the plugin's ``__init__``, ``synthesize`` or ``train``,
 fails that shadow model only (its last line is reported, the other models
 are stored, a rerun retries it): see :mod:`raypriv.pipeline`.
+
+**Packs** (``execution.pack: K``).  A worker may synthesize K pipelines of
+one paradigm at once.  A paradigm that can do that as one batched
+computation says so with :meth:`Paradigm.packs_synthesis` and implements
+:meth:`Paradigm.synthesize_pack`; every other paradigm runs its pipelines
+one by one inside the pack (correct, no speed-up).  Packs apply to
+paradigms whose synthesis is separable (:attr:`Paradigm.separable_synthesis`);
+one that keeps state for ``train`` synthesizes and trains each model in
+turn.  The contract a batched implementation keeps:
+
+* pipeline p draws only from ``contexts[p]``'s generators (never torch's
+  global one), in the order the single run draws from them, so its set
+  equals the same pipeline run alone up to float32 summation order
+  (1e-5, or 1e-4 where batched kernels sum in another order).  Packing
+  therefore never enters the recipe hash, and a run may mix packed and
+  single models;
+* an error of one pipeline (a degenerate private set) is that pipeline's
+  entry of the returned list, raised as the single run would raise it; the
+  others' sets are returned;
+* :meth:`Paradigm.pack_memory_bytes` estimates one pipeline's working
+  memory, from which the worker sizes ``execution.pack: auto``
+  (:func:`raypriv.pipeline.resolve_pack`).
 """
 
 from __future__ import annotations
@@ -182,6 +204,37 @@ class Paradigm(ABC):
     @abstractmethod
     def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
         """Make the training set of the audited model from ``private``."""
+
+    def packs_synthesis(self) -> bool:
+        """Whether :meth:`synthesize_pack` runs K pipelines as one batched computation (with these options).
+
+        The default is False: a pack then synthesizes its pipelines one by
+        one with :meth:`synthesize`.
+        """
+        return False
+
+    def synthesize_pack(self, privates: list[LabeledSet], contexts: list[ShadowContext]) -> list[LabeledSet | Exception]:
+        """The training sets of K pipelines (``privates[p]`` with ``contexts[p]``), or each one's exception.
+
+        Called only where :meth:`packs_synthesis` is True; see the module
+        docstring for the contract.  This default is the reference: the
+        pipelines one by one, each exception kept as that pipeline's entry.
+        """
+        results: list[LabeledSet | Exception] = []
+        for private, context in zip(privates, contexts, strict=True):
+            try:
+                results.append(self.synthesize(private, context))
+            except Exception as exc:  # noqa: BLE001 - the pipeline's own failure, raised for it by the caller
+                results.append(exc)
+        return results
+
+    def pack_memory_bytes(self, input_shape: tuple[int, ...], num_classes: int, private_size: int) -> int:
+        """An upper estimate of one packed pipeline's working memory in bytes (sizes ``execution.pack: auto``).
+
+        The default: 64 float32 copies of the private set, a generous bound
+        for methods that hold a few activations of it at a time.
+        """
+        return 64 * 4 * private_size * int(np.prod(input_shape))
 
     def training_recipe(self, config: ExperimentConfig) -> TrainConfig | None:
         """The recipe the audited model trains with, or None if the paradigm trains it its own way.

@@ -19,6 +19,10 @@ from typing import Any, Literal
 
 from raypriv.errors import RayprivError
 
+# Field metadata key for an option added to a paradigm after runs were stored: at the value that reproduces what
+# those runs did, it is left out of the recipe hash (raypriv.synth.registry.resolved_options), so they still resume.
+UNHASHED_AT = "unhashed_at"
+
 _CORESET = "paradigm_options.coreset"
 _DPSGD = "paradigm_options.dpsgd"
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from raypriv.config import build_dataclass
 from raypriv.errors import RayprivError
 from raypriv.synth.base import NoOptions, Paradigm
+from raypriv.synth.options import UNHASHED_AT
 
 if TYPE_CHECKING:
     from raypriv.config import ExperimentConfig
@@ -292,5 +293,15 @@ def make_paradigm(config: ExperimentConfig, name: str) -> Paradigm:
 
 
 def resolved_options(config: ExperimentConfig, name: str) -> dict[str, Any]:
-    """Paradigm ``name``'s options with defaults filled in (what its recipe hash covers)."""
-    return dataclasses.asdict(build_options(name, config.paradigm_options.get(name)))
+    """Paradigm ``name``'s options with defaults filled in (what its recipe hash covers).
+
+    A field declared with ``metadata={UNHASHED_AT: value}`` is left out while
+    it equals ``value`` (:data:`raypriv.synth.options.UNHASHED_AT`); any other value enters the
+    hash as usual.
+    """
+    options = build_options(name, config.paradigm_options.get(name))
+    resolved = dataclasses.asdict(options)
+    for option in dataclasses.fields(options):
+        if UNHASHED_AT in option.metadata and resolved[option.name] == option.metadata[UNHASHED_AT]:
+            del resolved[option.name]
+    return resolved

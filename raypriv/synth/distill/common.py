@@ -1,9 +1,12 @@
-"""What the ``distill`` methods share: DSA augmentation, the ConvNet, real batches, initial images.
+"""What the ``distill`` methods share: DSA augmentation, the ConvNet, real batches, initial images, evaluation.
 
 Distribution and gradient matching (:mod:`raypriv.synth.distill.matching`)
 and trajectory matching (:mod:`raypriv.synth.distill.trajectories`) both
 augment with DSA and embed or train with the ConvNet; the paradigm draws its
-real batches and initial images with the helpers at the end.
+real batches and initial images with the helpers after them.
+:func:`train_published` is the papers' evaluation protocol (the authors'
+``evaluate_synset``), with which ``eval_recipe: published`` trains the
+audited model.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from raypriv.errors import RayprivError
+
+if TYPE_CHECKING:
+    from raypriv.training import Normalizer
 
 # ------------------------------------------------------------ DSA augmentation
 #
@@ -266,3 +273,65 @@ def pick_correct_per_class(
             pick_per_class(images, labels, num_classes, ipc, generator, "private")  # raises the usual error
         chosen.append(index[torch.randperm(len(index), generator=generator)[:ipc]])
     return images[torch.cat(chosen).to(images.device)]
+
+
+# ------------------------------------------------------- the papers' evaluation
+#
+# The authors' evaluate_synset (DC, DSA, DM, MTT and DATM share it): SGD with
+# momentum 0.9 (not Nesterov) and weight decay 5e-4, batches of 256, and after
+# epoch E // 2 + 1 (counting from 0) the rate drops tenfold with a fresh
+# optimiser (so the momentum restarts).  Each batch gets DSA with per-image
+# parameters (not siamese: nothing to pair with), in the normalised space the
+# images were distilled in.
+
+PUBLISHED_MOMENTUM = 0.9
+PUBLISHED_WEIGHT_DECAY = 5e-4
+PUBLISHED_BATCH = 256
+PUBLISHED_DECAY = 0.1
+
+
+def published_lr(lr: float, epoch: int, epochs: int) -> float:
+    """The rate of 0-based ``epoch`` of ``epochs``: ``lr`` through epoch ``epochs // 2 + 1``, then ``lr / 10``."""
+    return lr * PUBLISHED_DECAY if epoch > epochs // 2 + 1 else lr
+
+
+def train_published(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    epochs: int,
+    strategy: tuple[str, ...],
+    normalizer: Normalizer,
+    generators: tuple[torch.Generator, torch.Generator],
+    amp: bool = False,
+) -> nn.Module:
+    """Train ``model`` on a distilled set as the papers evaluate one.
+
+    ``x`` (N, C, H, W) in pixel scale on the model's device; ``y`` class ids
+    (N,) or class probabilities (N, K) (DATM's soft labels: soft cross-entropy,
+    as the authors' SoftCrossEntropy on softmax targets).  ``generators`` is
+    the (order, augment) pair; ``strategy`` the DSA transforms (empty: none);
+    ``amp``: bfloat16 autocast on CUDA, as the config's recipe asks.
+    """
+    from raypriv.training import epoch_batches
+
+    order_rng, augment_rng = generators
+    model.train()
+    optimizer = None
+    for epoch in range(epochs):
+        rate = published_lr(lr, epoch, epochs)
+        if optimizer is None or optimizer.param_groups[0]["lr"] != rate:  # a fresh optimiser, as the authors'
+            optimizer = torch.optim.SGD(
+                model.parameters(), lr=rate, momentum=PUBLISHED_MOMENTUM, weight_decay=PUBLISHED_WEIGHT_DECAY
+            )
+        for index in epoch_batches(len(y), PUBLISHED_BATCH, order_rng, x.device):
+            inputs = normalizer(x[index])
+            if strategy:
+                inputs = apply_dsa(inputs, sample_dsa(strategy, len(index), tuple(inputs.shape[-2:]), augment_rng))
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp and x.device.type == "cuda"):
+                loss = F.cross_entropy(model(inputs), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return model

@@ -2,7 +2,8 @@
 
 The private set is condensed into a tiny synthetic set, ``ipc`` learnable
 images per class, and the audited model is trained on that set with the
-standard recipe.  Five published methods (``mtt`` and ``datm``, trajectory
+standard recipe (``mtt`` and ``datm``: the papers' evaluation, ``eval_recipe``).
+Five published methods (``mtt`` and ``datm``, trajectory
 matching, live in :mod:`raypriv.synth.distill.trajectories`, which documents them and
 their differences from the papers; the options and their defaults are in
 :mod:`raypriv.synth.distill.options`):
@@ -52,13 +53,22 @@ instead, BatchNorm handled as in the authors' code (per-class batches in
 train mode for DM, statistics frozen from a mixed real batch for DC/DSA);
 the default learning rates were chosen for ``convnet``.
 
+Packs (``execution.pack``): DM with the ConvNet embedding and ``ipc >= 2``
+runs K pipelines as one batched computation
+(:mod:`raypriv.synth.distill.packed`), each pipeline's set equal to its
+single run's bit for bit on digits; the other methods run one by one in a
+pack.
+
 Differences from the papers, all for a ~10 s CPU budget per model: far fewer
 iterations (300 for DM instead of 20,000; 10 for DC/DSA instead of 1,000),
 ``inner_loop`` 10 instead of 50, real batches of 64 per class instead of 256,
-and one full-batch step per network update in DC/DSA.  The audited model is
-trained with the config's recipe for ``train_epochs`` (default 300) epochs,
-as in the papers' evaluation protocol: ``ipc * classes`` images make one
-batch, so the recipe's 15 epochs would be only 15 steps.
+and one full-batch step per network update in DC/DSA.  With
+``eval_recipe: config`` (the default for dm, dc, dsa) the audited model is trained with the
+config's recipe, not the papers' evaluation protocol, for ``train_epochs``
+(default 300) epochs: ``ipc * classes`` images make one batch, so the
+recipe's 15 epochs would be only 15 steps.  ``eval_recipe: published`` (the
+default for mtt and datm) trains it as the papers evaluate
+(:func:`raypriv.synth.distill.common.train_published`, at the learned step size).
 """
 
 from __future__ import annotations
@@ -86,7 +96,8 @@ from raypriv.synth.distill.common import (
     siamese_augment,
 )
 from raypriv.synth.distill.options import TRAJECTORY_METHODS, DistillOptions
-from raypriv.synth.distill.trajectories import distill_trajectories
+from raypriv.synth.distill.packed import distribution_matching_pack, packable
+from raypriv.synth.distill.trajectories import distill_trajectories, train_at_learned_lr
 
 IMAGE_MOMENTUM = 0.5  # the papers' SGD momentum for the synthetic images
 
@@ -266,32 +277,55 @@ class Distill(Paradigm):
 
         return new_network
 
-    def training_recipe(self, config: ExperimentConfig) -> TrainConfig:
+    def training_recipe(self, config: ExperimentConfig) -> TrainConfig | None:
         """The standard recipe; ``train_epochs`` only changes its epoch count.
 
         The papers evaluate a distilled set by training on it for hundreds of
         epochs (300 to 1000 in the authors' code); the config's epochs, sized
         for the full data, amount to few steps on ``ipc x classes`` images.
+        ``eval_recipe: published``: None, so :meth:`train` trains each model at
+        its own learned step size, one at a time (the ensemble engine trains a
+        group with one shared recipe).
         """
+        if self.options.eval_recipe == "published":
+            return None
         if self.options.train_epochs is None:
             return config.train
         return dataclasses.replace(config.train, epochs=self.options.train_epochs)
 
-    def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
-        options = self.options
+    def train(self, training_set: LabeledSet, context: ShadowContext) -> nn.Module:
+        """The config's recipe, or with ``eval_recipe: published`` the papers' evaluation at the learned step size."""
+        if self.options.eval_recipe == "published":
+            return train_at_learned_lr(training_set, context, self.options)
+        return super().train(training_set, context)
+
+    def _by_class(self, private: LabeledSet, context: ShadowContext) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The private images normalised ``(N, C, H, W)``, and split by class; a RayprivError if one is missing."""
         if len(context.input_shape) != 3:
             raise RayprivError(
                 f"paradigm 'distill' needs image inputs (C, H, W) but the dataset has shape {context.input_shape}"
             )
-        k, ipc = context.num_classes, options.ipc
         real = context.normalizer(private.x)
-        by_class = [real[private.y == c] for c in range(k)]
+        by_class = [real[private.y == c] for c in range(context.num_classes)]
         for c, images in enumerate(by_class):
             if len(images) == 0:
                 raise RayprivError(
                     f"paradigm 'distill' (model {context.model_id}): the private set has no samples of class {c}, "
                     "so there is nothing to match; use a larger private set"
                 )
+        return real, by_class
+
+    def _result(self, syn: torch.Tensor, final_loss: float, context: ShadowContext) -> LabeledSet:
+        """The optimised images (normalised, class-major) as the returned set; the last loss goes to ``info``."""
+        # The matching loss of the last step (a stochastic estimate; DM and DC scales differ).
+        context.info["distill_final_loss"] = final_loss
+        x = context.normalizer.denormalize(syn).clamp(0.0, 1.0).float()
+        y = torch.arange(context.num_classes, device=context.device).repeat_interleave(self.options.ipc)
+        return LabeledSet(x, y)
+
+    def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
+        options = self.options
+        real, by_class = self._by_class(private, context)
 
         # Initialise the synthetic set (normalised space, class-major).
         init_generator = context.generator("init_images")
@@ -302,13 +336,59 @@ class Distill(Paradigm):
         sampler = RealSampler(by_class, context.generator("real_batches"))
         new_network = self._new_network_factory(context, context.generator("networks"))
         match = distribution_matching if options.method == "dm" else gradient_matching
-        syn, final_loss = match(syn, ipc, sampler, new_network, options, context.generator("dsa"))
+        syn, final_loss = match(syn, options.ipc, sampler, new_network, options, context.generator("dsa"))
+        return self._result(syn, final_loss, context)
 
-        # The matching loss of the last step (a stochastic estimate; DM and DC scales differ).
-        context.info["distill_final_loss"] = final_loss
-        x = context.normalizer.denormalize(syn).clamp(0.0, 1.0).float()
-        y = torch.arange(k, device=context.device).repeat_interleave(ipc)
-        return LabeledSet(x, y)
+    # ------------------------------------------------------------ packs
+
+    def packs_synthesis(self) -> bool:
+        """DM with the ConvNet embedding runs packs batched (:mod:`raypriv.synth.distill.packed`); the rest one by one.
+
+        ``dc``/``dsa``, ``mtt``/``datm`` and ``embed_arch: model`` have no
+        batched implementation yet: a pack runs them one by one.
+        """
+        return packable(self.options)
+
+    def synthesize_pack(self, privates: list[LabeledSet], contexts: list[ShadowContext]) -> list[LabeledSet | Exception]:
+        """DM on K private sets at once (:func:`raypriv.synth.distill.packed.distribution_matching_pack`).
+
+        Each pipeline's checks and initial images run alone; a pipeline that
+        fails them gets its exception, the others are matched together.
+        """
+        results: list[LabeledSet | Exception | None] = [None] * len(privates)
+        ready = []  # (index, by_class, initial images)
+        for p, (private, context) in enumerate(zip(privates, contexts, strict=True)):
+            try:
+                real, by_class = self._by_class(private, context)
+                syn = self._initial_images(real, private.y, context, context.generator("init_images"))
+            except Exception as exc:  # noqa: BLE001 - this pipeline's own failure, raised for it by the caller
+                results[p] = exc
+                continue
+            ready.append((p, by_class, syn))
+        if ready:
+            chosen = [contexts[p] for p, _, _ in ready]
+            samplers = [RealSampler(by_class, contexts[p].generator("real_batches")) for p, by_class, _ in ready]
+            syn, losses = distribution_matching_pack(
+                torch.stack([syn for _, _, syn in ready]),
+                self.options.ipc,
+                samplers,
+                [context.generator("networks") for context in chosen],
+                self.options,
+                [context.generator("dsa") for context in chosen],
+                tuple(chosen[0].input_shape),
+            )
+            for (p, _, _), images, loss in zip(ready, syn, losses, strict=True):
+                results[p] = self._result(images, loss, contexts[p])
+        return results  # type: ignore[return-value]
+
+    def pack_memory_bytes(self, input_shape: tuple[int, ...], num_classes: int, private_size: int) -> int:
+        """DM's working memory per pipeline: its private set (normalised copy, per-class split), the real
+        batches and their DSA copies, the synthetic images with their momentum, and the embedding activations
+        of one chunk, ~8 float32 copies each, rounded up generously."""
+        pixels = int(torch.tensor(input_shape).prod())
+        images = 3 * private_size + num_classes * (3 * self.options.batch_real + 8 * self.options.ipc)
+        activations = 8 * num_classes * (self.options.batch_real + self.options.ipc) * self.options.embed_width * pixels
+        return 4 * (images * pixels + activations)
 
     def _initial_images(
         self,

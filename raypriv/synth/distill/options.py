@@ -9,10 +9,11 @@ used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from raypriv.errors import RayprivError
+from raypriv.synth.options import UNHASHED_AT
 
 # Per-method defaults for fields left at None.  The papers run 1,000 (DC/DSA)
 # or 20,000 (DM) iterations on a GPU; these fit ~10 s per model on one CPU
@@ -23,6 +24,10 @@ from raypriv.errors import RayprivError
 DEFAULT_ITERATIONS = {"dm": 300, "dc": 10, "dsa": 10, "mtt": 60, "datm": 60}
 DEFAULT_LR_IMAGE = {"dm": 1.0, "dc": 0.1, "dsa": 0.1, "mtt": 100.0, "datm": 100.0}
 TRAJECTORY_METHODS = ("mtt", "datm")  # trajectory matching (raypriv.synth.distill.trajectories)
+# DATM's loss threshold (the authors' `threshold: 1.0`): an iteration whose matching loss exceeds it changes nothing.
+DATM_LOSS_THRESHOLD = 1.0
+# FTD experts as DATM's buffer_FTD.py trains them: GSAM with adaptive perturbation of radius 2.0 and alpha 0.4.
+FTD_RHO, FTD_ALPHA = 2.0, 0.4
 
 # The DSA transforms raypriv.synth.distill.common implements, and the papers' default strategy (all of them).
 DSA_TRANSFORMS = ("color", "crop", "cutout", "flip", "scale", "rotate")
@@ -49,7 +54,11 @@ class DistillOptions:
     embed_arch: Literal["convnet", "model"] = "convnet"
     embed_width: int = 32  # convnet channels (papers: 128)
     embed_depth: int | None = None  # convnet blocks; None: 3 as the papers, fewer for small images (default_depth)
-    train_epochs: int | None = 300  # None: the config's train.epochs (see Distill.train)
+    train_epochs: int | None = 300  # None: the config's train.epochs (see Distill.train)  [papers: 300 DC/DSA/DM, 1000 MTT/DATM]
+    # How the audited model trains on the distilled set.  published (mtt/datm only, their default): the papers'
+    # evaluation, SGD at the learned step size, momentum 0.9, weight decay 5e-4, x0.1 at half time, DSA
+    # (raypriv.synth.distill.common.train_published).  config: the config's train recipe (default for dm/dc/dsa).
+    eval_recipe: Literal["published", "config"] | None = field(default=None, metadata={UNHASHED_AT: "config"})
     # mtt / datm (the papers' CIFAR-10 ipc-10 values in brackets; defaults: a CPU budget on digits)
     n_experts: int = 2  # expert networks trained on this model's private set [100]
     expert_train_epochs: int = 10  # epochs per expert, parameters kept after each [50]
@@ -61,11 +70,19 @@ class DistillOptions:
     syn_steps: int = 10  # N: differentiable student steps per iteration [MTT 30, DATM 80]
     batch_syn: int | None = None  # synthetic samples per student step; None: all [all]
     lr_lr: float = 1e-5  # SGD rate (momentum 0.5) of the learnable step size [1e-5]
+    # Expert training: sgd (MTT's buffer.py) or ftd (sharpness-aware, DATM's buffer_FTD.py: Du et al., CVPR 2023)
+    experts: Literal["sgd", "ftd"] = field(default="sgd", metadata={UNHASHED_AT: "sgd"})
+    # ftd: perturbation radius (adaptive: scaled by the weights) [2.0]
+    ftd_rho: float = field(default=FTD_RHO, metadata={UNHASHED_AT: FTD_RHO})
+    # ftd: GSAM's share of the gradient component orthogonal to the perturbed one [0.4]
+    ftd_alpha: float = field(default=FTD_ALPHA, metadata={UNHASHED_AT: FTD_ALPHA})
+    # An iteration whose matching loss exceeds this changes nothing; None: never skip.  None: 1.0 for datm, off for mtt
+    loss_threshold: float | None = field(default=None, metadata={UNHASHED_AT: None})
     # datm only: soft-label logits (SGD, momentum 0.9) and sequential generation
     lr_label: float = 2.0  # [2]
-    initial_max_start_epoch: int | None = None  # upper end at the start; None: max_start_epoch // 2 [10]
-    final_min_start_epoch: int | None = None  # lower end at the end; None: initial_max_start_epoch // 2
-    expansion_iterations: int | None = None  # iterations over which the range rises; None: all
+    initial_max_start_epoch: int | None = None  # upper end at the start; None: max_start_epoch // 2 [9: exclusive 10]
+    final_min_start_epoch: int | None = None  # lower end at the end; None: min_start_epoch (fixed, as the authors' code)
+    expansion_iterations: int | None = None  # iterations over which the upper end rises; None: all [1000]
 
     def __post_init__(self) -> None:
         # Fill the method-specific defaults here so the recipe hash covers the values used.
@@ -112,19 +129,33 @@ class DistillOptions:
                 f"give transforms from {list(DSA_TRANSFORMS)} joined by '_' (e.g. {DSA_DEFAULT_STRATEGY!r}), or 'none'",
             )
 
-    def _check_trajectory_options(self) -> None:
+    def _resolve_trajectory_defaults(self) -> None:
+        """Fill the fields whose default depends on the method, so the recipe hash covers the values used."""
         if self.initial_max_start_epoch is None:
             self.initial_max_start_epoch = self.max_start_epoch // 2 if self.method == "datm" else self.max_start_epoch
         if self.final_min_start_epoch is None:
-            self.final_min_start_epoch = self.initial_max_start_epoch // 2 if self.method == "datm" else self.min_start_epoch
+            self.final_min_start_epoch = self.min_start_epoch
+        if self.eval_recipe is None:
+            self.eval_recipe = "published" if self.method in TRAJECTORY_METHODS else "config"
+        if self.loss_threshold is None and self.method == "datm":
+            self.loss_threshold = DATM_LOSS_THRESHOLD
+
+    def _check_trajectory_options(self) -> None:
+        self._resolve_trajectory_defaults()
         if self.method not in TRAJECTORY_METHODS:
+            if self.eval_recipe == "published":
+                raise RayprivError(
+                    f"paradigm_options.distill.eval_recipe='published' is not implemented for method {self.method!r} "
+                    "(only for mtt and datm, whose evaluation uses their learned step size); use eval_recipe: config"
+                )
             return
         for name in ("n_experts", "expert_train_epochs", "expert_batch", "expert_epochs", "syn_steps"):
             if getattr(self, name) < 1:
                 _fail(name, getattr(self, name), "it must be at least 1")
-        for name in ("lr_teacher", "lr_lr", "lr_label"):
+        for name in ("lr_teacher", "lr_lr", "lr_label", "ftd_rho"):
             if not getattr(self, name) > 0:
                 _fail(name, getattr(self, name), "it must be positive")
+        self._check_published_options()
         if self.batch_syn is not None and self.batch_syn < 1:
             _fail("batch_syn", self.batch_syn, "it must be at least 1, or null for the whole synthetic set")
         if self.expansion_iterations is not None and self.expansion_iterations < 1:
@@ -150,6 +181,13 @@ class DistillOptions:
                     "final_min_start_epoch", self.final_min_start_epoch,
                     f"it must lie in min_start_epoch..max_start_epoch ({self.min_start_epoch}..{self.max_start_epoch})",
                 )
+
+    def _check_published_options(self) -> None:
+        """FTD's and DATM's options (the authors' defaults: raypriv.synth.distill.trajectories)."""
+        if not 0 <= self.ftd_alpha <= 1:
+            _fail("ftd_alpha", self.ftd_alpha, "it must lie in 0..1 (0: plain adaptive SAM)")
+        if self.loss_threshold is not None and not self.loss_threshold > 0:
+            _fail("loss_threshold", self.loss_threshold, "it must be positive, or null (datm: 1.0; mtt: never skip)")
 
     @property
     def strategy(self) -> tuple[str, ...]:

@@ -1,8 +1,9 @@
-"""Trajectory matching for ``distill``: methods ``mtt`` and ``datm``.
+"""Trajectory matching for ``distill``: methods ``mtt`` and ``datm``, and the papers' evaluation of their sets.
 
 * ``mtt``  Cazenavette et al., "Dataset Distillation by Matching Training
   Trajectories", CVPR 2022.  ``n_experts`` networks are trained on the
-  private set (plain SGD at ``lr_teacher``) and their flattened parameters
+  private set (plain SGD at ``lr_teacher``, no momentum or weight decay, DSA
+  on each batch: the authors' ``buffer.py``) and their flattened parameters
   are kept after every epoch: the expert trajectories θ*_0 … θ*_E.  Each
   iteration picks an expert and a start epoch t, starts a student at θ*_t,
   takes ``syn_steps`` differentiable SGD steps on minibatches of the
@@ -10,49 +11,93 @@
   images and α to shrink the normalised parameter distance
   ``‖θ̂_N − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²`` (M = ``expert_epochs``).
 * ``datm`` Guo et al., "Towards Lossless Dataset Distillation via
-  Difficulty-Aligned Trajectory Matching", ICLR 2024.  MTT plus (i) soft
-  labels: learnable logits, initialised with an expert's logits on the
-  initial images (with ``init: real``, only private samples that expert
-  classifies correctly are picked, as in the paper), trained by the same
-  loss; the student trains on ``softmax(logits)``; (ii) sequential
-  generation: the range the start epoch is drawn from rises over the
-  optimisation, both ends linearly, from [``min_start_epoch``,
-  ``initial_max_start_epoch``] to [``final_min_start_epoch``,
-  ``max_start_epoch``] over ``expansion_iterations``.
+  Difficulty-Aligned Trajectory Matching", ICLR 2024 (read against the
+  authors' ``distill/DATM.py`` and ``configs/CIFAR-10/ConvIN/IPC10.yaml``).
+  MTT plus (i) soft labels: learnable logits (SGD at ``lr_label``, momentum
+  0.9), initialised per image with the mean logits, at their last epoch, of
+  the experts that classify it correctly (:func:`average_correct_logits`);
+  with ``init: real`` the images are private samples the first expert
+  classifies correctly (``pix_init: samples_predicted_correctly``); the
+  student trains on ``softmax(logits)``; (ii) an iteration whose matching
+  loss exceeds ``loss_threshold`` (1.0) updates nothing; (iii) sequential
+  generation: the upper end of the start-epoch range rises linearly from
+  ``initial_max_start_epoch`` to ``max_start_epoch`` over
+  ``expansion_iterations``, the lower end staying at ``min_start_epoch``.
+* ``experts: ftd``  Du et al., "Minimizing the Accumulated Trajectory Error
+  to Improve Dataset Distillation", CVPR 2023: flat expert trajectories
+  from sharpness-aware training.  Implemented as DATM's ``buffer_FTD.py``
+  trains its experts (GSAM with adaptive perturbation, ρ = ``ftd_rho`` 2.0,
+  α = ``ftd_alpha`` 0.4: :class:`SharpnessAware`); ``sgd`` (MTT's) is the
+  default for both methods.
+* ``eval_recipe: published`` (the default for both): the audited model
+  trains on the distilled set as the authors' ``evaluate_synset`` does, at
+  the learned step size α (:func:`train_at_learned_lr`,
+  :func:`raypriv.synth.distill.common.train_published`): SGD, momentum 0.9,
+  weight decay 5e-4, batches of 256, ×0.1 (with a fresh optimiser) after
+  epoch ``train_epochs // 2 + 1``, DSA on each batch.  Each model has its own
+  α, so these models train one at a time (no shared recipe for the ensemble
+  engine).  ``eval_recipe: config`` trains with the config's recipe instead.
 
 Everything runs on this shadow model's private set only: the experts are
 trained here, per model, and their trajectories stay in memory (or, above
 :data:`MEMORY_LIMIT_BYTES`, in a private temporary directory removed at the
 end); nothing is shared between models.
 
-Differences from the papers (see also :mod:`raypriv.synth.distill.matching`):
+Departures from the papers and the authors' code (see also
+:mod:`raypriv.synth.distill.matching`):
 
 * No ZCA whitening: images live in the normaliser's space (the papers whiten
   CIFAR).  The images' learning rate is therefore not the papers' (1,000 in
-  ZCA space for CIFAR-10, ipc 10).
+  ZCA space for MTT on CIFAR-10 at ipc 10, 100 for DATM).
 * The start epoch is drawn from ``min_start_epoch..max_start_epoch``
-  *inclusive*; the authors' code draws from ``[0, max_start_epoch)``, so
-  their 20 is our 19.
-* Defaults are a CPU budget on 8x8 digits (a few experts, ~10 epochs, 150
-  iterations of 10 student steps instead of 100 experts, 50 epochs and
-  5,000 iterations of 30–80 steps); ``jobs/configs/cifar10-paradigms.yaml``
-  sets the papers' budgets.
-* Experts are trained without momentum or weight decay as in the MTT code,
-  with DSA augmentation on each batch when ``dsa_strategy`` is not "none".
-* DATM: the lower end of the start range rising is the brief's reading of
-  sequential generation (the released code keeps it fixed: set
-  ``final_min_start_epoch`` equal to ``min_start_epoch``).  With ``init:
-  noise`` or ``public`` there is no correct-classification filter (nothing
-  private to choose from).  DATM's soft-label temperature and learnable-label
-  warm-up are not used.
+  *inclusive*; the authors' code draws below an exclusive bound, so their
+  ``max_start_epoch`` 20 is our 19 and DATM's ``current_max_start_epoch`` 10
+  our ``initial_max_start_epoch`` 9.
+* Defaults are a CPU budget on small images (2 experts of 10 epochs, 60
+  iterations of 10 student steps, ConvNet width 32 with fewer blocks on
+  8x8 images, evaluation for 300 epochs, instead of 100 experts of 50
+  epochs, 5,000 / 10,000 iterations of 30 / 80 steps, width 128, 1,000
+  evaluation epochs); ``jobs/configs/cifar10-paradigms.yaml`` sets the
+  papers' budgets.
+* Each iteration draws its expert uniformly at random; the authors walk a
+  shuffled list of experts (file by file) without replacement.  raypriv runs
+  ``iterations`` updates; their loop runs ``Iteration + 1``.
+* The audited model is the config's architecture (``model.arch``, its own
+  initialisation), not the ConvNet the papers evaluate on; α was learned
+  for the ConvNet student, as in the papers' cross-architecture tables.  One
+  model per shadow pipeline, where the papers average 5 evaluations.
+* The published evaluation runs ``train_epochs`` epochs; the authors' loop
+  runs ``epoch_eval_train + 1`` (the decay epoch is theirs).  Like every
+  raypriv training it drops a trailing batch of one image.  A learned α that
+  is not a positive number fails that model (the authors would train at it).
+* DSA is raypriv's implementation (:mod:`raypriv.synth.distill.common`) with
+  the authors' ranges; its random draws are not theirs.
+* DATM's initial images: ``ipc`` random private samples of the class that
+  the first expert classifies correctly, all of the class's samples where
+  fewer are; the authors scan the class in batches and move on to other
+  experts when short.  An image no expert classifies correctly starts from
+  the mean logits of all experts (the authors' code divides by zero).  With
+  ``init: noise`` or ``public`` there is no correct-classification filter
+  (nothing private to choose from) and the labels follow the same averaged
+  rule (the authors' code initialises no labels for noise).
+* FTD: only the sharpness-aware expert training is implemented, with
+  GSAM's constant ρ as DATM's buffer (its rho scheduler is constant there);
+  the FTD authors' own code was not read.  BatchNorm running statistics are
+  left alone in the perturbed pass, as in GSAM's code.
+* ``datm`` does not default to FTD experts (the authors' CIFAR buffers are
+  FTD): they cost two passes per batch; the CIFAR-10 config sets them.
 """
+
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -60,7 +105,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from raypriv.synth.distill.common import apply_dsa, sample_dsa
+from raypriv.errors import ModelFailed
+from raypriv.seeding import torch_generator
+from raypriv.synth.base import LabeledSet, ShadowContext
+from raypriv.synth.distill.common import apply_dsa, sample_dsa, train_published
 
 # Trajectories larger than this (all experts together) go to a per-model temporary directory.
 MEMORY_LIMIT_BYTES = 512 * 2**20
@@ -150,6 +198,66 @@ def _augment(x: torch.Tensor, strategy: tuple[str, ...], generator: torch.Genera
     return apply_dsa(x, sample_dsa(strategy, len(x), tuple(x.shape[-2:]), generator))
 
 
+@dataclass
+class SharpnessAware:
+    """FTD's expert update (DATM's ``buffer_FTD.py``: GSAM, Zhuang et al. 2022, with adaptive perturbation).
+
+    With g = ∇L(w): the perturbation e = ρ w² ⊙ g / ‖|w| ⊙ g‖ (element-wise),
+    g_p = ∇L(w + e) on the same batch, and the update direction
+    d = g_p − α (g − cos(g, g_p) ‖g‖ g_p / ‖g_p‖), the part of g orthogonal to
+    g_p scaled by α and subtracted; the SGD step then uses d at w.
+    """
+
+    rho: float
+    alpha: float
+    eps: float = 1e-12  # the authors' perturb_eps
+
+    def direction(self, params: list[torch.Tensor], loss_at: Callable[[bool], torch.Tensor]) -> list[torch.Tensor]:
+        """d at the current ``params`` (left unchanged); ``loss_at(perturbed)`` evaluates the batch loss at them."""
+        grads = torch.autograd.grad(loss_at(False), params)
+        norm = torch.stack([(p.detach().abs() * g).norm() for p, g in zip(params, grads, strict=True)]).norm()
+        scale = self.rho / (norm + self.eps)
+        shifts = [g * scale * p.detach().pow(2) for p, g in zip(params, grads, strict=True)]
+        with torch.no_grad():
+            for p, e in zip(params, shifts, strict=True):
+                p.add_(e)
+        try:
+            perturbed = torch.autograd.grad(loss_at(True), params)
+        finally:
+            with torch.no_grad():
+                for p, e in zip(params, shifts, strict=True):
+                    p.sub_(e)
+        g_norm = torch.stack([g.norm() for g in grads]).norm()
+        p_norm = torch.stack([g.norm() for g in perturbed]).norm()
+        inner = sum((g * h).sum() for g, h in zip(grads, perturbed, strict=True))
+        cosine = inner / (p_norm * g_norm + self.eps)
+        return [
+            h - self.alpha * (g - cosine * g_norm * h / (p_norm + self.eps)) for g, h in zip(grads, perturbed, strict=True)
+        ]
+
+
+@contextmanager
+def frozen_running_stats(net: nn.Module):
+    """BatchNorm running statistics left as they are (the authors' second, perturbed pass sets momentum 0)."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
+
+
+def _batch_loss(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, perturbed: bool) -> torch.Tensor:
+    """Cross-entropy of one batch; the perturbed pass leaves BatchNorm statistics alone (as the authors')."""
+    if not perturbed:
+        return F.cross_entropy(net(inputs), targets)
+    with frozen_running_stats(net):
+        return F.cross_entropy(net(inputs), targets)
+
+
 def train_expert(
     net: nn.Module,
     layout: ParameterLayout,
@@ -160,17 +268,27 @@ def train_expert(
     batch_size: int,
     strategy: tuple[str, ...],
     generator: torch.Generator,
+    sharpness: SharpnessAware | None = None,
 ) -> torch.Tensor:
-    """Train ``net`` on (x, y) with plain SGD; returns its flat parameters before and after each epoch."""
+    """Train ``net`` on (x, y) with plain SGD, or FTD's sharpness-aware steps when ``sharpness`` is given.
+
+    Returns its flat parameters before and after each epoch, shape (epochs + 1, parameters).
+    """
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    params = [p for p in net.parameters() if p.requires_grad]
     snapshots = [layout.flatten(net)]
     net.train()
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=generator).to(x.device)
         for batch in order.split(batch_size):
-            loss = F.cross_entropy(net(_augment(x[batch], strategy, generator)), y[batch])
+            inputs = _augment(x[batch], strategy, generator)  # one draw: both of FTD's passes see the same batch
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if sharpness is None:
+                F.cross_entropy(net(inputs), y[batch]).backward()
+            else:
+                directions = sharpness.direction(params, partial(_batch_loss, net, inputs, y[batch]))
+                for p, d in zip(params, directions, strict=True):
+                    p.grad = d
             optimizer.step()
         snapshots.append(layout.flatten(net))
     return torch.stack(snapshots)
@@ -243,7 +361,9 @@ def trajectory_matching(
     """Optimise the images (and, for DATM, the label logits) and the step size.
 
     Returns the images, the logits (None for MTT), the learned step size and
-    the matching loss of every iteration.
+    the matching loss of every iteration.  An iteration whose loss exceeds
+    ``options.loss_threshold`` (DATM's 1.0) updates nothing, optimiser
+    momentum included, as in the authors' code.
     """
     syn = syn.detach().clone().requires_grad_(True)
     syn_lr = torch.tensor(float(options.lr_teacher), device=syn.device).requires_grad_(True)
@@ -265,14 +385,46 @@ def trajectory_matching(
             student, layout, trajectory[t], trajectory[t + options.expert_epochs], syn, targets, syn_lr,
             options.syn_steps, options.batch_syn, options.strategy, augment_generator,
         )
+        losses.append(loss.detach())
+        if options.loss_threshold is not None and float(loss.detach()) > options.loss_threshold:
+            continue  # DATM: a start epoch the synthetic set cannot reach yet would only add noise
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for optimizer in optimizers:
             optimizer.step()
-        losses.append(loss.detach())
     out_logits = None if label_logits is None else label_logits.detach()
     return syn.detach(), out_logits, float(syn_lr.detach()), torch.stack(losses).tolist() if losses else []
+
+
+def average_correct_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """DATM's soft-label initialisation: per image, the mean logits of the experts that classify it correctly.
+
+    ``logits`` (experts, N, K), ``labels`` (N,) class ids; returns (N, K).
+    An image no expert classifies correctly gets the mean over all experts
+    (the authors' code divides by zero there).
+    """
+    correct = (logits.argmax(2) == labels[None]).to(logits.dtype)  # (experts, N)
+    counts = correct.sum(0)  # (N,)
+    averaged = (logits * correct[:, :, None]).sum(0) / counts.clamp_min(1)[:, None]
+    return torch.where((counts > 0)[:, None], averaged, logits.mean(0))
+
+
+def expert_logits(
+    student: nn.Module, layout: ParameterLayout, buffer: TrajectoryBuffer, images: torch.Tensor
+) -> torch.Tensor:
+    """Every expert's logits at its last epoch on ``images`` (N, C, H, W): shape (experts, N, K).
+
+    The student network is in train mode: trajectories keep parameters only, not
+    BatchNorm running statistics (the default ConvNet's instance norm is the same
+    in either mode).
+    """
+    student.train()
+    with torch.no_grad():
+        return torch.stack(
+            [functional_call(student, layout.unflatten(buffer.get(e, images.device)[-1]), (images,)).float()
+             for e in range(len(buffer))]
+        )
 
 
 def distill_trajectories(
@@ -295,35 +447,33 @@ def distill_trajectories(
     layout = ParameterLayout.of(student)
     n_params = sum(layout.sizes)
     expert_generator = streams("experts")
+    sharpness = SharpnessAware(options.ftd_rho, options.ftd_alpha) if options.experts == "ftd" else None
     with TrajectoryBuffer(options.n_experts, options.expert_train_epochs + 1, n_params) as buffer:
-        last_expert = None
         for _ in range(options.n_experts):
-            last_expert = new_network()
             buffer.append(
                 train_expert(
-                    last_expert, layout, real, y, options.expert_train_epochs, options.lr_teacher,
-                    options.expert_batch, options.strategy, expert_generator,
+                    new_network(), layout, real, y, options.expert_train_epochs, options.lr_teacher,
+                    options.expert_batch, options.strategy, expert_generator, sharpness,
                 )
             )
         datm = options.method == "datm"
-        # DATM: the authors label with (and filter by) the first expert at its last epoch.
+        # DATM picks the initial images with the first expert at its last epoch (samples_predicted_correctly).
         teacher = None
         if datm:
             teacher = new_network()
             teacher.load_state_dict({**teacher.state_dict(), **layout.unflatten(buffer.get(0, real.device)[-1])})
-            # Batch statistics: trajectories keep parameters only, not BatchNorm running statistics
-            # (the default ConvNet's instance norm is the same in either mode).
-            teacher.train()
+            teacher.train()  # batch statistics, as expert_logits explains
         syn, syn_y = init_images(teacher)
         logits = None
-        if datm:
-            with torch.no_grad():
-                logits = teacher(syn).float()
+        if datm:  # and labels them with the mean logits of the experts that classify each image correctly
+            logits = average_correct_logits(expert_logits(student, layout, buffer, syn), syn_y)
             info["distill_label_init_agreement"] = float((logits.argmax(1) == syn_y).float().mean())
         syn, logits, lr, losses = trajectory_matching(
             syn, syn_y, logits, buffer, student, layout, options, streams("matching"), streams("dsa")
         )
     info["distill_learned_lr"] = lr
+    if options.loss_threshold is not None:
+        info["distill_skipped_iterations"] = sum(loss > options.loss_threshold for loss in losses)
     if losses:
         tail = max(1, len(losses) // 10)
         info["distill_loss_first"] = sum(losses[:tail]) / tail
@@ -331,3 +481,29 @@ def distill_trajectories(
         info["distill_final_loss"] = losses[-1]
     labels = syn_y if logits is None else F.softmax(logits, dim=1).float()
     return syn, labels
+
+
+def train_at_learned_lr(training_set: LabeledSet, context: ShadowContext, options: Any) -> nn.Module:
+    """``eval_recipe: published``: the audited model trained as the papers evaluate, at the learned step size.
+
+    :func:`~raypriv.synth.distill.common.train_published` for ``train_epochs``
+    (None: the config's ``train.epochs``) with the method's DSA strategy, the
+    audited architecture and initialisation, and the data order and
+    augmentation streams every paradigm's training uses.  A step size that is
+    not a positive number fails this model (:class:`ModelFailed`).
+    """
+    lr = context.info.get("distill_learned_lr")
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ModelFailed(
+            f"distill {options.method} (model {context.model_id}): the learned step size is {lr!r}, so the "
+            "published evaluation cannot train at it; lower lr_lr, or set eval_recipe: config"
+        )
+    epochs = options.train_epochs or context.config.train.epochs
+    generators = (
+        torch_generator(context.seed, "order", context.model_id),
+        torch_generator(context.seed, "augment", context.model_id),
+    )
+    return train_published(
+        context.build_model(), training_set.x, training_set.y, float(lr), epochs, options.strategy,
+        context.normalizer, generators, context.config.train.amp,
+    )
