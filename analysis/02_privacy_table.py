@@ -67,6 +67,8 @@ rows = []
 for paradigm, frame in scores.groupby("paradigm", sort=False):
     info = metrics[paradigm].info  # what the paradigm reported: DP's accounted epsilon and delta
     for attack in attacks:
+        if frame[attack].isna().all():  # a release attack on a paradigm that releases no set: null in scores.parquet
+            continue
         is_in, score = matrices(frame, attack)
         point, _ = roc_metrics(is_in, score)
         boot = bootstrap_roc_metrics(is_in, score, bootstrap_weights(is_in.shape[1], N_BOOT, rng))

@@ -1,7 +1,8 @@
 """The Python API for notebooks and scripts: ``raypriv.audit(config, **overrides)`` and ``raypriv.load_run(dir)``.
 
 Both return one :class:`raypriv.reader.Run`: ``.metrics`` (a tidy
-DataFrame: paradigm, attack, metric, value, ci_low, ci_high), ``.results``
+DataFrame: paradigm, attack, threat_model (``model`` or ``release``), metric,
+value, ci_low, ci_high), ``.results``
 (typed, per paradigm), ``.models``, ``.keep``, ``.config``, ``.scores()``
 (read on demand) and ``.report(path)``.  Bad input raises
 :class:`raypriv.errors.RayprivError` with the same message the CLI prints.

@@ -206,7 +206,7 @@ def _audit_locked(config: ExperimentConfig, run: RunDirectory, use_ray: bool, sh
         keep_block=config.budget.round if until_decided else None,
     )
     plan = ScoringPlan.from_config(config, split, recipe_hashes=fingerprints.recipes, store_uri=run.store.uri,
-                                   show_progress=show_progress)
+                                   show_progress=show_progress, dataset=dataset)
     if until_decided and plan.backend != "local":
         raise RayprivError(
             f"budget.until: decided rescores between rounds in this process, but scoring.backend resolves to "

@@ -112,7 +112,7 @@ class Run:
 
     @property
     def metrics(self) -> pd.DataFrame:
-        """Columns paradigm, attack, metric, value, ci_low, ci_high (:func:`raypriv.summary.tidy_metrics`)."""
+        """Columns paradigm, attack, threat_model, metric, value, ci_low, ci_high (:func:`raypriv.summary.tidy_metrics`)."""
         from raypriv.summary import tidy_metrics
 
         return tidy_metrics(self.results)

@@ -23,6 +23,7 @@ from raypriv.metrics import LOW_FPRS
 
 # metrics.json's one-run ε bounds (raypriv.epsilon): the loss attack's entry only; absent (None) elsewhere.
 ONE_RUN_FIELDS = ("eps_one_run", "gdp_mu_bound", "eps_gdp_bound")
+THREAT_MODELS = ("model", "release")  # an attack queries the trained model, or reads the released synthetic set
 # metrics.json's per-paradigm numbers that come from the model rows; every other key but "info" is an attack.
 PARADIGM_FIELDS = ("test_acc", "test_acc_std", "n_models", "synth_seconds_mean", "train_seconds_mean")
 
@@ -42,6 +43,10 @@ class AttackMetrics:
     (:data:`raypriv.metrics.TPR_READOUTS`), or None in a metrics.json from
     before it was recorded (2026-12-05), which was read by linear
     interpolation (:attr:`readout`); None is written back as absent.
+    ``threat_model``: ``"model"`` (the attack queries the trained model) or
+    ``"release"`` (it reads the released synthetic set, :mod:`raypriv.release`);
+    metrics.json stores it for release attacks only, so an entry without it
+    (every file written before 2026-12-05) reads as ``"model"``.
     """
 
     auc: float
@@ -55,6 +60,11 @@ class AttackMetrics:
     eps_one_run: float | None = None
     gdp_mu_bound: float | None = None
     eps_gdp_bound: float | None = None
+    threat_model: str = "model"
+
+    def __post_init__(self) -> None:
+        if self.threat_model not in THREAT_MODELS:
+            raise RayprivError(f"threat_model={self.threat_model!r} is not known; choose one of {list(THREAT_MODELS)}")
 
     @property
     def readout(self) -> str:
@@ -81,14 +91,22 @@ class AttackMetrics:
             **self.extra,
             **({"tpr_readout": self.tpr_readout} if self.tpr_readout is not None else {}),
             **{name: value for name in ONE_RUN_FIELDS if (value := getattr(self, name)) is not None},
+            **({"threat_model": self.threat_model} if self.threat_model != "model" else {}),
         }
+
+    def with_threat_model(self, threat_model: str) -> AttackMetrics:
+        """These metrics marked as measured under ``threat_model``."""
+        from dataclasses import replace
+
+        return replace(self, threat_model=threat_model)
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any], where: str = "metrics.json") -> AttackMetrics:
         if not isinstance(raw, Mapping):
             raise RayprivError(f"{where}: an attack entry is {type(raw).__name__}, not a mapping; rerun the audit to rescore")
         try:
-            known = {"auc", "balanced_acc", "n_in", "n_out", "eps_lower_bound", "tpr_readout", *LOW_FPRS, *ONE_RUN_FIELDS}
+            known = {"auc", "balanced_acc", "n_in", "n_out", "eps_lower_bound", "tpr_readout", "threat_model", *LOW_FPRS,
+                     *ONE_RUN_FIELDS}
             return cls(
                 auc=float(raw["auc"]),
                 balanced_acc=float(raw["balanced_acc"]),
@@ -99,6 +117,7 @@ class AttackMetrics:
                 extra={key: float(value) for key, value in raw.items() if key not in known},
                 tpr_readout=None if raw.get("tpr_readout") is None else str(raw["tpr_readout"]),
                 **{name: None if raw.get(name) is None else float(raw[name]) for name in ONE_RUN_FIELDS},
+                threat_model=str(raw.get("threat_model", "model")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RayprivError(f"{where}: an attack entry is malformed ({exc!r}); rerun the audit to rescore") from None

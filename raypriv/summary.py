@@ -38,7 +38,11 @@ TIDY_METRICS = ("auc", "tpr@0.1%fpr", "tpr@1%fpr", "balanced_acc", "eps_lower_bo
 
 
 def tidy_metrics(metrics: Mapping[str, ParadigmMetrics]) -> pd.DataFrame:
-    """The metrics as one row per (paradigm, attack, metric): columns paradigm, attack, metric, value, ci_low, ci_high.
+    """The metrics as one row per (paradigm, attack, metric): columns paradigm, attack, threat_model, metric, value,
+    ci_low, ci_high.
+
+    ``threat_model``: ``model`` or ``release`` (:mod:`raypriv.release`) for
+    an attack's rows, None for the per-paradigm numbers.
 
     TPR rows carry the 95% Clopper-Pearson interval of the TPR count on the
     attack's IN pairs (:func:`raypriv.metrics.tpr_interval`: pairs treated as
@@ -53,14 +57,14 @@ def tidy_metrics(metrics: Mapping[str, ParadigmMetrics]) -> pd.DataFrame:
     rows = []
     for paradigm, entry in metrics.items():
         scalars = {"test_acc": entry.test_acc, "test_acc_std": entry.test_acc_std, "n_models": entry.n_models, **entry.info}
-        rows += [(paradigm, None, name, float(value), nan, nan) for name, value in scalars.items()
+        rows += [(paradigm, None, None, name, float(value), nan, nan) for name, value in scalars.items()
                  if not isinstance(value, str)]  # a reported string (the accountant) is no metric
         for attack, result in entry.attacks.items():
             for name in TIDY_METRICS:
                 value = result.value(name)
                 low, high = tpr_interval(value, result.n_in) if name.startswith("tpr@") else (nan, nan)
-                rows.append((paradigm, attack, name, value, low, high))
-    return pd.DataFrame(rows, columns=["paradigm", "attack", "metric", "value", "ci_low", "ci_high"])
+                rows.append((paradigm, attack, result.threat_model, name, value, low, high))
+    return pd.DataFrame(rows, columns=["paradigm", "attack", "threat_model", "metric", "value", "ci_low", "ci_high"])
 
 
 def format_summary(config: ExperimentConfig, metrics: Mapping[str, ParadigmMetrics], models: pd.DataFrame,

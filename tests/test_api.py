@@ -67,7 +67,7 @@ def test_load_run_gives_the_same_result(notebook):
 @pytest.mark.slow
 def test_tidy_metrics_and_their_intervals(notebook):
     metrics = notebook[1]["result"].metrics
-    assert list(metrics.columns) == ["paradigm", "attack", "metric", "value", "ci_low", "ci_high"]
+    assert list(metrics.columns) == ["paradigm", "attack", "threat_model", "metric", "value", "ci_low", "ci_high"]
     result = notebook[1]["result"]
     typed = result.results
     assert list(typed) == ["real", "external"]

@@ -224,7 +224,8 @@ def test_report_files_are_self_contained_and_hold_every_section(written):
     assert not re.search(r"""(src|href)=["'](?!data:)""", html), "the HTML must not load anything"
     assert "<script" not in html and "<link" not in html
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == 5  # ROC, privacy-utility, score histograms, two neighbour grids
+    # ROC, privacy-utility, score histograms, two neighbour grids; the release threat's ROC and coreset's release grid
+    assert len(images) == 7
     for data in images:
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
     for section in ("Verdicts", "Privacy, utility, cost", "Paired comparisons", "All attacks", "Cost",
@@ -232,7 +233,9 @@ def test_report_files_are_self_contained_and_hold_every_section(written):
         assert section in html and section in markdown
     for line in ("**real**: too few models to conclude", "**coreset**: too few models to conclude", "| real vs coreset |"):
         assert line in markdown
-    for name in ("roc.png", "privacy_utility.png", "scores.png", "vulnerable-real.png", "vulnerable-coreset.png"):
+    assert "**real, release threat**: releases no synthetic set" in markdown
+    for name in ("roc.png", "privacy_utility.png", "scores.png", "vulnerable-real.png", "vulnerable-coreset.png",
+                 "release_roc.png", "release_vulnerable-coreset.png"):
         assert (written / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in markdown
     verdicts = markdown.split("## Verdicts")[1].split("## Privacy")[0]
     assert "private" not in verdicts
@@ -329,7 +332,7 @@ def test_cli_report_errors_name_the_problem(small_run, capsys, tmp_path):
                     "the manual check is in analysis/README.md")
 def test_report_renders_in_chromium_with_every_image_loaded_and_nothing_overflowing(written):
     wide = browser_check(str(written / "report.html"), width=1280)
-    assert len(wide["images"]) == 5 and all(image["loaded"] for image in wide["images"]), wide["images"]
+    assert len(wide["images"]) == 7 and all(image["loaded"] for image in wide["images"]), wide["images"]
     assert wide["pageWidth"] <= wide["width"] and not wide["overflowing"], wide
     assert not wide["scrolled"], f"tables need scrolling at 1280 px: {wide['scrolled']}"
     assert not wide["overlaps"], wide["overlaps"]

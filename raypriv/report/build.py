@@ -26,10 +26,12 @@ from raypriv.metrics import (
     bootstrap_weights,
     paired_bootstrap_difference,
     percentile_interval,
+    roc_metrics,
     tpr_interval,
 )
-from raypriv.report.figures import headline_figures, neighbour_figure, png_bytes
-from raypriv.report.results import Comparison, FinishedRun, ParadigmResult, Report
+from raypriv.release import release_headline_order
+from raypriv.report.figures import headline_figures, neighbour_figure, png_bytes, roc_figure
+from raypriv.report.results import Comparison, FinishedRun, ParadigmResult, ReleaseView, Report
 from raypriv.report.samples import TOP_SAMPLES, nearest_neighbours, vulnerable_samples
 from raypriv.report.verdicts import (
     FrontierArm,
@@ -151,12 +153,15 @@ def choose_attack(results: list[ParadigmResult]) -> str:
     return next((a for a in headline_order() if a in common), common[0])
 
 
-def _evidence(result: ParadigmResult, attack: str) -> VerdictInput:
+def _evidence(result: ParadigmResult, attack: str, bootstrap: dict[str, np.ndarray] | None = None) -> VerdictInput:
+    """The verdict's input for ``attack`` on ``result``: its TPR levels with the bootstrap's intervals
+    (``bootstrap``, default the headline attack's ``result.bootstrap``), else Clopper–Pearson's."""
     metrics = result.entry.attacks[attack]
+    bootstrap = result.bootstrap if bootstrap is None else bootstrap
     levels = []
     for key, fpr in LOW_FPRS.items():
-        if result.bootstrap:
-            low, high = percentile_interval(result.bootstrap[key])
+        if bootstrap:
+            low, high = percentile_interval(bootstrap[key])
         else:
             low, high = tpr_interval(metrics[key], metrics["n_in"])
         levels.append(LevelEvidence(fpr, metrics[key], low, high))
@@ -225,7 +230,9 @@ def build_report(
     comparisons, skipped = _comparisons(results, attack, compare)
     histogram_attack = next((a for a in HISTOGRAM_PREFERENCE if all(a in r.scores for r in results)), attack)
     figures = headline_figures(results, attack, histogram_attack)
-    vulnerable, notes = _vulnerable(results, attack, top, load_images, figures)
+    datasets: dict[str, Any] = {}
+    vulnerable, notes = _vulnerable(results, attack, top, load_images, figures, datasets)
+    _release_views(results, attack, weights, top, figures, notes, datasets)
     return Report(runs, results, attack, histogram_attack, n_boot, comparisons, skipped, vulnerable, figures, notes)
 
 
@@ -329,17 +336,51 @@ def _comparisons(
     return comparisons, skipped
 
 
+def release_attack_of(result: ParadigmResult) -> str | None:
+    """The paradigm's headline release attack (fixed order, :func:`raypriv.release.release_headline_order`), or None
+    when it has no release attack (it releases no synthetic set)."""
+    attacks = result.entry.attacks
+    return next((a for a in release_headline_order() if a in attacks and attacks[a].threat_model == "release"), None)
+
+
+def _release_views(results: list[ParadigmResult], attack: str, weights: dict[int, np.ndarray], top: int,
+                   figures: dict[str, bytes], notes: dict[str, str], datasets: dict[str, Any]) -> None:
+    """Each releasing paradigm's :class:`ReleaseView` (set on the result), the model-vs-release ROC figure
+    (``release_roc``) and, for images, the release attack's vulnerable samples beside their nearest synthetic record
+    (``release_vulnerable:<label>``).  ``attack``: the report's (model) headline attack, drawn beside."""
+    panels = {}
+    for result in results:
+        release = release_attack_of(result)
+        if release is None:
+            continue
+        bootstrap = bootstrap_roc_metrics(result.is_in, result.scores[release], weights[result.is_in.shape[1]])
+        kind, text = verdict(_evidence(result, release, bootstrap))
+        frame = vulnerable_samples(result, release, top)
+        dataset = datasets.get(result.run.uri)
+        if dataset is not None and dataset.is_image:
+            frame, images, note = nearest_neighbours(result, frame, dataset)
+            notes[f"release_neighbours:{result.label}"] = note
+            figures[f"release_vulnerable:{result.label}"] = png_bytes(neighbour_figure(frame, dataset, images))
+        result.release = ReleaseView(release, bootstrap, kind, text, frame)
+        panels[result.label] = {f"model: {attack}": roc_metrics(result.is_in, result.scores[attack])[1],
+                                f"release: {release}": roc_metrics(result.is_in, result.scores[release])[1]}
+    if panels:
+        figures["release_roc"] = png_bytes(roc_figure(panels, "model threat vs release threat"))
+
+
 def _vulnerable(
-    results: list[ParadigmResult], attack: str, top: int, load_images: bool, figures: dict[str, bytes]
+    results: list[ParadigmResult], attack: str, top: int, load_images: bool, figures: dict[str, bytes],
+    datasets: dict[str, Any] | None = None,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """Each paradigm's most vulnerable samples, with their nearest neighbours where the dataset is images.
 
     Adds each neighbour figure to ``figures``; returns the frames by label and
     the notes on what was searched (or why no dataset was loaded).
+    ``datasets``: filled with each run's loaded dataset (or None), by uri.
     """
     notes: dict[str, str] = {}
     vulnerable: dict[str, pd.DataFrame] = {}
-    datasets: dict[str, Any] = {}
+    datasets = {} if datasets is None else datasets
     for result in results:
         frame = vulnerable_samples(result, attack, top)
         dataset = None

@@ -17,10 +17,12 @@ from html import escape
 
 from raypriv.report.build import Report
 from raypriv.report.tables import (
+    NO_RELEASE,
     attack_rows,
     comparison_note,
     comparison_rows,
     cost_rows,
+    release_rows,
     runs_lines,
     summary_footnote,
     summary_rows,
@@ -205,6 +207,46 @@ def _vulnerable_section(report: Report, label: str) -> Section:
     return Section(label, tuple(blocks), level=3)
 
 
+def _release_section(report: Report) -> Section | None:
+    """Model threat against release threat, per paradigm: the two-column table, both verdicts, both ROC curves and the
+    release attack's most vulnerable samples beside their nearest synthetic record; None when nothing is released."""
+    released = [r for r in report.results if r.release is not None]
+    if not released:
+        return None
+    intro = Paragraph((
+        "The same shadow pipelines, the same keep matrix, two attackers: one queries the model trained on the "
+        "synthetic data (", Code(report.attack), "), the other reads only the synthetic set the pipeline released "
+        "(raypriv.release: distances to the closest record and DOMIAS's density ratio, calibrated per audit sample "
+        "over the shadow pipelines). Each release verdict uses the paradigm's first release attack of ",
+        Code("release_lira, release_rmia, release_density, release_dcr"), ", fixed in advance.",
+    ))
+    items = []
+    for r in report.results:
+        items.append(Item(r.verdict, f"{r.label}, model threat", r.verdict_kind))
+        if r.release is not None:
+            items.append(Item(r.release.verdict, f"{r.label}, release threat", r.release.verdict_kind))
+        else:
+            items.append(Item(NO_RELEASE, f"{r.label}, release threat"))
+    blocks: list[Block] = [intro, Table(*release_rows(report), text_columns=(0, 1, 2)), BulletList(tuple(items), "verdicts"),
+                           Figure("release_roc", report.figures["release_roc"],
+                                  "ROC curves per paradigm, log-log: the model attack and the release attack on the same pairs.")]
+    for r in released:
+        inner: list[Block] = []
+        note = report.figure_notes.get(f"release_neighbours:{r.label}")
+        if note:
+            inner.append(Paragraph((f"Nearest synthetic records: {note}.",)))
+        png = report.figures.get(f"release_vulnerable:{r.label}")
+        if png is not None:
+            inner.append(Figure(
+                f"release_vulnerable:{r.label}", png,
+                f"{r.label}: the samples {r.release.attack} finds most often (left) beside their nearest released "
+                "synthetic record (right; L2 distance, source model and label).",
+                alt=f"{r.label}: samples beside their nearest released records"))
+        inner.append(Table(*vulnerable_rows(r.release.vulnerable)))
+        blocks.append(Section(f"{r.label}: most vulnerable to {r.release.attack}", tuple(inner), level=3))
+    return Section("Model threat vs release threat", tuple(blocks))
+
+
 def report_document(report: Report) -> Document:
     """The report as sections of blocks: what both report.md and report.html show, in order."""
 
@@ -242,6 +284,7 @@ def report_document(report: Report) -> Document:
             Grid((figure("roc"), figure("privacy_utility"))),
             figure("scores"),
         )),
+        *((release,) if (release := _release_section(report)) is not None else ()),
         Section("Paired comparisons", (*paired, BulletList(_items(report.skipped_comparisons), "note"))),
         Section("All attacks", (Table(*attack_rows(report), text_columns=(0, 1)),)),
         Section("Cost", (Table(*cost_rows(report), text_columns=(0, 7)),)),
@@ -427,5 +470,8 @@ def format_verdicts(report: Report) -> str:
     """The verdict lines, for the terminal."""
     lines = [f"attack: {report.attack}"]
     lines += [f"{r.label}: {r.verdict}" for r in report.results]
+    if any(r.release is not None for r in report.results):  # the release threat model, one line per paradigm
+        lines += [f"{r.label}, release threat: {r.release.verdict if r.release is not None else NO_RELEASE}"
+                  for r in report.results]
     lines += [f"{r.label} against the DP-SGD frontier: {r.frontier}" for r in report.results if r.frontier]
     return "\n".join(lines) + "\n"

@@ -40,6 +40,19 @@ class FinishedRun(Protocol):
 
 
 @dataclass
+class ReleaseView:
+    """One paradigm's release threat model (:mod:`raypriv.release`): its headline release attack, fixed in advance
+    (the first of :func:`raypriv.release.release_headline_order` it has), with its bootstrap, verdict and most
+    vulnerable samples (beside their nearest synthetic record, for images)."""
+
+    attack: str
+    bootstrap: dict[str, np.ndarray]
+    verdict_kind: str
+    verdict: str
+    vulnerable: pd.DataFrame
+
+
+@dataclass
 class ParadigmResult:
     """One paradigm of one run, with everything the report shows about it."""
 
@@ -54,6 +67,7 @@ class ParadigmResult:
     verdict: str = ""
     frontier_kind: str = ""  # against the run's DP-SGD frontier (verdicts.frontier_verdict); "" without one
     frontier: str = ""
+    release: ReleaseView | None = None  # None: the paradigm releases no synthetic set (or it was not scored)
 
     @property
     def models(self) -> pd.DataFrame:

@@ -262,6 +262,32 @@ def vulnerable_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _threat_cell(metrics: Any, bootstrap: dict[str, np.ndarray], attack: str) -> str:
+    """One threat model's cell: its attack, TPR at both FPRs and AUC with 95% bootstrap CIs, the ε lower bound."""
+    return (f"{attack}: TPR@1%FPR {percent(metrics['tpr@1%fpr'])} ({_ci(percentile_interval(bootstrap['tpr@1%fpr']))}); "
+            f"TPR@0.1%FPR {percent(metrics['tpr@0.1%fpr'])} ({_ci(percentile_interval(bootstrap['tpr@0.1%fpr']))}); "
+            f"AUC {metrics.auc:.3f} ({_ci(percentile_interval(bootstrap['auc']), False)}); "
+            f"ε lower bound {_number(metrics.eps_lower_bound)}")
+
+
+NO_RELEASE = ("releases no synthetic set: the released data would be the private set itself, which any release "
+              "attack identifies perfectly, so none is scored")
+
+
+def release_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """The two-column privacy table: per paradigm, the model threat (the report's attack) beside the release threat
+    (its headline release attack, :class:`raypriv.report.results.ReleaseView`), each with 95% bootstrap CIs."""
+    header = ["paradigm", "model threat: the attacker queries the trained model",
+              "release threat: the attacker reads the released synthetic set"]
+    rows = []
+    for r in report.results:
+        model = _threat_cell(r.entry.attacks[report.attack], r.bootstrap, report.attack)
+        release = r.release
+        rows.append([r.label, model, _threat_cell(r.entry.attacks[release.attack], release.bootstrap, release.attack)
+                     if release is not None else f"– ({NO_RELEASE})"])
+    return header, rows
+
+
 def runs_lines(report: Report) -> list[str]:
     """One line per run: where it is, its dataset, size, model and when it was made."""
     lines = []

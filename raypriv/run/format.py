@@ -52,7 +52,10 @@ reads and writes the files, atomically.  A run directory holds:
     One row per (paradigm, target model, audit sample), in that order:
     ``paradigm``, ``model_id`` (the target), ``sample_id``, ``is_in`` and one
     float32 column per attack of the config (e.g. ``loss``, ``lira_online``,
-    ``rmia``), higher meaning "more likely IN".  Written in row groups of whole
+    ``rmia``), higher meaning "more likely IN"; then one per release attack
+    (``release_*``, :mod:`raypriv.release`; null for a paradigm that releases
+    no synthetic set).  The schema's metadata ``raypriv_threat_models`` maps
+    each attack column to its threat model (``model`` or ``release``).  Written in row groups of whole
     target models (about a million rows each), so it can be read back a group
     or a column at a time (``pyarrow.parquet.ParquetFile(...).iter_batches``).
 ``metrics.json``, ``metrics.csv``, ``roc.png``, ``summary.txt``
@@ -143,14 +146,21 @@ def logits_schema(num_classes: int, population: bool = False) -> pa.Schema:
     return pa.schema(fields + [("population", pa.bool_())] if population else fields)
 
 
+def threat_model_of(attack: str) -> str:
+    """An attack column's threat model: ``release`` for the release attacks (named ``release_*``), else ``model``."""
+    return "release" if attack.startswith("release_") else "model"
+
+
 def scores_schema(attacks: list[str]) -> pa.Schema:
+    """``scores.parquet``'s schema for these attack columns; its metadata maps each to its threat model."""
     fields = [
         ("paradigm", pa.string()),
         ("model_id", pa.int32()),
         ("sample_id", pa.int64()),
         ("is_in", pa.bool_()),
     ]
-    return pa.schema(fields + [(attack, pa.float32()) for attack in attacks])
+    metadata = {b"raypriv_threat_models": json.dumps({a: threat_model_of(a) for a in attacks}).encode()}
+    return pa.schema(fields + [(attack, pa.float32()) for attack in attacks], metadata=metadata)
 
 
 # Encodings (readers need nothing special): float32 logits and scores look random to a byte compressor, so
@@ -167,20 +177,26 @@ def scores_write_options(attacks: list[str]) -> dict[str, Any]:
     return {"compression": "zstd", "use_dictionary": ["paradigm", "model_id"], "use_byte_stream_split": list(attacks)}
 
 
-def scores_table(paradigm: str, first_model: int, is_in: np.ndarray, scores: dict[str, np.ndarray]) -> pa.Table:
+def scores_table(paradigm: str, first_model: int, is_in: np.ndarray, scores: dict[str, np.ndarray],
+                 columns: list[str] | None = None) -> pa.Table:
     """Rows of ``scores.parquet`` for targets ``first_model, first_model + 1, ...``.
 
     ``is_in`` and each ``scores[attack]`` are ``(n_targets, n_audit)``.
+    ``columns``: the file's attack columns (default: ``scores``' own); one
+    without scores here is null (a release attack on a paradigm that
+    releases no synthetic set).
     """
+    columns = list(scores) if columns is None else columns
     n_targets, n_audit = is_in.shape
-    columns = [
+    fixed = [
         pa.array(np.full(n_targets * n_audit, paradigm, dtype=object), pa.string()),
         pa.array(np.repeat(np.arange(first_model, first_model + n_targets, dtype=np.int32), n_audit)),
         pa.array(np.tile(np.arange(n_audit, dtype=np.int64), n_targets)),
         pa.array(np.ascontiguousarray(is_in).ravel()),
     ]
-    columns += [pa.array(np.ascontiguousarray(score, dtype=np.float32).ravel()) for score in scores.values()]
-    return pa.table(columns, schema=scores_schema(list(scores)))
+    arrays = [pa.array(np.ascontiguousarray(scores[name], dtype=np.float32).ravel()) if name in scores
+              else pa.nulls(n_targets * n_audit, pa.float32()) for name in columns]
+    return pa.table(fixed + arrays, schema=scores_schema(columns))
 
 
 def logits_path(paradigm: str, model_id: int) -> str:

@@ -31,14 +31,14 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from raypriv.attacks import score_attacks
-from raypriv.epsilon import ONE_RUN_ATTACK, one_run_bounds
-from raypriv.metrics import audit_epsilon_lower_bound, roc_metrics
+from raypriv.epsilon import ONE_RUN_ATTACK
 from raypriv.results import AttackMetrics
 from raypriv.run.format import scores_schema, scores_table, scores_write_options
 from raypriv.run.store import RunStore
-from raypriv.scoring.outputs import Curve
+from raypriv.scoring.outputs import Curve, attack_metrics  # attack_metrics: defined beside both backends' shared code
 from raypriv.scoring.plan import ScoringPlan
 from raypriv.scoring.read import load_attack_inputs
+from raypriv.scoring.release import score_release
 
 log = logging.getLogger("raypriv")
 
@@ -51,7 +51,7 @@ def scoring_workers() -> int:
 @contextlib.contextmanager
 def open_output(plan: ScoringPlan, store: RunStore) -> Iterator[pq.ParquetWriter]:
     """``scores.parquet``, open for every paradigm's rows in turn, replacing the file atomically when the block ends."""
-    attacks = list(plan.attacks)
+    attacks = plan.score_columns  # the model attacks, then the release attacks
     with store.table_writer("scores.parquet", scores_schema(attacks), replaces=True, **scores_write_options(attacks)) as writer:
         yield writer
 
@@ -76,7 +76,9 @@ def score_paradigm(plan: ScoringPlan, store: RunStore, paradigm: str, output: pq
     attacked = time.perf_counter()
     results = {attack: attack_metrics(plan.keep, score, delta, plan.tpr_readout, one_run=attack == ONE_RUN_ATTACK)
                for attack, score in scores.items()}
-    write_scores(output, paradigm, plan.keep, scores)
+    release_results, release_scores = score_release(plan, store, paradigm, delta=delta)  # {} without a released set
+    results.update(release_results)
+    write_scores(output, paradigm, plan.keep, {**scores, **release_scores}, columns=plan.score_columns)
     log.info(
         "scored %s: %d models x %d samples; read %.1fs, attacks %.1fs, metrics and scores.parquet %.1fs",
         paradigm, plan.n_models, plan.n_audit, read - start, attacked - read, time.perf_counter() - attacked,
@@ -84,29 +86,18 @@ def score_paradigm(plan: ScoringPlan, store: RunStore, paradigm: str, output: pq
     return results
 
 
-def attack_metrics(is_in: np.ndarray, score: np.ndarray, delta: float,
-                   tpr_readout: str = "interpolate", one_run: bool = False) -> tuple[AttackMetrics, Curve]:
-    """One attack's metrics and ROC curve from its ``(n_models, n_audit)`` scores; TPR read as ``tpr_readout``.
-
-    ``one_run``: add the one-run ε bounds (:func:`raypriv.epsilon.one_run_bounds`; the ``loss`` attack's).
-    The Ray backend's partitioned metrics (:mod:`raypriv.scoring.partitions`)
-    are equal to these, exactly.
-    """
-    values, curve = roc_metrics(is_in, score, tpr_readout=tpr_readout)
-    values["eps_lower_bound"] = audit_epsilon_lower_bound(is_in, score, delta)  # all pairs, a fixed grid
-    if one_run:
-        values.update(one_run_bounds(is_in, score, delta).to_json())
-    return AttackMetrics.from_json(values, "scoring"), curve
-
-
 def write_scores(writer: pq.ParquetWriter, paradigm: str, keep: np.ndarray, scores: dict[str, np.ndarray],
-                 rows_per_group: int = 1 << 20) -> None:
-    """Append one paradigm's rows to ``scores.parquet``, whole target models per row group."""
+                 rows_per_group: int = 1 << 20, columns: list[str] | None = None) -> None:
+    """Append one paradigm's rows to ``scores.parquet``, whole target models per row group.
+
+    ``columns``: the file's attack columns (default: ``scores``' own); those without scores here are null.
+    """
     n_models, n_audit = keep.shape
     models_per_group = max(1, rows_per_group // max(n_audit, 1))
     for start in range(0, n_models, models_per_group):
         stop = min(n_models, start + models_per_group)
-        writer.write_table(scores_table(paradigm, start, keep[start:stop], {a: s[start:stop] for a, s in scores.items()}))
+        writer.write_table(scores_table(paradigm, start, keep[start:stop], {a: s[start:stop] for a, s in scores.items()},
+                                        columns))
 
 
 def scores_summary(path: str) -> dict:

@@ -17,8 +17,10 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from raypriv.epsilon import one_run_bounds
 from raypriv.errors import RayprivError
-from raypriv.results import ParadigmMetrics, metrics_to_json
+from raypriv.metrics import audit_epsilon_lower_bound, roc_metrics
+from raypriv.results import AttackMetrics, ParadigmMetrics, metrics_to_json
 from raypriv.run.store import RunStore
 from raypriv.scoring.plan import ScoringPlan
 
@@ -47,6 +49,21 @@ def paradigm_metrics(rows: pd.DataFrame) -> ParadigmMetrics:
         train_seconds_mean=float(rows.train_seconds.mean()),
         info=info,
     )
+
+
+def attack_metrics(is_in: np.ndarray, score: np.ndarray, delta: float,
+                   tpr_readout: str = "interpolate", one_run: bool = False) -> tuple[AttackMetrics, Curve]:
+    """One attack's metrics and ROC curve from its ``(n_models, n_audit)`` scores; TPR read as ``tpr_readout``.
+
+    ``one_run``: add the one-run ε bounds (:func:`raypriv.epsilon.one_run_bounds`; the ``loss`` attack's).
+    The Ray backend's partitioned metrics (:mod:`raypriv.scoring.partitions`)
+    are equal to these, exactly.
+    """
+    values, curve = roc_metrics(is_in, score, tpr_readout=tpr_readout)
+    values["eps_lower_bound"] = audit_epsilon_lower_bound(is_in, score, delta)  # all pairs, a fixed grid
+    if one_run:
+        values.update(one_run_bounds(is_in, score, delta).to_json())
+    return AttackMetrics.from_json(values, "scoring"), curve
 
 
 def check_recipes(plan: ScoringPlan, paradigm: str, rows: pd.DataFrame) -> None:

@@ -27,6 +27,8 @@ from raypriv.attacks import ATTACKS, LiraOptions, RmiaOptions, attack_channels, 
 from raypriv.config import ExperimentConfig
 
 if TYPE_CHECKING:
+    from raypriv.data import Dataset
+    from raypriv.release import ReleaseInputs
     from raypriv.split import AuditSplit
 
 STAGES = ("read", "attacks", "metrics", "scores")
@@ -66,6 +68,20 @@ class ScoringPlan:
     stages: tuple[str, ...] = field(default=STAGES)
     # Until-decided audits: the models each paradigm used, the first rows of ``keep`` (absent: all of them).
     model_counts: Mapping[str, int] = field(default_factory=dict)
+    # The release threat model (raypriv.release; audit.threat_models): its attacks, the paradigms that store a
+    # synthetic set to attack, and the audit and reference samples they are compared with.  Empty: model attacks only.
+    release_attacks: tuple[str, ...] = ()
+    release_paradigms: tuple[str, ...] = ()
+    release_inputs: ReleaseInputs | None = None
+
+    @property
+    def score_columns(self) -> list[str]:
+        """``scores.parquet``'s attack columns: the model attacks, then the release attacks (null where none ran)."""
+        return list(self.attacks) + list(self.release_attacks)
+
+    def releases(self, paradigm: str) -> bool:
+        """Whether ``paradigm``'s stored synthetic sets are attacked (release threat model)."""
+        return bool(self.release_attacks) and paradigm in self.release_paradigms
 
     @property
     def n_models(self) -> int:
@@ -107,12 +123,16 @@ class ScoringPlan:
         recipe_hashes: Mapping[str, str] | None = None,
         store_uri: str = "",
         show_progress: bool = False,
+        dataset: Dataset | None = None,
     ) -> ScoringPlan:
         """The plan of ``config`` on its audit ``split``.
 
         ``recipe_hashes``: the driver's fingerprints (computed here from the
         config when not given); ``store_uri``: the run directory, which
         ``scoring.backend: auto`` sends to Ray when it is in the cloud.
+        ``dataset``: the run's data, which the release attacks compare each
+        synthetic set with (``audit.threat_models`` lists ``release``); loaded
+        here from the config when not given and some paradigm releases a set.
         """
         if recipe_hashes is None:
             from raypriv.run.fingerprints import recipe_hashes as compute  # the paradigm tables: torch
@@ -136,6 +156,7 @@ class ScoringPlan:
             ray_address=config.ray.address,
             driver_memory_gb=config.scoring.driver_memory_gb,
             show_progress=show_progress,
+            **release_fields(config, split, dataset),
         )
         return plan.with_backend(choose_backend(config.scoring.backend, plan, store_uri))
 
@@ -167,8 +188,52 @@ class ScoringPlan:
         ``benchmarks/RESULTS.md``).
         """
         staged = sum(staged_queries(a, self.n_queries, self.rmia) for a in self.attacks if ATTACKS[a].finish is not None)
-        pair_bytes = 4 + 4 * len(self.attacks) + 8 * staged
+        # The release threat model: float32 statistics (at most 3) and one float32 score per release attack.
+        release = 4 * (3 + len(self.release_attacks)) if self.release_attacks else 0
+        pair_bytes = 4 + 4 * len(self.attacks) + 8 * staged + release
         return self.score_array_gb() + self.n_models * self.n_audit * pair_bytes / 2**30
+
+
+def release_fields(config: ExperimentConfig, split: AuditSplit, dataset: Dataset | None = None) -> dict:
+    """The plan's release fields: the attacks, the paradigms that store a set, and the inputs (empty: none to attack).
+
+    The reference set is the run's population set (``audit.n_population``),
+    else the dataset's whole test split: samples no model trains on, never
+    audit samples.
+    """
+    if "release" not in config.audit.threat_models:
+        return {}
+    from raypriv.release import RELEASE_ATTACKS, RecordText, ReleaseInputs, release_attack_names
+    from raypriv.synth import build_options, paradigm_class  # the paradigm tables: torch
+    from raypriv.synth.dpgen.common import Quantizer
+    from raypriv.synth.dpgen.llm import serialize_record
+    from raypriv.training import Normalizer
+
+    paradigms = tuple(p for p in config.paradigms if paradigm_class(p).stores_training_set)
+    if not paradigms:
+        return {}
+    if dataset is None:
+        from raypriv.data import load_dataset
+
+        dataset = load_dataset(config.dataset)
+    reference = dataset.x_test[split.population_index] if config.audit.n_population else dataset.x_test
+    audit_x = dataset.x_train[split.audit_index]
+    inputs = ReleaseInputs.build(audit_x, split.audit_labels, reference)
+    # dpgen-llm writes records as text, with the public quantizer of the training pool (raypriv.release.ngram).
+    texts = {}
+    for paradigm in paradigms:
+        if paradigm_class(paradigm).name == "dpgen-llm":
+            options = build_options(paradigm, config.paradigm_options.get(paradigm))
+            quantizer = Quantizer.from_normalizer(Normalizer.fit(dataset.x_train), options.levels, options.clip)
+            texts[paradigm] = RecordText(quantizer, serialize_record)
+    if texts:
+        inputs = inputs.with_texts(texts, audit_x)
+    # A calibrated release attack needs what its engine needs: with `attacks: [loss]` (too few models for
+    # leave-one-out), only the raw statistics are scored.
+    model_attacks = set(check_attacks(config.attacks))
+    names = tuple(name for name in release_attack_names(inputs.is_image, bool(texts))
+                  if RELEASE_ATTACKS[name].engine in (None, *model_attacks))
+    return {"release_attacks": names, "release_paradigms": paradigms, "release_inputs": inputs}
 
 
 def choose_backend(requested: str, plan: ScoringPlan, store_uri: str = "") -> str:

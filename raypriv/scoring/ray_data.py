@@ -91,6 +91,7 @@ from raypriv.scoring.outputs import Curve
 from raypriv.scoring.plan import ScoringPlan
 from raypriv.scoring.ray_metrics import metrics_on_ray, score_matrix
 from raypriv.scoring.read import reduce_model
+from raypriv.scoring.release import score_release
 
 log = logging.getLogger("raypriv")
 
@@ -299,16 +300,20 @@ def _reduce_population(batch: dict[str, np.ndarray], uri: str, paradigm: str, n_
     return out
 
 
-def _scores_rows(batch: Any, paradigm: str, keep: Any, attacks: list[str]) -> Any:
-    """Per-model rows (sorted by model) -> the rows of ``scores.parquet`` (:func:`raypriv.run.store.scores_table`)."""
+def _scores_rows(batch: Any, paradigm: str, keep: Any, attacks: list[str], columns: list[str] | None = None,
+                 release: Any = None) -> Any:
+    """Per-model rows (sorted by model) -> the rows of ``scores.parquet`` (:func:`raypriv.run.store.scores_table`),
+    with the release attacks' ``(M, N)`` scores (a ref, or None) in the columns after the model attacks'."""
     import ray
 
     keep = ray.get(keep)
+    release = ray.get(release) if release is not None else {}
     ids = batch.column("model_id").to_numpy().astype(np.int64)
     if len(ids) and not np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))):
         raise RuntimeError(f"scores.parquet rows out of model order: {ids[:8]}")  # an internal invariant, never user input
     values = {attack: score_matrix(batch, attack)[1] for attack in attacks}
-    return scores_table(paradigm, int(ids[0]) if len(ids) else 0, keep[ids], values)
+    values.update({name: scores[ids] for name, scores in release.items()})
+    return scores_table(paradigm, int(ids[0]) if len(ids) else 0, keep[ids], values, columns)
 
 
 class _ScoresFiles:
@@ -380,6 +385,8 @@ def open_output(plan: ScoringPlan, store: RunStore, *, engine_elements: int = EN
 def score_paradigm(plan: ScoringPlan, store: RunStore, paradigm: str, output: RayOutput, *,
                    delta: float = 0.0) -> dict[str, tuple[AttackMetrics, Curve]]:
     """:func:`raypriv.scoring.local.score_paradigm` on Ray Data: the same numbers, the same rows (module docstring)."""
+    import ray
+
     per_model = _attacked_rows(plan, store, paradigm, output)
     start = time.perf_counter()
     args = _task_args(plan)
@@ -390,14 +397,18 @@ def score_paradigm(plan: ScoringPlan, store: RunStore, paradigm: str, output: Ra
             delta, args, plan.show_progress, f"scoring {paradigm}: metrics", tpr_readout=plan.tpr_readout).items()
     }
     log.info("scoring %s on Ray Data: metrics of %d attacks in %.1fs", paradigm, len(plan.attacks), time.perf_counter() - start)
+    # The release threat model: the statistics as one Ray task per stored set, the rest as the local backend does.
+    release_results, release_scores = score_release(plan, store, paradigm, delta=delta, ray_args=args)
+    results.update(release_results)
     output.stage("metrics")
     group = max(1, ROWS_PER_GROUP // max(plan.n_audit, 1))  # write_scores' row groups of whole targets
-    attacks = list(plan.attacks)
+    columns = plan.score_columns
     per_model.map_batches(_scores_rows, batch_size=group, batch_format="pyarrow", fn_kwargs={
-        "paradigm": paradigm, "keep": output.keep_ref, "attacks": attacks}, **args).write_parquet(
+        "paradigm": paradigm, "keep": output.keep_ref, "attacks": list(plan.attacks), "columns": columns,
+        "release": ray.put(release_scores) if release_scores else None}, **args).write_parquet(
         output.folder, filesystem=store.fs, filename_provider=_ScoresFiles(output.paradigms_done),
-        schema=versioned_schema(scores_schema(attacks)), row_group_size=ROWS_PER_GROUP, ray_remote_args=args,
-        **scores_write_options(attacks))
+        schema=versioned_schema(scores_schema(columns)), row_group_size=ROWS_PER_GROUP, ray_remote_args=args,
+        **scores_write_options(columns))
     output.paradigms_done += 1
     output.stage("scores")
     return results
