@@ -22,7 +22,10 @@ them, and each attack's AUC and TPR at 1% FPR come from
   That function also trains its own generator, so it cannot take a stored
   set; the two ``gaussian_kde`` fits and the ratio are its lines 233-236 and
   300-307 (domias 0.0.5), run here on raypriv's arrays.  The package's BNAF
-  estimator (a flow trained per set) is not run.  When ``gaussian_kde``
+  estimator (a flow trained per set, the paper's choice) is not run: domias
+  0.0.5's trainer does not run on torch 2.14 (it passes ``verbose=`` to
+  ``ReduceLROnPlateau``, removed in torch 2.7, and calls its private
+  ``is_better``; tried 2026-12-05).  When ``gaussian_kde``
   cannot fit a set (a singular covariance: fewer records than dimensions, or
   a constant column), that pipeline's peer scores are missing and the
   script says how many.
