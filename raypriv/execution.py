@@ -72,14 +72,19 @@ def _group_size(config: ExperimentConfig, paradigm: str, pending: int, workers: 
     return max(size, group_size("ensemble", pack, pending, workers)) if pack > 1 else size
 
 
-def _synthesis_packs(config: ExperimentConfig, keys: list[tuple[str, int]], workers: int, on_gpu: bool
-                     ) -> list[tuple[str, tuple[int, ...]]]:
-    """Cut the (paradigm, model id) pairs to synthesize into (paradigm, model ids) packs, one call each."""
+def _ids_by_paradigm(keys: list[tuple[str, int]]) -> dict[str, list[int]]:
+    """The model ids of each paradigm in ``keys``, in order (paradigms in order of first appearance)."""
     by_paradigm: dict[str, list[int]] = {}
     for paradigm, model_id in keys:
         by_paradigm.setdefault(paradigm, []).append(model_id)
+    return by_paradigm
+
+
+def _synthesis_packs(config: ExperimentConfig, keys: list[tuple[str, int]], workers: int, on_gpu: bool
+                     ) -> list[tuple[str, tuple[int, ...]]]:
+    """Cut the (paradigm, model id) pairs to synthesize into (paradigm, model ids) packs, one call each."""
     calls = []
-    for paradigm, ids in by_paradigm.items():
+    for paradigm, ids in _ids_by_paradigm(keys).items():
         try:
             pack = pack_ceiling(config, make_checked_paradigm(config, paradigm), on_gpu)
         except ModelFailed:
@@ -93,11 +98,8 @@ def _make_groups(
     config: ExperimentConfig, keys: list[tuple[str, int]], workers: int, on_gpu: bool
 ) -> list[tuple[str, tuple[int, ...]]]:
     """Cut pending (paradigm, model id) pairs into (paradigm, model ids) calls, paradigms interleaved."""
-    by_paradigm: dict[str, list[int]] = {}
-    for paradigm, model_id in keys:
-        by_paradigm.setdefault(paradigm, []).append(model_id)
     chunks = []
-    for paradigm, ids in by_paradigm.items():
+    for paradigm, ids in _ids_by_paradigm(keys).items():
         size = _group_size(config, paradigm, len(ids), workers, on_gpu)
         chunks.append([(paradigm, tuple(ids[i : i + size])) for i in range(0, len(ids), size)])
     # Round-robin over paradigms, so early results cover them all (see run_audit).

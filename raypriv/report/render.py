@@ -14,6 +14,7 @@ import base64
 import re
 from dataclasses import dataclass, field
 from html import escape
+from typing import TYPE_CHECKING
 
 from raypriv.report.build import Report
 from raypriv.report.tables import (
@@ -30,6 +31,9 @@ from raypriv.report.tables import (
 )
 from raypriv.report.verdicts import MAX_UNDETECTED_MULTIPLE, MIN_MODELS
 from raypriv.run.store import RunStore
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # ------------------------------------------------------------ the section model
 #
@@ -191,20 +195,26 @@ def _items(lines: list[str]) -> tuple[Item, ...]:
 
 def _vulnerable_section(report: Report, label: str) -> Section:
     """One paradigm's most vulnerable samples: the search note, the neighbour figure, the table."""
+    return Section(label, _neighbour_blocks(
+        report, f"neighbours:{label}", "Nearest synthetic neighbours", f"vulnerable:{label}",
+        f"{label}: each vulnerable sample (left; class → trained label, attack success) beside its nearest "
+        "synthetic training image (right; L2 distance, source model and label).",
+        f"{label}: samples beside their nearest synthetic neighbours", report.vulnerable[label],
+    ), level=3)
+
+
+def _neighbour_blocks(report: Report, note_key: str, note_title: str, figure_key: str, caption: str, alt: str,
+                      samples: pd.DataFrame) -> tuple[Block, ...]:
+    """A vulnerable-samples section's blocks: the neighbour search's note, the figure (when drawn), the table."""
     blocks: list[Block] = []
-    note = report.figure_notes.get(f"neighbours:{label}")
+    note = report.figure_notes.get(note_key)
     if note:
-        blocks.append(Paragraph((f"Nearest synthetic neighbours: {note}.",)))
-    png = report.figures.get(f"vulnerable:{label}")
+        blocks.append(Paragraph((f"{note_title}: {note}.",)))
+    png = report.figures.get(figure_key)
     if png is not None:
-        blocks.append(Figure(
-            f"vulnerable:{label}", png,
-            f"{label}: each vulnerable sample (left; class → trained label, attack success) beside its nearest "
-            "synthetic training image (right; L2 distance, source model and label).",
-            alt=f"{label}: samples beside their nearest synthetic neighbours",
-        ))
-    blocks.append(Table(*vulnerable_rows(report.vulnerable[label])))
-    return Section(label, tuple(blocks), level=3)
+        blocks.append(Figure(figure_key, png, caption, alt=alt))
+    blocks.append(Table(*vulnerable_rows(samples)))
+    return tuple(blocks)
 
 
 def _release_section(report: Report) -> Section | None:
@@ -231,19 +241,12 @@ def _release_section(report: Report) -> Section | None:
                            Figure("release_roc", report.figures["release_roc"],
                                   "ROC curves per paradigm, log-log: the model attack and the release attack on the same pairs.")]
     for r in released:
-        inner: list[Block] = []
-        note = report.figure_notes.get(f"release_neighbours:{r.label}")
-        if note:
-            inner.append(Paragraph((f"Nearest synthetic records: {note}.",)))
-        png = report.figures.get(f"release_vulnerable:{r.label}")
-        if png is not None:
-            inner.append(Figure(
-                f"release_vulnerable:{r.label}", png,
-                f"{r.label}: the samples {r.release.attack} finds most often (left) beside their nearest released "
-                "synthetic record (right; L2 distance, source model and label).",
-                alt=f"{r.label}: samples beside their nearest released records"))
-        inner.append(Table(*vulnerable_rows(r.release.vulnerable)))
-        blocks.append(Section(f"{r.label}: most vulnerable to {r.release.attack}", tuple(inner), level=3))
+        blocks.append(Section(f"{r.label}: most vulnerable to {r.release.attack}", _neighbour_blocks(
+            report, f"release_neighbours:{r.label}", "Nearest synthetic records", f"release_vulnerable:{r.label}",
+            f"{r.label}: the samples {r.release.attack} finds most often (left) beside their nearest released "
+            "synthetic record (right; L2 distance, source model and label).",
+            f"{r.label}: samples beside their nearest released records", r.release.vulnerable,
+        ), level=3))
     return Section("Model threat vs release threat", tuple(blocks))
 
 

@@ -137,7 +137,7 @@ def merge_partitions(walks: list[PartitionWalk], totals: np.ndarray, delta: floa
                      tpr_readout: str = "interpolate") -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
     """The attack's metrics.json entry and ROC curve from its partitions' walks, highest scores first.
 
-    Equal to :func:`raypriv.scoring.local.attack_metrics` on the whole array."""
+    Equal to :func:`raypriv.scoring.outputs.attack_metrics` on the whole array."""
     n_in, n_out = (int(v) for v in totals[:2])
     if n_in == 0 or n_out == 0:
         raise ValueError(f"ROC metrics need IN and OUT pairs; got {n_in} IN and {n_out} OUT")
