@@ -129,7 +129,18 @@ def pack_ceiling(config, paradigm, on_gpu: bool) -> int:
     pack = config.execution.pack
     if pack != "auto":
         return int(pack)
-    return PACK_AUTO_MAX["cuda" if on_gpu else "cpu"] if paradigm.packs_synthesis() else 1
+    return PACK_AUTO_MAX["cuda" if on_gpu else "cpu"] if packs_by_default(paradigm, on_gpu) else 1
+
+
+def packs_by_default(paradigm, on_gpu: bool) -> bool:
+    """Whether ``execution.pack: auto`` packs ``paradigm``: it has a batched synthesis, bit-exact or on a GPU.
+
+    A pack that is only equal in law to the single run (mtt/datm on a CPU)
+    would make a model's set depend on the pack it landed in; on a CPU that
+    is left to an explicit ``execution.pack: K``
+    (:meth:`~raypriv.synth.base.Paradigm.packs_bit_exact`).
+    """
+    return paradigm.packs_synthesis() and (on_gpu or paradigm.packs_bit_exact())
 
 
 def resolve_pack(config, paradigm_name: str, paradigm, device: torch.device, input_shape: tuple[int, ...],
@@ -137,7 +148,8 @@ def resolve_pack(config, paradigm_name: str, paradigm, device: torch.device, inp
     """K, the pipelines of ``paradigm`` one worker synthesizes at once (``execution.pack``).
 
     ``auto``: 1 for a paradigm without a batched synthesis (a pack would only
-    run it one by one); for one with, as many pipelines as its
+    run it one by one), or whose pack is only equal in law to its single run
+    on a CPU (:func:`packs_by_default`); otherwise as many pipelines as its
     :meth:`~raypriv.synth.base.Paradigm.pack_memory_bytes` fit in the budget
     (``execution.pack_memory_gb`` on a CPU, half the free memory on a GPU),
     at most :data:`PACK_AUTO_MAX` of the device type.  An explicit K whose
@@ -146,7 +158,7 @@ def resolve_pack(config, paradigm_name: str, paradigm, device: torch.device, inp
     pack = config.execution.pack
     if pack != "auto" and (pack == 1 or not paradigm.packs_synthesis()):
         return int(pack)
-    if pack == "auto" and not paradigm.packs_synthesis():
+    if pack == "auto" and not packs_by_default(paradigm, device.type == "cuda"):
         return 1
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)

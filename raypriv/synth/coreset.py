@@ -51,6 +51,7 @@ from raypriv.synth.options import CoresetOptions
 from raypriv.training import Normalizer, train_classifier
 
 _WHERE = "paradigm_options.coreset"
+SCORED_METHODS = ("herding", "kcenter")  # the methods that select in a trained scoring model's embedding
 
 
 class Coreset(Paradigm):
@@ -60,15 +61,26 @@ class Coreset(Paradigm):
     def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
         opts: CoresetOptions = self.options
         by_class = _indices_by_class(private.y, context.num_classes, opts.ipc, context.model_id)
+        scorer = _scoring_model(private, context, opts) if opts.method in SCORED_METHODS else None
+        return self.select(private, context, by_class, scorer)
 
+    def select(
+        self, private: LabeledSet, context: ShadowContext, by_class: list[torch.Tensor], scorer: nn.Module | None
+    ) -> LabeledSet:
+        """The coreset of ``private`` given its per-class positions and (herding, kcenter) its trained scoring model.
+
+        ``forgetting`` trains its own scoring model here (it records the
+        training itself); ``random`` needs none.
+        """
+        opts: CoresetOptions = self.options
         if opts.method == "random":
             rng = context.rng("random")
             picks = []
             for index in by_class:
                 chosen = torch.from_numpy(rng.choice(len(index), opts.ipc, replace=False))
                 picks.append(index[chosen.to(index.device)])
-        elif opts.method in ("herding", "kcenter"):
-            scorer = _scoring_model(private, context, opts)
+        elif opts.method in SCORED_METHODS:
+            assert scorer is not None
             features = penultimate_features(scorer, private.x, context.normalizer, context.config.train.eval_batch_size)
             picks = []
             for index in by_class:
@@ -96,6 +108,77 @@ class Coreset(Paradigm):
 
         selected = torch.cat(picks)
         return LabeledSet(private.x[selected], private.y[selected])
+
+    # ------------------------------------------------------------ packs
+
+    def packs_synthesis(self) -> bool:
+        """Whether a pack trains its K scoring models at once: herding and kcenter where a GPU is present.
+
+        What a coreset costs is its scoring model's training (the selection
+        is a few milliseconds).  Trained with the ensemble engine
+        (:func:`raypriv.ensemble.train_ensemble`) K at once, it pays on a GPU,
+        where the per-model loop leaves the device idle; on a CPU a vmapped
+        group is slower than the loop (measured on digits, 2026-12-05, 8
+        scoring models: see :func:`scorer_engine`), so a CPU-only host keeps
+        packs off (``execution.pack: auto`` is 1) and an explicit K runs one
+        by one.  ``forgetting`` records per-sample correctness during
+        training, which the ensemble engine does not expose, and ``random``
+        trains nothing: both always run one by one.
+        """
+        return self.options.method in SCORED_METHODS and torch.cuda.is_available()
+
+    def synthesize_pack(self, privates: list[LabeledSet], contexts: list[ShadowContext]) -> list[LabeledSet | Exception]:
+        """K coresets: each pipeline's checks alone, the K scoring models by :func:`train_scorers`, each selection alone.
+
+        The engine is :func:`scorer_engine`'s for the pack's device.  With the
+        loop a pipeline selects exactly the indices of its single run; with
+        the ensemble its scoring model equals the single run's up to float
+        rounding (and max-pool ties routed apart, :mod:`raypriv.ensemble`),
+        so its selection is the single run's in law and, where the models
+        agree to rounding, the same indices (``tests/test_packs_coreset.py``).
+        A pipeline whose check or selection raises gets its own exception; if
+        the batched training raises, the pack's scoring models are trained
+        again one by one, so an error stays with its own model.
+        """
+        opts: CoresetOptions = self.options
+        results: list[LabeledSet | Exception | None] = [None] * len(privates)
+        ready: list[tuple[int, list[torch.Tensor]]] = []
+        for p, (private, context) in enumerate(zip(privates, contexts, strict=True)):
+            try:
+                ready.append((p, _indices_by_class(private.y, context.num_classes, opts.ipc, context.model_id)))
+            except Exception as exc:  # noqa: BLE001 - this pipeline's own failure, raised for it by the caller
+                results[p] = exc
+        scorers: list[nn.Module | Exception | None] = [None] * len(ready)
+        if opts.method in SCORED_METHODS and ready:
+            chosen_privates = [privates[p] for p, _ in ready]
+            chosen_contexts = [contexts[p] for p, _ in ready]
+            engine = scorer_engine(chosen_contexts[0])
+            try:
+                scorers = list(train_scorers(chosen_privates, chosen_contexts, opts, engine))
+            except Exception:  # noqa: BLE001 - retried one by one below, so each model gets its own error
+                scorers = []
+                for private, context in zip(chosen_privates, chosen_contexts, strict=True):
+                    try:
+                        scorers.append(_scoring_model(private, context, opts))
+                    except Exception as exc:  # noqa: BLE001 - this pipeline's own failure
+                        scorers.append(exc)
+        for (p, by_class), scorer in zip(ready, scorers, strict=True):
+            if isinstance(scorer, Exception):
+                results[p] = scorer
+                continue
+            try:
+                results[p] = self.select(privates[p], contexts[p], by_class, scorer)
+            except Exception as exc:  # noqa: BLE001 - this pipeline's own failure
+                results[p] = exc
+        return results  # type: ignore[return-value]
+
+    def pack_memory_bytes(self, input_shape: tuple[int, ...], num_classes: int, private_size: int) -> int:
+        """One packed pipeline's working memory: its private set as float32 (a few copies: normalised, augmented,
+        the features), its scoring model's activations on a training batch (~64 float32 maps of the input size
+        per image, generous for ``cnn_small``) and at feature extraction (``eval_batch_size`` images at once is
+        bounded by the same per-image factor on the private set)."""
+        pixels = int(np.prod(input_shape))
+        return 4 * pixels * (4 * private_size + 64 * private_size)
 
     def training_recipe(self, config: ExperimentConfig) -> TrainConfig:
         """The experiment's recipe, for ``train_epochs`` epochs on the coreset."""
@@ -193,6 +276,45 @@ def _indices_by_class(y: torch.Tensor, num_classes: int, ipc: int, model_id: int
 def _scoring_recipe(context: ShadowContext, opts: CoresetOptions) -> TrainConfig:
     train = context.config.train
     return dataclasses.replace(train, epochs=opts.feature_epochs or train.epochs)
+
+
+def scorer_engine(context: ShadowContext) -> str:
+    """How a pack trains its scoring models: the engine :func:`raypriv.ensemble.resolve_engine` picks for the
+    audited models (``train.engine``; ``auto``: the ensemble for small architectures on CUDA, the loop on CPU).
+
+    Measured on digits (2026-12-05, 2 shared cores, torch 1 thread, 8
+    ``cnn_small`` scoring models, 15 epochs): the ensemble took longer than
+    the loop, as for the audited models (benchmarks/RESULTS.md).
+    """
+    from raypriv.ensemble import resolve_engine
+
+    return resolve_engine(context.config.train.engine, context.config.model.arch, context.device, True)
+
+
+def train_scorers(
+    privates: list[LabeledSet], contexts: list[ShadowContext], opts: CoresetOptions, engine: str
+) -> list[nn.Module]:
+    """The scoring models of K pipelines (herding, kcenter), each on its own private set.
+
+    ``engine="loop"``: one by one, exactly as :meth:`Coreset.synthesize`
+    trains each.  ``"ensemble"``: K at once with
+    :func:`raypriv.ensemble.train_ensemble`, each model from the same
+    initialisation (stream ``coreset-features``), recipe and data-order and
+    augmentation streams as alone, so equal to it up to float rounding.
+    """
+    if engine == "loop":
+        return [_scoring_model(private, context, opts) for private, context in zip(privates, contexts, strict=True)]
+    from raypriv.ensemble import train_ensemble
+
+    first = contexts[0]
+    return train_ensemble(
+        [context.build_model(stream="coreset-features") for context in contexts],
+        [(private.x, private.y) for private in privates],
+        _scoring_recipe(first, opts),
+        first.normalizer,
+        first.seed,
+        [context.model_id for context in contexts],
+    )
 
 
 def _scoring_model(private: LabeledSet, context: ShadowContext, opts: CoresetOptions) -> nn.Module:

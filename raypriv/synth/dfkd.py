@@ -47,6 +47,11 @@ recipe and ``model.norm``.  Two published methods:
     The training set ``synthesize`` returns (stored with the run) is
     ``n_synthetic`` samples of the final generator with the teacher's soft
     labels: a record of what the student was trained on, not its training data.
+
+Packs (``execution.pack``): a worker runs K DeepInversion pipelines with
+their inputs optimised as one batch (:mod:`raypriv.synth.dfkd_packed`), each
+pipeline bit for bit its single run; each teacher still trains alone.  DFAD
+keeps its student between the stages, so it is never packed.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -331,7 +337,8 @@ class DataFreeKD(Paradigm):
         # must run on this instance.  DeepInversion's student needs only the stored set.
         return self.options.method == "deepinversion"
 
-    def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
+    def check_context(self, context: ShadowContext) -> None:
+        """Refuse, with a RayprivError, data or a model the method cannot run on (before the teacher trains)."""
         options = self.options
         if options.method == "dfad" and len(context.input_shape) != 3:
             raise RayprivError(
@@ -345,6 +352,10 @@ class DataFreeKD(Paradigm):
                 f"model.norm={context.config.model.norm!r} gives a teacher without BatchNorm; set model.norm: batch "
                 "(or use paradigm_options.dfkd.method: dfad)"
             )
+
+    def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
+        options = self.options
+        self.check_context(context)
         teacher = train_teacher(
             private, context, options.teacher_epochs, teacher_model(options, context.config.model)
         )
@@ -366,6 +377,67 @@ class DataFreeKD(Paradigm):
             z = torch.randn(options.n_synthetic, options.latent_dim, generator=context.generator("dfad-record"))
             x = torch.cat([generator(chunk.to(context.device)) for chunk in z.split(1024)]).float()
         return LabeledSet(x, soft_labels(teacher, x, context, options.temperature))
+
+    def packs_synthesis(self) -> bool:
+        """DeepInversion: K pipelines' inputs optimised as one batch (:mod:`raypriv.synth.dfkd_packed`).
+
+        DFAD is not packed: its student is trained during synthesis and kept
+        for ``train`` (``separable_synthesis`` is False), and the pipeline
+        packs only separable paradigms.
+        """
+        return self.options.method == "deepinversion"
+
+    def synthesize_pack(self, privates: list[LabeledSet], contexts: list[ShadowContext]) -> list[LabeledSet | Exception]:
+        """DeepInversion for K pipelines: each teacher trained alone, all inputs optimised at once.
+
+        Pipeline p equals the same pipeline run alone bit for bit (the
+        teacher is trained by the same code; the batched optimisation gives
+        the single run's bits, see :mod:`raypriv.synth.dfkd_packed`).  A
+        pipeline that raises (a private set the teacher cannot train on)
+        gets its own exception; the others go on.
+        """
+        if not self.packs_synthesis():
+            return super().synthesize_pack(privates, contexts)
+        from raypriv.synth.dfkd_packed import synthesize_deepinversion_pack
+
+        options = self.options
+        results: list[LabeledSet | Exception | None] = [None] * len(contexts)
+        teachers = {}
+        for p, (private, context) in enumerate(zip(privates, contexts, strict=True)):
+            try:
+                self.check_context(context)
+                teacher = train_teacher(private, context, options.teacher_epochs, teacher_model(options, context.config.model))
+                context.info["teacher_train_acc"] = accuracy(teacher, private.x, private.y, context.normalizer)
+                teachers[p] = teacher
+            except Exception as exc:  # noqa: BLE001 - this pipeline's own failure, returned as its entry
+                results[p] = exc
+        if teachers:
+            alive = list(teachers)
+            try:
+                made = synthesize_deepinversion_pack([teachers[p] for p in alive], options, [contexts[p] for p in alive])
+            except Exception as exc:  # noqa: BLE001 - what every pipeline's single run would raise (the same options)
+                made = [exc] * len(alive)
+            for p, outcome in zip(alive, made, strict=True):
+                if isinstance(outcome, Exception):
+                    results[p] = outcome
+                    continue
+                x, targets = outcome
+                y = soft_labels(teachers[p], x, contexts[p], options.temperature)
+                contexts[p].info["teacher_target_agreement"] = float((y.argmax(1) == targets).float().mean())
+                results[p] = LabeledSet(x, y)
+        return results  # type: ignore[return-value]
+
+    def pack_memory_bytes(self, input_shape: tuple[int, ...], num_classes: int, private_size: int) -> int:
+        """One packed DeepInversion pipeline: its teacher's training (the default bound) plus the optimisation's
+        working set, the inputs of one teacher call with the teacher's activations and gradients (bounded by
+        1,024 float32 copies of each input: cnn_small on 8x8 digits holds about 400) and the Adam state of all
+        ``n_synthetic`` inputs."""
+        from raypriv.synth.dfkd_packed import inputs_per_call
+
+        per_input = 4 * int(np.prod(input_shape))
+        working = 1024 * per_input * max(inputs_per_call(tuple(input_shape)), self.options.batch_size)
+        adam = 4 * per_input * self.options.n_synthetic  # inputs, gradients and two moments
+        return super().pack_memory_bytes(input_shape, num_classes, private_size) + working + adam
 
     def training_recipe(self, config: ExperimentConfig) -> TrainConfig | None:
         """DeepInversion distils by the standard recipe; DFAD's student is trained during synthesis."""

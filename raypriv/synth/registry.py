@@ -88,7 +88,7 @@ BUILTINS: dict[str, ParadigmEntry] = {
     "coreset": ParadigmEntry("raypriv.synth.coreset:Coreset", "raypriv.synth.options:CoresetOptions"),
     "dfkd": ParadigmEntry("raypriv.synth.dfkd:DataFreeKD", "raypriv.synth.options:DFKDOptions"),
     "diffusion": ParadigmEntry(
-        "raypriv.synth.diffusion.unet:Diffusion", "raypriv.synth.diffusion.options:DiffusionOptions"
+        "raypriv.synth.diffusion.paradigm:Diffusion", "raypriv.synth.diffusion.options:DiffusionOptions"
     ),
     "distill": ParadigmEntry("raypriv.synth.distill.matching:Distill", "raypriv.synth.distill.options:DistillOptions"),
     "dpgen-llm": ParadigmEntry("raypriv.synth.dpgen.llm:DPGenLLM", "raypriv.synth.dpgen.options:DPGenLLMOptions"),

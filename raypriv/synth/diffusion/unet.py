@@ -50,19 +50,27 @@ the default.
 ``pipeline: stable-diffusion`` fine-tunes a Stable Diffusion model from a
 local ``pretrained_path`` instead; see :mod:`raypriv.synth.diffusion.stable_diffusion`.
 The options and their checks are in :mod:`raypriv.synth.diffusion.options`.
+
+Packs (``execution.pack``): the UNet trained from scratch and sampled from
+noise (``generation: sample``, the default) trains and samples K pipelines
+as one vmapped computation (:mod:`raypriv.synth.diffusion.packed`), each
+pipeline with its own draws; its set equals the single run's up to float32
+summation order (not bit for bit: see there for the measured differences).
+Stable Diffusion, a pretrained UNet and img2img run one by one in a pack.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from raypriv.errors import RayprivError
-from raypriv.synth.base import LabeledSet, Paradigm, ShadowContext
+from raypriv.synth.base import LabeledSet, ShadowContext
 from raypriv.synth.diffusion.options import DiffusionOptions
 
 if TYPE_CHECKING:  # diffusers is imported when a model is built: importing raypriv.synth stays quick
@@ -149,6 +157,18 @@ def make_noise_scheduler(options: DiffusionOptions) -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=options.num_train_timesteps, beta_schedule=options.beta_schedule)
 
 
+def denoiser_lr_factor(step: int, options: DiffusionOptions) -> float:
+    """The learning rate's factor at ``step``: a short linear warm-up, then cosine decay to zero.
+
+    Ho et al. warm up too; our runs are short (about a thousand steps, not
+    their 800k), so they should end on small steps.
+    """
+    warmup = max(1, options.train_steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, options.train_steps - warmup)))
+
+
 def train_denoiser(
     unet: torch.nn.Module,
     x0: torch.Tensor,
@@ -171,16 +191,7 @@ def train_denoiser(
     device = x0.device
     scheduler = make_noise_scheduler(options)
     optimizer = torch.optim.Adam(unet.parameters(), lr=options.lr)
-    # A short linear warm-up (Ho et al. warm up too), then cosine decay to zero: our runs are
-    # short (about a thousand steps, not Ho et al.'s 800k), so they should end on small steps.
-    warmup = max(1, options.train_steps // 20)
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, options.train_steps - warmup)))
-
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: denoiser_lr_factor(step, options))
     ema = EMAModel(unet.parameters(), decay=options.ema_decay, foreach=True) if options.ema_decay > 0 else None
 
     n = len(x0)
@@ -314,74 +325,102 @@ def img2img_images(
 # ------------------------------------------------------------------ the paradigm
 
 
-class Diffusion(Paradigm):
-    name = "diffusion"
-    Options = DiffusionOptions
+@dataclass
+class UNetPipeline:
+    """One UNet pipeline, checked and ready to train: what :func:`train_denoiser` and the samplers need.
 
-    def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
-        options: DiffusionOptions = self.options
-        if private.x.ndim != 4:
-            raise RayprivError(
-                f"paradigm diffusion needs images (N, C, H, W), but the private set has inputs of shape "
-                f"{tuple(private.x.shape)}; use another paradigm for tabular data"
-            )
-        if private.y.ndim != 1:
-            raise RayprivError("paradigm diffusion needs class ids as labels (N,), not soft labels")
-        img2img = options.generation == "img2img"
-        # The private images img2img starts from: one draw, for either pipeline.
-        sources = img2img_sources(len(private), options, context.generator("img2img-sources")) if img2img else None
-        if options.pipeline == "stable-diffusion":
-            from raypriv.synth.diffusion.stable_diffusion import synthesize_stable_diffusion
+    ``x0``: the private images ``(N, C, H, W)`` in [-1, 1]; ``labels``: ``(N,)``
+    int64; ``null_class``: the classifier-free guidance class (None without
+    label dropout); ``unet``: the fresh (or loaded) network on the device;
+    ``sources``: img2img's private-image indices (None for ``sample``).
+    """
 
-            return synthesize_stable_diffusion(private, context, options, sources)
-        num_classes = context.num_classes
-        channels, height, width = (int(s) for s in private.x.shape[1:])
-        device = context.device
+    x0: torch.Tensor
+    labels: torch.Tensor
+    null_class: int | None
+    unet: torch.nn.Module
+    sources: torch.Tensor | None
 
-        # Pixel scale 0..1 (uint8 / 255), then [-1, 1] as in Ho et al.
-        x = private.x.float() / 255.0 if private.x.dtype == torch.uint8 else private.x.float()
-        if img2img:
-            context.info["n_per_image"] = options.n_per_image
-            if img2img_steps(options.strength, options.sample_steps) == 0:
-                # Strength 0: the private images themselves (no model would be used, so none is trained).
-                return LabeledSet(x[sources].to(device), private.y[sources].long().to(device))
-        x0 = (x * 2.0 - 1.0).to(device)
-        labels = private.y.long().to(device)
-        # Classifier-free guidance trains one extra class embedding: the null class, index num_classes.
-        null_class = num_classes if options.label_dropout > 0 else None
-        num_class_embeds = num_classes + 1 if null_class is not None else num_classes
 
-        if options.pretrained_path is not None:
-            unet = load_unet(options.pretrained_path, channels, height, width, num_classes, null_class is not None)
-        else:
-            # diffusers initialises from torch's global RNG: fork it and seed from this model's stream.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(context.generator("init").initial_seed())
-                unet = build_unet(options, channels, height, width, num_class_embeds)
-        unet = unet.to(device)
+def check_private_images(private: LabeledSet, num_classes: int) -> None:
+    """Refuse a private set that is not images ``(N, C, H, W)`` with class ids ``(N,)`` in ``0 .. num_classes - 1``.
 
-        losses = train_denoiser(unet, x0, labels, options, null_class, context.generator("train"))
+    An empty set, or a label outside the classes, would otherwise fail deep in
+    training (a draw from an empty range, an embedding index); refused here,
+    a pipeline fails with the same message alone or in a pack.
+    """
+    if private.x.ndim != 4:
+        raise RayprivError(
+            f"paradigm diffusion needs images (N, C, H, W), but the private set has inputs of shape "
+            f"{tuple(private.x.shape)}; use another paradigm for tabular data"
+        )
+    if private.y.ndim != 1:
+        raise RayprivError("paradigm diffusion needs class ids as labels (N,), not soft labels")
+    if len(private) == 0:
+        raise RayprivError("paradigm diffusion got an empty private set: there is nothing to train the denoiser on")
+    low, high = int(private.y.min()), int(private.y.max())
+    if low < 0 or high >= num_classes:
+        raise RayprivError(
+            f"paradigm diffusion got labels from {low} to {high}, but the data has classes 0 .. {num_classes - 1}"
+        )
 
-        if img2img:
-            index = sources.to(device)
-            synthetic_labels = labels[index]
-            images = img2img_images(unet, x0[index], synthetic_labels, options, null_class, context.generator("sample"))
-        else:
-            if options.n_per_class is not None:
-                n_per_class = options.n_per_class
-            else:
-                n_per_class = max(1, round(options.size_fraction * len(private) / num_classes))
-            synthetic_labels = torch.arange(num_classes, device=device).repeat_interleave(n_per_class)
-            images = sample_images(
-                unet, synthetic_labels, (channels, height, width), options, null_class, context.generator("sample")
-            )
-            context.info["n_per_class"] = n_per_class
 
-        context.info["unet_parameters"] = sum(p.numel() for p in unet.parameters())
-        if losses:  # mean denoising loss over the first and the last tenth of the steps
-            tail = max(1, len(losses) // 10)
-            context.info["loss_first"] = sum(losses[:tail]) / tail
-            context.info["loss_last"] = sum(losses[-tail:]) / tail
-        # Back to pixel scale 0..1 (float32), the convention for synthetic images.
-        return LabeledSet(((images + 1.0) / 2.0).clamp(0.0, 1.0).float(), synthetic_labels)
+def prepare_unet_pipeline(
+    private: LabeledSet, context: ShadowContext, options: DiffusionOptions, sources: torch.Tensor | None
+) -> UNetPipeline | LabeledSet:
+    """The UNet pipeline of ``private``: its scaled images and its network (seeded from ``context``'s ``init`` stream).
 
+    Returns the finished set instead where no network is needed (img2img at strength 0: the private images).
+    """
+    num_classes = context.num_classes
+    channels, height, width = (int(s) for s in private.x.shape[1:])
+    device = context.device
+
+    # Pixel scale 0..1 (uint8 / 255), then [-1, 1] as in Ho et al.
+    x = private.x.float() / 255.0 if private.x.dtype == torch.uint8 else private.x.float()
+    if sources is not None:
+        context.info["n_per_image"] = options.n_per_image
+        if img2img_steps(options.strength, options.sample_steps) == 0:
+            # Strength 0: the private images themselves (no model would be used, so none is trained).
+            return LabeledSet(x[sources].to(device), private.y[sources].long().to(device))
+    x0 = (x * 2.0 - 1.0).to(device)
+    labels = private.y.long().to(device)
+    # Classifier-free guidance trains one extra class embedding: the null class, index num_classes.
+    null_class = num_classes if options.label_dropout > 0 else None
+    num_class_embeds = num_classes + 1 if null_class is not None else num_classes
+
+    if options.pretrained_path is not None:
+        unet = load_unet(options.pretrained_path, channels, height, width, num_classes, null_class is not None)
+    else:
+        # diffusers initialises from torch's global RNG: fork it and seed from this model's stream.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.generator("init").initial_seed())
+            unet = build_unet(options, channels, height, width, num_class_embeds)
+    return UNetPipeline(x0, labels, null_class, unet.to(device), sources)
+
+
+def sample_labels(private_size: int, context: ShadowContext, options: DiffusionOptions) -> torch.Tensor:
+    """The class-balanced labels ``(classes * n_per_class,)`` of ``generation: sample`` (class-major); notes n_per_class."""
+    num_classes = context.num_classes
+    if options.n_per_class is not None:
+        n_per_class = options.n_per_class
+    else:
+        n_per_class = max(1, round(options.size_fraction * private_size / num_classes))
+    context.info["n_per_class"] = n_per_class
+    return torch.arange(num_classes, device=context.device).repeat_interleave(n_per_class)
+
+
+def finish_unet_pipeline(
+    images: torch.Tensor, labels: torch.Tensor, parameters: int, losses: list[float], context: ShadowContext
+) -> LabeledSet:
+    """The synthetic set from images in [-1, 1] ``(M, C, H, W)`` and labels ``(M,)``.
+
+    Notes the model's facts (its size, its first and last losses) in ``context.info``.
+    """
+    context.info["unet_parameters"] = parameters
+    if losses:  # mean denoising loss over the first and the last tenth of the steps
+        tail = max(1, len(losses) // 10)
+        context.info["loss_first"] = sum(losses[:tail]) / tail
+        context.info["loss_last"] = sum(losses[-tail:]) / tail
+    # Back to pixel scale 0..1 (float32), the convention for synthetic images.
+    return LabeledSet(((images + 1.0) / 2.0).clamp(0.0, 1.0).float(), labels)

@@ -53,11 +53,18 @@ instead, BatchNorm handled as in the authors' code (per-class batches in
 train mode for DM, statistics frozen from a mixed real batch for DC/DSA);
 the default learning rates were chosen for ``convnet``.
 
-Packs (``execution.pack``): DM with the ConvNet embedding and ``ipc >= 2``
-runs K pipelines as one batched computation
-(:mod:`raypriv.synth.distill.packed`), each pipeline's set equal to its
-single run's bit for bit on digits; the other methods run one by one in a
-pack.
+Packs (``execution.pack``, the table :data:`raypriv.synth.distill.packs.PACKED_METHODS`)
+run K pipelines with the ConvNet embedding as one batched computation:
+
+* DM (``ipc >= 2``, :mod:`~raypriv.synth.distill.packed`): each pipeline's
+  set equal to its single run's bit for bit;
+* MTT/DATM (:mod:`~raypriv.synth.distill.packed_trajectories`): experts
+  alone, the matching iterations grouped; equal in law (rounding grows to
+  ~2e-2 over 60 iterations), so on a CPU only at an explicit ``execution.pack: K``;
+* DC/DSA (:mod:`~raypriv.synth.distill.packed_gradient`): grouped networks,
+  equal in law, and only where a GPU is present (no faster on a CPU).
+
+``embed_arch: model`` runs one by one in a pack.
 
 Differences from the papers, all for a ~10 s CPU budget per model: far fewer
 iterations (300 for DM instead of 20,000; 10 for DC/DSA instead of 1,000),
@@ -96,7 +103,8 @@ from raypriv.synth.distill.common import (
     siamese_augment,
 )
 from raypriv.synth.distill.options import TRAJECTORY_METHODS, DistillOptions
-from raypriv.synth.distill.packed import distribution_matching_pack, packable
+from raypriv.synth.distill.packed import dm_pack_memory_bytes
+from raypriv.synth.distill.packs import packed_method
 from raypriv.synth.distill.trajectories import distill_trajectories, train_at_learned_lr
 
 IMAGE_MOMENTUM = 0.5  # the papers' SGD momentum for the synthetic images
@@ -260,7 +268,7 @@ class Distill(Paradigm):
     name = "distill"
     Options = DistillOptions
 
-    def _new_network_factory(self, context: ShadowContext, generator: torch.Generator) -> Callable[[], nn.Module]:
+    def network_factory(self, context: ShadowContext, generator: torch.Generator) -> Callable[[], nn.Module]:
         """Fresh randomly initialised networks, each seeded from ``generator``."""
         options = self.options
         count = 0
@@ -299,7 +307,7 @@ class Distill(Paradigm):
             return train_at_learned_lr(training_set, context, self.options)
         return super().train(training_set, context)
 
-    def _by_class(self, private: LabeledSet, context: ShadowContext) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def split_by_class(self, private: LabeledSet, context: ShadowContext) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The private images normalised ``(N, C, H, W)``, and split by class; a RayprivError if one is missing."""
         if len(context.input_shape) != 3:
             raise RayprivError(
@@ -315,7 +323,7 @@ class Distill(Paradigm):
                 )
         return real, by_class
 
-    def _result(self, syn: torch.Tensor, final_loss: float, context: ShadowContext) -> LabeledSet:
+    def as_result(self, syn: torch.Tensor, final_loss: float, context: ShadowContext) -> LabeledSet:
         """The optimised images (normalised, class-major) as the returned set; the last loss goes to ``info``."""
         # The matching loss of the last step (a stochastic estimate; DM and DC scales differ).
         context.info["distill_final_loss"] = final_loss
@@ -325,72 +333,45 @@ class Distill(Paradigm):
 
     def synthesize(self, private: LabeledSet, context: ShadowContext) -> LabeledSet:
         options = self.options
-        real, by_class = self._by_class(private, context)
+        real, by_class = self.split_by_class(private, context)
 
         # Initialise the synthetic set (normalised space, class-major).
         init_generator = context.generator("init_images")
         if options.method in TRAJECTORY_METHODS:
             return self._trajectory_matching(private, real, context, init_generator)
-        syn = self._initial_images(real, private.y, context, init_generator)
+        syn = self.initial_images(real, private.y, context, init_generator)
 
         sampler = RealSampler(by_class, context.generator("real_batches"))
-        new_network = self._new_network_factory(context, context.generator("networks"))
+        new_network = self.network_factory(context, context.generator("networks"))
         match = distribution_matching if options.method == "dm" else gradient_matching
         syn, final_loss = match(syn, options.ipc, sampler, new_network, options, context.generator("dsa"))
-        return self._result(syn, final_loss, context)
+        return self.as_result(syn, final_loss, context)
 
     # ------------------------------------------------------------ packs
 
     def packs_synthesis(self) -> bool:
-        """DM with the ConvNet embedding runs packs batched (:mod:`raypriv.synth.distill.packed`); the rest one by one.
+        """Whether these options have a batched pack (:data:`raypriv.synth.distill.packs.PACKED_METHODS`)."""
+        return packed_method(self.options) is not None
 
-        ``dc``/``dsa``, ``mtt``/``datm`` and ``embed_arch: model`` have no
-        batched implementation yet: a pack runs them one by one.
-        """
-        return packable(self.options)
+    def packs_bit_exact(self) -> bool:
+        """Only DM's pack gives the single run's bits; dc/dsa/mtt/datm packs are equal in law (see the table)."""
+        entry = packed_method(self.options)
+        return entry is None or entry.bit_exact
 
     def synthesize_pack(self, privates: list[LabeledSet], contexts: list[ShadowContext]) -> list[LabeledSet | Exception]:
-        """DM on K private sets at once (:func:`raypriv.synth.distill.packed.distribution_matching_pack`).
-
-        Each pipeline's checks and initial images run alone; a pipeline that
-        fails them gets its exception, the others are matched together.
-        """
-        results: list[LabeledSet | Exception | None] = [None] * len(privates)
-        ready = []  # (index, by_class, initial images)
-        for p, (private, context) in enumerate(zip(privates, contexts, strict=True)):
-            try:
-                real, by_class = self._by_class(private, context)
-                syn = self._initial_images(real, private.y, context, context.generator("init_images"))
-            except Exception as exc:  # noqa: BLE001 - this pipeline's own failure, raised for it by the caller
-                results[p] = exc
-                continue
-            ready.append((p, by_class, syn))
-        if ready:
-            chosen = [contexts[p] for p, _, _ in ready]
-            samplers = [RealSampler(by_class, contexts[p].generator("real_batches")) for p, by_class, _ in ready]
-            syn, losses = distribution_matching_pack(
-                torch.stack([syn for _, _, syn in ready]),
-                self.options.ipc,
-                samplers,
-                [context.generator("networks") for context in chosen],
-                self.options,
-                [context.generator("dsa") for context in chosen],
-                tuple(chosen[0].input_shape),
-            )
-            for (p, _, _), images, loss in zip(ready, syn, losses, strict=True):
-                results[p] = self._result(images, loss, contexts[p])
-        return results  # type: ignore[return-value]
+        """K pipelines at once by the method's entry of :data:`~raypriv.synth.distill.packs.PACKED_METHODS`."""
+        entry = packed_method(self.options)
+        if entry is None:  # only called where packs_synthesis() said True
+            return super().synthesize_pack(privates, contexts)
+        return entry.synthesize(self, privates, contexts)
 
     def pack_memory_bytes(self, input_shape: tuple[int, ...], num_classes: int, private_size: int) -> int:
-        """DM's working memory per pipeline: its private set (normalised copy, per-class split), the real
-        batches and their DSA copies, the synthetic images with their momentum, and the embedding activations
-        of one chunk, ~8 float32 copies each, rounded up generously."""
-        pixels = int(torch.tensor(input_shape).prod())
-        images = 3 * private_size + num_classes * (3 * self.options.batch_real + 8 * self.options.ipc)
-        activations = 8 * num_classes * (self.options.batch_real + self.options.ipc) * self.options.embed_width * pixels
-        return 4 * (images * pixels + activations)
+        """The method's estimate (the table's ``memory_bytes``); DM's for options without a batched pack."""
+        entry = packed_method(self.options)
+        estimate = dm_pack_memory_bytes if entry is None else entry.memory_bytes
+        return estimate(self.options, tuple(input_shape), num_classes, private_size)
 
-    def _initial_images(
+    def initial_images(
         self,
         real: torch.Tensor,
         labels: torch.Tensor,
@@ -424,10 +405,10 @@ class Distill(Paradigm):
         ids = torch.arange(k, device=context.device).repeat_interleave(ipc)
 
         def init_images(teacher: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._initial_images(real, labels, context, init_generator, teacher), ids
+            return self.initial_images(real, labels, context, init_generator, teacher), ids
 
         syn, y = distill_trajectories(
-            real, labels, init_images, self._new_network_factory(context, context.generator("networks")),
+            real, labels, init_images, self.network_factory(context, context.generator("networks")),
             self.options, lambda stream: context.generator(stream), context.info,
         )
         return LabeledSet(context.normalizer.denormalize(syn).clamp(0.0, 1.0).float(), y)

@@ -27,10 +27,12 @@ checks 1e-4).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from raypriv.synth.base import LabeledSet, ShadowContext
 from raypriv.synth.distill.common import DSAParams, RealSampler, apply_dsa, default_depth, sample_dsa
 from raypriv.synth.distill.options import DistillOptions
 
@@ -227,7 +229,7 @@ def distribution_matching_pack(
     return syn.detach(), [float(v) for v in losses]
 
 
-def packable(options: DistillOptions) -> bool:
+def dm_packable(options: DistillOptions) -> bool:
     """Whether :func:`distribution_matching_pack` runs these options: DM with the ConvNet embedding and ``ipc >= 2``.
 
     With ``ipc: 1`` the single run embeds each class's one synthetic image
@@ -238,3 +240,49 @@ def packable(options: DistillOptions) -> bool:
     ``ipc: 1`` runs one by one, where the pack would only be equal in law.
     """
     return options.method == "dm" and options.embed_arch == "convnet" and options.ipc >= 2
+
+
+def dm_pack_memory_bytes(options: DistillOptions, input_shape: tuple[int, ...], num_classes: int, private_size: int) -> int:
+    """DM's working memory per pipeline in bytes: its private set (normalised copy, per-class split), the real
+    batches and their DSA copies, the synthetic images with their momentum, and the embedding activations of
+    one chunk, ~8 float32 copies each, rounded up generously (also the dc/dsa estimate: gradient matching holds
+    one class's real graph and the synthetic graph at a time)."""
+    pixels = math.prod(input_shape)
+    images = 3 * private_size + num_classes * (3 * options.batch_real + 8 * options.ipc)
+    activations = 8 * num_classes * (options.batch_real + options.ipc) * options.embed_width * pixels
+    return 4 * (images * pixels + activations)
+
+
+def synthesize_dm_pack(paradigm: Any, privates: list[LabeledSet], contexts: list[ShadowContext]) -> list[LabeledSet | Exception]:
+    """DM on K private sets at once (:func:`distribution_matching_pack`).
+
+    ``paradigm`` is the :class:`~raypriv.synth.distill.Distill` whose options run.
+
+    Each pipeline's checks and initial images run alone; a pipeline that
+    fails them gets its exception, the others are matched together.
+    """
+    results: list[LabeledSet | Exception | None] = [None] * len(privates)
+    ready = []  # (index, by_class, initial images)
+    for p, (private, context) in enumerate(zip(privates, contexts, strict=True)):
+        try:
+            real, by_class = paradigm.split_by_class(private, context)
+            syn = paradigm.initial_images(real, private.y, context, context.generator("init_images"))
+        except Exception as exc:  # noqa: BLE001 - this pipeline's own failure, raised for it by the caller
+            results[p] = exc
+            continue
+        ready.append((p, by_class, syn))
+    if ready:
+        chosen = [contexts[p] for p, _, _ in ready]
+        samplers = [RealSampler(by_class, contexts[p].generator("real_batches")) for p, by_class, _ in ready]
+        syn, losses = distribution_matching_pack(
+            torch.stack([syn for _, _, syn in ready]),
+            paradigm.options.ipc,
+            samplers,
+            [context.generator("networks") for context in chosen],
+            paradigm.options,
+            [context.generator("dsa") for context in chosen],
+            tuple(chosen[0].input_shape),
+        )
+        for (p, _, _), images, loss in zip(ready, syn, losses, strict=True):
+            results[p] = paradigm.as_result(images, loss, contexts[p])
+    return results  # type: ignore[return-value]

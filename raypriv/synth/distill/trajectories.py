@@ -43,6 +43,12 @@ trained here, per model, and their trajectories stay in memory (or, above
 :data:`MEMORY_LIMIT_BYTES`, in a private temporary directory removed at the
 end); nothing is shared between models.
 
+Packs (``execution.pack``): :mod:`raypriv.synth.distill.packed_trajectories`
+trains each pipeline's experts alone with :func:`train_experts` and
+:func:`initial_set` (bit for bit), then runs the matching of K pipelines as
+one batched computation, equal to the single run in law (its docstring says
+how far).
+
 Departures from the papers and the authors' code (see also
 :mod:`raypriv.synth.distill.matching`):
 
@@ -427,6 +433,77 @@ def expert_logits(
         )
 
 
+def train_experts(
+    real: torch.Tensor, y: torch.Tensor, new_network: Callable[[], nn.Module], options: Any,
+    streams: Callable[[str], torch.Generator],
+) -> tuple[nn.Module, ParameterLayout, TrajectoryBuffer]:
+    """The student network, its parameter layout, and the experts' trajectories on (real, y).
+
+    The first network drawn is the student (its weights are never used: only
+    its structure); then each expert.  The caller closes the buffer (a
+    context manager).
+    """
+    student = new_network()
+    layout = ParameterLayout.of(student)
+    expert_generator = streams("experts")
+    sharpness = SharpnessAware(options.ftd_rho, options.ftd_alpha) if options.experts == "ftd" else None
+    buffer = TrajectoryBuffer(options.n_experts, options.expert_train_epochs + 1, sum(layout.sizes))
+    try:
+        for _ in range(options.n_experts):
+            buffer.append(
+                train_expert(
+                    new_network(), layout, real, y, options.expert_train_epochs, options.lr_teacher,
+                    options.expert_batch, options.strategy, expert_generator, sharpness,
+                )
+            )
+    except BaseException:
+        buffer.close()
+        raise
+    return student, layout, buffer
+
+
+def initial_set(
+    real: torch.Tensor,
+    init_images: Callable[[nn.Module | None], tuple[torch.Tensor, torch.Tensor]],
+    new_network: Callable[[], nn.Module],
+    student: nn.Module,
+    layout: ParameterLayout,
+    buffer: TrajectoryBuffer,
+    options: Any,
+    info: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The starting images (N, C, H, W), their class ids (N,) and, for DATM, the label logits (N, K) (else None).
+
+    DATM picks the initial images with the first expert at its last epoch
+    (``samples_predicted_correctly``) and labels them with the mean logits of
+    the experts that classify each image correctly.
+    """
+    datm = options.method == "datm"
+    teacher = None
+    if datm:
+        teacher = new_network()
+        teacher.load_state_dict({**teacher.state_dict(), **layout.unflatten(buffer.get(0, real.device)[-1])})
+        teacher.train()  # batch statistics, as expert_logits explains
+    syn, syn_y = init_images(teacher)
+    logits = None
+    if datm:
+        logits = average_correct_logits(expert_logits(student, layout, buffer, syn), syn_y)
+        info["distill_label_init_agreement"] = float((logits.argmax(1) == syn_y).float().mean())
+    return syn, syn_y, logits
+
+
+def record_matching(info: dict[str, Any], options: Any, lr: float, losses: list[float]) -> None:
+    """The facts of one matching run kept in the model's ``info``: the learned step size, skips, losses."""
+    info["distill_learned_lr"] = lr
+    if options.loss_threshold is not None:
+        info["distill_skipped_iterations"] = sum(loss > options.loss_threshold for loss in losses)
+    if losses:
+        tail = max(1, len(losses) // 10)
+        info["distill_loss_first"] = sum(losses[:tail]) / tail
+        info["distill_loss_last"] = sum(losses[-tail:]) / tail
+        info["distill_final_loss"] = losses[-1]
+
+
 def distill_trajectories(
     real: torch.Tensor,
     y: torch.Tensor,
@@ -443,42 +520,13 @@ def distill_trajectories(
     classified private samples with.  Returns the images (normalised) and
     the labels: int64 ids (MTT) or float32 probabilities (DATM).
     """
-    student = new_network()
-    layout = ParameterLayout.of(student)
-    n_params = sum(layout.sizes)
-    expert_generator = streams("experts")
-    sharpness = SharpnessAware(options.ftd_rho, options.ftd_alpha) if options.experts == "ftd" else None
-    with TrajectoryBuffer(options.n_experts, options.expert_train_epochs + 1, n_params) as buffer:
-        for _ in range(options.n_experts):
-            buffer.append(
-                train_expert(
-                    new_network(), layout, real, y, options.expert_train_epochs, options.lr_teacher,
-                    options.expert_batch, options.strategy, expert_generator, sharpness,
-                )
-            )
-        datm = options.method == "datm"
-        # DATM picks the initial images with the first expert at its last epoch (samples_predicted_correctly).
-        teacher = None
-        if datm:
-            teacher = new_network()
-            teacher.load_state_dict({**teacher.state_dict(), **layout.unflatten(buffer.get(0, real.device)[-1])})
-            teacher.train()  # batch statistics, as expert_logits explains
-        syn, syn_y = init_images(teacher)
-        logits = None
-        if datm:  # and labels them with the mean logits of the experts that classify each image correctly
-            logits = average_correct_logits(expert_logits(student, layout, buffer, syn), syn_y)
-            info["distill_label_init_agreement"] = float((logits.argmax(1) == syn_y).float().mean())
+    student, layout, buffer = train_experts(real, y, new_network, options, streams)
+    with buffer:
+        syn, syn_y, logits = initial_set(real, init_images, new_network, student, layout, buffer, options, info)
         syn, logits, lr, losses = trajectory_matching(
             syn, syn_y, logits, buffer, student, layout, options, streams("matching"), streams("dsa")
         )
-    info["distill_learned_lr"] = lr
-    if options.loss_threshold is not None:
-        info["distill_skipped_iterations"] = sum(loss > options.loss_threshold for loss in losses)
-    if losses:
-        tail = max(1, len(losses) // 10)
-        info["distill_loss_first"] = sum(losses[:tail]) / tail
-        info["distill_loss_last"] = sum(losses[-tail:]) / tail
-        info["distill_final_loss"] = losses[-1]
+    record_matching(info, options, lr, losses)
     labels = syn_y if logits is None else F.softmax(logits, dim=1).float()
     return syn, labels
 
