@@ -253,16 +253,18 @@ def dm_pack_memory_bytes(options: DistillOptions, input_shape: tuple[int, ...], 
     return 4 * (images * pixels + activations)
 
 
-def synthesize_dm_pack(paradigm: Any, privates: list[LabeledSet], contexts: list[ShadowContext]) -> list[LabeledSet | Exception]:
-    """DM on K private sets at once (:func:`distribution_matching_pack`).
+def prepare_pipelines(
+    paradigm: Any, privates: list[LabeledSet], contexts: list[ShadowContext]
+) -> tuple[list[LabeledSet | Exception | None], list[tuple[int, list[torch.Tensor], torch.Tensor]]]:
+    """Each pipeline's checks and initial images, alone, for DM and DC/DSA packs.
 
-    ``paradigm`` is the :class:`~raypriv.synth.distill.Distill` whose options run.
-
-    Each pipeline's checks and initial images run alone; a pipeline that
-    fails them gets its exception, the others are matched together.
+    Returns one entry per pipeline (its exception where the checks or the
+    initial images failed, else None, to be filled by the runner) and the
+    pipelines that are ready: ``(index, real images by class, initial images
+    (classes * ipc, C, H, W))``.
     """
     results: list[LabeledSet | Exception | None] = [None] * len(privates)
-    ready = []  # (index, by_class, initial images)
+    ready = []
     for p, (private, context) in enumerate(zip(privates, contexts, strict=True)):
         try:
             real, by_class = paradigm.split_by_class(private, context)
@@ -271,6 +273,18 @@ def synthesize_dm_pack(paradigm: Any, privates: list[LabeledSet], contexts: list
             results[p] = exc
             continue
         ready.append((p, by_class, syn))
+    return results, ready
+
+
+def synthesize_dm_pack(paradigm: Any, privates: list[LabeledSet], contexts: list[ShadowContext]) -> list[LabeledSet | Exception]:
+    """DM on K private sets at once (:func:`distribution_matching_pack`).
+
+    ``paradigm`` is the :class:`~raypriv.synth.distill.Distill` whose options run.
+
+    Each pipeline's checks and initial images run alone; a pipeline that
+    fails them gets its exception, the others are matched together.
+    """
+    results, ready = prepare_pipelines(paradigm, privates, contexts)
     if ready:
         chosen = [contexts[p] for p, _, _ in ready]
         samplers = [RealSampler(by_class, contexts[p].generator("real_batches")) for p, by_class, _ in ready]

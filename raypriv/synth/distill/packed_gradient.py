@@ -70,7 +70,7 @@ from torch import nn
 from raypriv.synth.base import LabeledSet, ShadowContext
 from raypriv.synth.distill.common import ConvNet, RealSampler, sample_dsa
 from raypriv.synth.distill.options import DistillOptions
-from raypriv.synth.distill.packed import augment_pack
+from raypriv.synth.distill.packed import augment_pack, prepare_pipelines
 
 IMAGE_MOMENTUM = 0.5  # as raypriv.synth.distill.matching (the papers' SGD momentum for the images)
 
@@ -281,16 +281,7 @@ def synthesize_gradient_pack(
     run.  Each pipeline's checks and initial images run alone; a pipeline
     that fails them gets its own exception, the others are matched together.
     """
-    results: list[LabeledSet | Exception | None] = [None] * len(privates)
-    ready = []  # (index, by_class, initial images)
-    for p, (private, context) in enumerate(zip(privates, contexts, strict=True)):
-        try:
-            real, by_class = paradigm.split_by_class(private, context)
-            syn = paradigm.initial_images(real, private.y, context, context.generator("init_images"))
-        except Exception as exc:  # noqa: BLE001 - this pipeline's own failure, raised for it by the caller
-            results[p] = exc
-            continue
-        ready.append((p, by_class, syn))
+    results, ready = prepare_pipelines(paradigm, privates, contexts)
     if ready:
         chosen = [contexts[p] for p, _, _ in ready]
         syn, losses = gradient_matching_pack(
