@@ -110,6 +110,14 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     return TinyRun(path, tiny_config_dict(path), raypriv.load_run(path))
 
 
+def distill_paradigm(options: dict):
+    """The ``distill`` paradigm with ``options`` on the tiny config (the pack tests' single runs and packs)."""
+    from raypriv.synth import make_paradigm
+
+    config = config_from_dict(tiny_config_dict("/tmp/unused", paradigms=["distill"], paradigm_options={"distill": options}))
+    return make_paradigm(config, "distill")
+
+
 @pytest.fixture(scope="module")
 def digits_private():
     """A private set of 300 digits (uint8) and a context factory for it (``distill`` shadow models).

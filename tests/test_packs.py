@@ -24,7 +24,7 @@ from raypriv.split import make_audit_split
 from raypriv.synth import LabeledSet, make_paradigm
 from raypriv.synth.distill.common import ConvNet, DSAParams, apply_dsa, sample_dsa
 from raypriv.synth.distill.packed import augment_pack, convnet_parameters
-from tests.conftest import tiny_config_dict
+from tests.conftest import distill_paradigm, tiny_config_dict
 
 HERE = "tests.test_packs"
 # A DM small enough for seconds: 4 iterations, 2 images per class, real batches of 8.
@@ -59,16 +59,10 @@ def _privates(digits_private, count: int) -> list[LabeledSet]:
     return [LabeledSet(private.x[40 * p : 40 * p + 200], private.y[40 * p : 40 * p + 200]) for p in range(count)]
 
 
-def _distill(options: dict):
-    config = config_from_dict(tiny_config_dict("/tmp/unused", paradigms=["distill"],
-                                               paradigm_options={"distill": options}))
-    return make_paradigm(config, "distill")
-
-
 def test_a_packed_dm_pipeline_is_the_same_pipeline_alone(digits_private):
     """Three DM pipelines (own private sets, own model ids) as one pack: each set equals its single run (1e-5)."""
     _, make_context = digits_private
-    paradigm = _distill(TINY_DM)
+    paradigm = distill_paradigm(TINY_DM)
     assert paradigm.packs_synthesis()
     privates = _privates(digits_private, 3)
     alone_contexts = [make_context(m) for m in (0, 5, 9)]
@@ -85,7 +79,7 @@ def test_a_packed_dm_pipeline_is_the_same_pipeline_alone(digits_private):
 def test_a_degenerate_private_set_fails_alone_in_its_pack(digits_private):
     """A private set without class 3 gets the single run's error; the pack's other pipelines are unchanged."""
     _, make_context = digits_private
-    paradigm = _distill(TINY_DM)
+    paradigm = distill_paradigm(TINY_DM)
     privates = _privates(digits_private, 3)
     keep = privates[1].y != 3
     privates[1] = LabeledSet(privates[1].x[keep], privates[1].y[keep])
@@ -99,10 +93,10 @@ def test_a_degenerate_private_set_fails_alone_in_its_pack(digits_private):
 
 
 def test_methods_without_a_batched_version_run_one_by_one():
-    assert _distill({"method": "dc"}).packs_synthesis() == torch.cuda.is_available()  # no faster on a CPU
-    assert _distill({"method": "mtt"}).packs_synthesis() and not _distill({"method": "mtt"}).packs_bit_exact()
-    assert not _distill({"method": "dm", "embed_arch": "model"}).packs_synthesis()
-    assert not _distill({"method": "dm", "ipc": 1}).packs_synthesis()  # a batch of one rounds apart (packed.dm_packable)
+    assert distill_paradigm({"method": "dc"}).packs_synthesis() == torch.cuda.is_available()  # no faster on a CPU
+    assert distill_paradigm({"method": "mtt"}).packs_synthesis() and not distill_paradigm({"method": "mtt"}).packs_bit_exact()
+    assert not distill_paradigm({"method": "dm", "embed_arch": "model"}).packs_synthesis()
+    assert not distill_paradigm({"method": "dm", "ipc": 1}).packs_synthesis()  # a batch of one rounds apart (packed.dm_packable)
 
 
 # ------------------------------------------------------------------ config, hash, K
@@ -137,7 +131,7 @@ def test_pack_size_per_paradigm_and_budget(tmp_path):
     assert k("real", 4) == 4  # asked for: run one by one inside the pack
     assert k("distill", "auto") == 8  # the CPU ceiling (raypriv.pipeline.PACK_AUTO_MAX)
     assert k("distill", 16) == 16
-    per_pipeline = _distill(TINY_DM).pack_memory_bytes((1, 8, 8), 10, 700)
+    per_pipeline = distill_paradigm(TINY_DM).pack_memory_bytes((1, 8, 8), 10, 700)
     assert k("distill", "auto", memory_gb=3 * per_pipeline / 2**30) == 3  # what the budget holds
     with pytest.raises(RayprivError, match=r"execution.pack=16 does not fit: .* holds 3; lower execution.pack"):
         k("distill", 16, memory_gb=3 * per_pipeline / 2**30)

@@ -12,9 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raypriv.config import from_dict as config_from_dict
 from raypriv.errors import RayprivError
-from raypriv.synth import LabeledSet, make_paradigm
+from raypriv.synth import LabeledSet
 from raypriv.synth.distill.common import ConvNet
 from raypriv.synth.distill.matching import layerwise_distance
 from raypriv.synth.distill.packed_gradient import (
@@ -23,16 +22,10 @@ from raypriv.synth.distill.packed_gradient import (
     pipeline_losses,
     synthesize_gradient_pack,
 )
-from tests.conftest import tiny_config_dict
+from tests.conftest import distill_paradigm
 
 # One outer iteration of 2 image steps (and 2 network steps between them), 2 images per class, real batches of 16.
 TINY = {"iterations": 1, "outer_loop": 2, "inner_loop": 2, "ipc": 2, "batch_real": 16, "train_epochs": 1}
-
-
-def _distill(options: dict):
-    config = config_from_dict(tiny_config_dict("/tmp/unused", paradigms=["distill"],
-                                               paradigm_options={"distill": options}))
-    return make_paradigm(config, "distill")
 
 
 def _privates(digits_private, count: int) -> list[LabeledSet]:
@@ -93,7 +86,7 @@ def test_a_packed_pipeline_equals_it_alone_over_the_first_steps(digits_private, 
     """Three pipelines (own private sets and model ids) as one pack: each set equals its single run to 1e-5
     after one outer iteration (measured: ~1e-7, float rounding)."""
     _, make_context = digits_private
-    paradigm = _distill({"method": method, **TINY})
+    paradigm = distill_paradigm({"method": method, **TINY})
     privates = _privates(digits_private, 3)
     alone_contexts = [make_context(m) for m in (0, 5, 9)]
     alone = [paradigm.synthesize(p, c) for p, c in zip(privates, alone_contexts, strict=True)]
@@ -111,7 +104,7 @@ def test_over_longer_runs_a_packed_pipeline_tracks_its_own_run(digits_private):
     """Three outer iterations (rounding has grown, module docstring): each packed set is still far closer to
     its own single run than the single runs of two pipelines are to each other."""
     _, make_context = digits_private
-    paradigm = _distill({"method": "dsa", **TINY, "iterations": 3, "outer_loop": 4})
+    paradigm = distill_paradigm({"method": "dsa", **TINY, "iterations": 3, "outer_loop": 4})
     privates = _privates(digits_private, 2)
     alone = [paradigm.synthesize(p, make_context(m)) for p, m in zip(privates, (0, 5), strict=True)]
     packed = synthesize_gradient_pack(paradigm, privates, [make_context(m) for m in (0, 5)])
@@ -123,7 +116,7 @@ def test_over_longer_runs_a_packed_pipeline_tracks_its_own_run(digits_private):
 def test_a_degenerate_private_set_fails_alone_in_its_pack(digits_private):
     """A private set without class 3 gets the single run's error; the pack's other pipelines equal their runs."""
     _, make_context = digits_private
-    paradigm = _distill({"method": "dc", **TINY})
+    paradigm = distill_paradigm({"method": "dc", **TINY})
     privates = _privates(digits_private, 3)
     keep = privates[1].y != 3
     privates[1] = LabeledSet(privates[1].x[keep], privates[1].y[keep])
@@ -140,7 +133,7 @@ def test_a_small_class_in_one_pipeline_is_padded_not_shared(digits_private):
     """Pipeline 1 keeps 5 samples of class 3, fewer than batch_real: its real batch is padded in the pack, and
     every pipeline still equals its single run (1e-5)."""
     _, make_context = digits_private
-    paradigm = _distill({"method": "dsa", **TINY})
+    paradigm = distill_paradigm({"method": "dsa", **TINY})
     privates = _privates(digits_private, 3)
     keep = torch.ones(len(privates[1].y), dtype=torch.bool)
     keep[torch.nonzero(privates[1].y == 3).flatten()[5:]] = False
@@ -153,6 +146,6 @@ def test_a_small_class_in_one_pipeline_is_padded_not_shared(digits_private):
 
 def test_only_the_convnet_is_packed_and_only_where_a_gpu_is():
     """On a CPU the loop is as fast and bit for bit (packed_gradient, "Speed"): packs run one by one there."""
-    assert _distill({"method": "dc"}).packs_synthesis() == torch.cuda.is_available()
-    assert _distill({"method": "dsa"}).packs_synthesis() == torch.cuda.is_available()
-    assert not _distill({"method": "dsa", "embed_arch": "model"}).packs_synthesis()
+    assert distill_paradigm({"method": "dc"}).packs_synthesis() == torch.cuda.is_available()
+    assert distill_paradigm({"method": "dsa"}).packs_synthesis() == torch.cuda.is_available()
+    assert not distill_paradigm({"method": "dsa", "embed_arch": "model"}).packs_synthesis()

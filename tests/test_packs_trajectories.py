@@ -14,9 +14,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from raypriv.config import from_dict as config_from_dict
 from raypriv.errors import RayprivError
-from raypriv.synth import LabeledSet, make_paradigm
+from raypriv.synth import LabeledSet
 from raypriv.synth.distill.common import ConvNet
 from raypriv.synth.distill.options import DistillOptions
 from raypriv.synth.distill.packed_trajectories import (
@@ -27,7 +26,7 @@ from raypriv.synth.distill.packed_trajectories import (
 )
 from raypriv.synth.distill.packs import packed_method
 from raypriv.synth.distill.trajectories import ParameterLayout
-from tests.conftest import tiny_config_dict
+from tests.conftest import distill_paradigm
 
 # A trajectory matching small enough for seconds: 2 experts of 3 epochs, 3 student steps, 2 images per class.
 TINY_MTT = {
@@ -38,12 +37,6 @@ TINY_DATM = {**TINY_MTT, "method": "datm"}
 INFO_KEYS = ("distill_learned_lr", "distill_loss_first", "distill_loss_last", "distill_final_loss")
 
 
-def _distill(options: dict):
-    config = config_from_dict(tiny_config_dict("/tmp/unused", paradigms=["distill"],
-                                               paradigm_options={"distill": options}))
-    return make_paradigm(config, "distill")
-
-
 def _privates(digits_private, count: int) -> list[LabeledSet]:
     private, _ = digits_private
     return [LabeledSet(private.x[30 * p : 30 * p + 200], private.y[30 * p : 30 * p + 200]) for p in range(count)]
@@ -51,7 +44,7 @@ def _privates(digits_private, count: int) -> list[LabeledSet]:
 
 def _alone_and_packed(digits_private, options: dict, model_ids=(0, 5, 9), privates=None):
     _, make_context = digits_private
-    paradigm = _distill(options)
+    paradigm = distill_paradigm(options)
     privates = privates or _privates(digits_private, len(model_ids))
     alone_contexts = [make_context(m) for m in model_ids]
     alone = []
@@ -115,7 +108,7 @@ def test_masked_sgd_is_torch_sgd_with_skipped_steps():
 @pytest.mark.parametrize("options", [TINY_MTT, {**TINY_MTT, "experts": "ftd"}], ids=["sgd", "ftd"])
 def test_a_packed_mtt_pipeline_is_the_same_pipeline_alone(digits_private, options):
     """Three MTT pipelines as one pack, one iteration: each set and learned lr equal the single run's (1e-5)."""
-    paradigm = _distill(options)
+    paradigm = distill_paradigm(options)
     assert paradigm.packs_synthesis()
     alone, packed, alone_contexts, packed_contexts = _alone_and_packed(digits_private, options)
     for one, many, c1, c2 in zip(alone, packed, alone_contexts, packed_contexts, strict=True):
@@ -176,9 +169,9 @@ def test_the_table_routes_mtt_and_datm_to_the_trajectory_pack():
     for options in ({"method": "mtt"}, {"method": "datm"}, {"method": "datm", "experts": "ftd"}):
         assert trajectories_packable(DistillOptions(**options))
         assert packed_method(DistillOptions(**options)).synthesize is synthesize_trajectories_pack
-        assert _distill(options).packs_synthesis()
+        assert distill_paradigm(options).packs_synthesis()
     assert packed_method(DistillOptions(method="mtt", embed_arch="model")) is None  # any architecture: one by one
-    assert not _distill({"method": "datm", "embed_arch": "model"}).packs_synthesis()
+    assert not distill_paradigm({"method": "datm", "embed_arch": "model"}).packs_synthesis()
     assert not trajectories_packable(DistillOptions(method="dm"))
 
 

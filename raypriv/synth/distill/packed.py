@@ -150,6 +150,38 @@ def augment_pack(batches: list[torch.Tensor], params: list[DSAParams]) -> list[t
     return out  # type: ignore[return-value]
 
 
+def draw_and_augment(
+    syn: torch.Tensor,
+    ipc: int,
+    samplers: list[RealSampler],
+    batch_real: int,
+    strategy: tuple[str, ...],
+    augment_generators: list[torch.Generator],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One matching step's real batches and synthetic blocks per (pipeline, class), pipeline-major, DSA applied.
+
+    ``syn``: ``(K, classes * ipc, C, H, W)``.  Pipeline p draws class c's
+    real batch from ``samplers[p]`` and then, with a DSA ``strategy``, one
+    DSA draw from ``augment_generators[p]`` that the batch and the class's
+    synthetic block share: the single run's order (DM's and DC/DSA's).
+    Returns ``K * classes`` real batches and ``K * classes`` blocks
+    ``(ipc, C, H, W)``.
+    """
+    k, classes = len(samplers), syn.shape[1] // ipc
+    real, dsa = [], []
+    syn_parts = list(syn.view(k * classes, ipc, *syn.shape[2:]).unbind(0))
+    for p in range(k):
+        for c in range(classes):
+            real_c = samplers[p].batch(c, batch_real)
+            real.append(real_c)
+            if strategy:
+                dsa.append(sample_dsa(strategy, max(len(real_c), ipc), tuple(real_c.shape[-2:]), augment_generators[p]))
+    if strategy:
+        augmented = augment_pack(real + syn_parts, dsa + dsa)
+        real, syn_parts = augmented[: len(real)], augmented[len(real) :]
+    return real, syn_parts
+
+
 def distribution_matching_pack(
     syn: torch.Tensor,
     ipc: int,
@@ -181,18 +213,8 @@ def distribution_matching_pack(
         net = PackedConvNet(
             [convnet_parameters(input_shape, options.embed_width, options.embed_depth, s) for s in seeds], device
         )
-        real, dsa = [], []
-        syn_parts = list(syn.view(k * classes, ipc, *syn.shape[2:]).unbind(0))  # (pipeline, class) blocks
-        for p in range(k):
-            for c in range(classes):
-                real_c = samplers[p].batch(c, options.batch_real)
-                real.append(real_c)
-                if strategy:
-                    dsa.append(sample_dsa(strategy, max(len(real_c), ipc), tuple(real_c.shape[-2:]), augment_generators[p]))
+        real, syn_parts = draw_and_augment(syn, ipc, samplers, options.batch_real, strategy, augment_generators)
         sizes = [len(r) for r in real]
-        if strategy:
-            augmented = augment_pack(real + syn_parts, dsa + dsa)
-            real, syn_parts = augmented[: len(real)], augmented[len(real) :]
         syn_aug = torch.cat(syn_parts).view(k, total, *syn.shape[2:])
         # Real batches: each pipeline's classes side by side, padded to the longest pipeline (images are
         # embedded independently, so the zero rows change nothing and are left out of the means).

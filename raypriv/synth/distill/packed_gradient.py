@@ -70,7 +70,7 @@ from torch import nn
 from raypriv.synth.base import LabeledSet, ShadowContext
 from raypriv.synth.distill.common import ConvNet, RealSampler, sample_dsa
 from raypriv.synth.distill.options import DistillOptions
-from raypriv.synth.distill.packed import augment_pack, prepare_pipelines
+from raypriv.synth.distill.packed import augment_pack, draw_and_augment, prepare_pipelines
 
 IMAGE_MOMENTUM = 0.5  # as raypriv.synth.distill.matching (the papers' SGD momentum for the images)
 
@@ -208,17 +208,7 @@ def gradient_matching_pack(
         net = PackedClassifier([new() for new in new_networks])
         for outer in range(options.outer_loop):
             # (i) one image step: every (pipeline, class) batch drawn and augmented, then matched class by class
-            real, dsa = [], []
-            syn_parts = list(syn.view(k * classes, ipc, *syn.shape[2:]).unbind(0))  # (pipeline, class) blocks
-            for p in range(k):
-                for c in range(classes):
-                    real_c = samplers[p].batch(c, options.batch_real)
-                    real.append(real_c)
-                    if strategy:
-                        dsa.append(sample_dsa(strategy, max(len(real_c), ipc), image_shape, augment_generators[p]))
-            if strategy:
-                augmented = augment_pack(real + syn_parts, dsa + dsa)
-                real, syn_parts = augmented[: len(real)], augmented[len(real) :]
+            real, syn_parts = draw_and_augment(syn, ipc, samplers, options.batch_real, strategy, augment_generators)
             losses = []
             for c in range(classes):
                 real_c, sizes = stack_padded([real[p * classes + c] for p in range(k)])
