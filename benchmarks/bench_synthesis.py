@@ -18,11 +18,13 @@ with the loop's (``max_abs_diff``: the largest difference of any pixel).
 Only synthesis is timed (each model's set is checked and stored as in an
 audit; no audited model is trained).  A paradigm without a batched synthesis
 on this host (:meth:`raypriv.synth.base.Paradigm.packs_synthesis` False: on a
-CPU, distill dc/dsa, dfkd dfad, every coreset and the diffusion pipelines that
+CPU, distill dc/dsa, every coreset and the diffusion pipelines that
 do not pack) runs one by one inside its packs, and the table says
 ``generic``.  The packs are explicit ``execution.pack: K``, so methods whose
-pack is only equal in law (mtt, datm) are packed here although ``auto``
-leaves them one by one on a CPU.
+pack is only equal in law (mtt, datm, dfkd dfad) are packed here although ``auto``
+leaves them one by one on a CPU.  DFAD's synthesis trains its student too
+(it runs on the shadow-model pool in an audit); here its students are made
+and dropped with the worker, and the stored records are compared.
 
 ``--quick`` runs distill ``dm`` and ``mtt`` alone at 8 models.  ``--profile K``
 prints where the time of 20 DM iterations goes (torch.profiler, self CPU

@@ -7,7 +7,8 @@ group of model ids it
 1. takes each model's private set (the always-IN samples plus its IN audit
    samples, :meth:`raypriv.split.AuditSplit.private_indices`),
 2. makes the paradigm's training set from it, or loads the set a synthesis
-   worker stored for the same recipe.  Models of a separable paradigm
+   worker stored for the same recipe.  Models of a separable paradigm (or
+   of one that keeps state for ``train`` and declares a batched synthesis)
    without a stored set are synthesized in packs of K (``execution.pack``, :func:`resolve_pack`): one
    batched call for a paradigm with a batched synthesis
    (:meth:`raypriv.synth.base.Paradigm.packs_synthesis`), one by one
@@ -430,7 +431,10 @@ class ShadowTrainer:
     def run_group(self, paradigm_name: str, model_ids: list[int]) -> list[dict[str, Any]]:
         """Train, query and store the models ``model_ids`` of one paradigm; returns their rows.
 
-        Each model synthesizes first unless a stored set exists.  The engine
+        Each model synthesizes first unless a stored set exists, in packs
+        (:meth:`_synthesize_packs`) where the paradigm is separable or
+        declares a batched synthesis (then this instance keeps each model's
+        state until its ``train``).  The engine
         (:func:`raypriv.ensemble.resolve_engine`) trains them one by one, each
         stored as soon as it is done, or all at once with the ensemble engine.
         A model whose pipeline raises :class:`ModelFailed` gets a failure
@@ -441,15 +445,18 @@ class ShadowTrainer:
             with plugin_errors(paradigm_name, "training_recipe()"):
                 recipe = paradigm.training_recipe(self.config)
                 engine = engine_for(self.config, paradigm, self.device)
+            # Packs for separable paradigms, and for one that keeps state from synthesis for train() (DFAD's
+            # student) if it declares a batched synthesis: this instance synthesizes the group's packs, then
+            # trains each model, so it holds the state of a pack's K models until their train().  Any other
+            # paradigm with state synthesizes and trains each model in turn, as before packs.
+            with plugin_errors(paradigm_name, "packs_synthesis()"):
+                packed = paradigm.separable_synthesis or paradigm.packs_synthesis()
         except ModelFailed as exc:  # a plugin that cannot be made fails each of its models
             return [failure_record(paradigm_name, model_id, exc) for model_id in model_ids]
         rows, prepared, failed = [], [], []
         contexts = [self.context(paradigm_name, model_id) for model_id in model_ids]
         stored = {context.model_id: self._stored_synthesis(paradigm, context) for context in contexts}
-        # Packs for separable paradigms only: one that keeps state from synthesis for train() (DFAD's student)
-        # synthesizes and trains each model in turn, as before packs.
-        separable = paradigm.separable_synthesis
-        outcomes = self._synthesize_packs(paradigm, [c for c in contexts if separable and stored[c.model_id] is None])
+        outcomes = self._synthesize_packs(paradigm, [c for c in contexts if packed and stored[c.model_id] is None])
         for context in contexts:
             model_id = context.model_id
             try:

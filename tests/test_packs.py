@@ -248,7 +248,7 @@ class KeepsStateForTrain(raypriv.Paradigm):
         return super().train(training_set, context)
 
 
-def test_a_paradigm_with_state_between_stages_is_never_packed(tmp_path, data_and_split):
+def test_a_paradigm_with_state_between_stages_and_no_batched_synthesis_is_never_packed(tmp_path, data_and_split):
     """execution.pack: 3 on a paradigm that keeps state for train(): each model still synthesizes then trains."""
     trainer = _trainer(tmp_path / "run", data_and_split, f"{HERE}:KeepsStateForTrain", 3)
     rows = trainer.run_group(f"{HERE}:KeepsStateForTrain", [0, 1, 2])

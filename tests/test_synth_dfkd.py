@@ -15,11 +15,10 @@ from raypriv.driver import run_audit
 from raypriv.errors import RayprivError
 from raypriv.split import make_audit_split
 from raypriv.synth import LabeledSet, ShadowContext, build_options
+from raypriv.synth.dfad import Generator, adversarial_distillation
 from raypriv.synth.dfkd import (
     BatchNormStatistics,
     DataFreeKD,
-    Generator,
-    adversarial_distillation,
     deep_inversion,
     synthesize_deepinversion,
     train_teacher,

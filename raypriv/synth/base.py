@@ -52,9 +52,12 @@ one paradigm at once.  A paradigm that can do that as one batched
 computation says so with :meth:`Paradigm.packs_synthesis` and implements
 :meth:`Paradigm.synthesize_pack`; every other paradigm runs its pipelines
 one by one inside the pack (correct, no speed-up).  Packs apply to
-paradigms whose synthesis is separable (:attr:`Paradigm.separable_synthesis`);
-one that keeps state for ``train`` synthesizes and trains each model in
-turn.  The contract a batched implementation keeps:
+paradigms whose synthesis is separable (:attr:`Paradigm.separable_synthesis`),
+and to one that keeps state for ``train`` (DFAD's student) if it declares a
+batched synthesis: the worker synthesizes the pack on one instance, then
+trains each model on it, so such a paradigm keeps its state per model id.
+Any other paradigm with state synthesizes and trains each model in turn.
+The contract a batched implementation keeps:
 
 * pipeline p draws only from ``contexts[p]``'s generators (never torch's
   global one), in the order the single run draws from them, so its set

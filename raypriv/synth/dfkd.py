@@ -40,24 +40,30 @@ recipe and ``model.norm``.  Two published methods:
     minimise it, then the generator takes one Adam step to maximise it, so it
     keeps producing the inputs on which the student still disagrees with the
     teacher.  The generator ends, as in the paper, in tanh and an affine-free
-    BatchNorm (see :class:`Generator`).  The student (the audited
+    BatchNorm (see :class:`raypriv.synth.dfad.Generator`).  The student (the audited
     architecture and initialisation) is trained *during* synthesis;
-    ``train`` returns it, so the two stages must run in one process
-    (``separable_synthesis`` is False for this method).
+    ``train`` returns it, so the two stages must run in one process, on one
+    paradigm instance (``separable_synthesis`` is False for this method).
     The training set ``synthesize`` returns (stored with the run) is
     ``n_synthetic`` samples of the final generator with the teacher's soft
     labels: a record of what the student was trained on, not its training data.
+    The generator and the game live in :mod:`raypriv.synth.dfad`.
 
-Packs (``execution.pack``): a worker runs K DeepInversion pipelines with
-their inputs optimised as one batch (:mod:`raypriv.synth.dfkd_packed`), each
-pipeline bit for bit its single run; each teacher still trains alone.  DFAD
-keeps its student between the stages, so it is never packed.
+Packs (``execution.pack``): a worker runs K pipelines at once, each teacher
+still trained alone by the single run's code.  DeepInversion optimises the K
+pipelines' inputs as one batch (:mod:`raypriv.synth.dfkd_packed`), each
+pipeline bit for bit its single run.  DFAD plays the K generator/student
+games as one vmapped computation (:mod:`raypriv.synth.dfad_packed`), each
+pipeline equal to its single run in law (the first steps to float32
+rounding; the game amplifies it), so ``execution.pack: auto`` packs DFAD on
+a GPU only.  Its K students are kept on this instance by model id, and the
+shadow-model worker, which synthesizes and trains a group on one instance,
+hands each to ``train`` of its own model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import torch
@@ -67,8 +73,9 @@ from torch import nn
 from raypriv.config import ExperimentConfig, ModelConfig, TrainConfig
 from raypriv.errors import RayprivError
 from raypriv.synth.base import LabeledSet, Paradigm, ShadowContext
+from raypriv.synth.dfad import Generator, adversarial_distillation, initial_generator
 from raypriv.synth.options import DFKDOptions
-from raypriv.training import Normalizer, accuracy, make_scheduler
+from raypriv.training import accuracy
 
 # ------------------------------------------------------------------ teacher
 
@@ -231,92 +238,20 @@ def synthesize_deepinversion(
 # ---------------------------------------------------------------------- DFAD
 
 
-class Generator(nn.Module):
-    """DFAD's DCGAN-style generator, making images of ``shape`` (C, H, W) in pixel scale 0..1.
-
-    z -> linear -> (2w, H/4, W/4) -> BN -> 2 x (upsample, conv, BN, LeakyReLU) -> conv -> tanh -> BN without affine.
-
-    As in the paper, the last layer is a BatchNorm without learnt scale and
-    shift: every generated batch has zero mean and unit variance per channel
-    in the network's normalised input space, i.e. the training data's pixel
-    mean and spread, so the generator cannot drift to saturated or blank
-    images (with a plain sigmoid output the students on digits were far
-    worse).  The output is then mapped back to pixels with the run's
-    normaliser and clamped to 0..1.  The second upsampling goes to (H, W)
-    exactly, so sizes need not divide by 4.
-    """
-
-    def __init__(self, latent_dim: int, width: int, shape: tuple[int, int, int], normalizer: Normalizer):
-        super().__init__()
-        channels, height, width_px = shape
-        self.normalizer = normalizer
-        self.start = (math.ceil(height / 4), math.ceil(width_px / 4))
-        self.project = nn.Linear(latent_dim, 2 * width * self.start[0] * self.start[1])
-        self.body = nn.Sequential(
-            nn.BatchNorm2d(2 * width),
-            nn.Upsample(scale_factor=2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
-            nn.LeakyReLU(0.2),
-            nn.Upsample(size=(height, width_px)),
-            nn.Conv2d(2 * width, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(width, channels, 3, padding=1),
-            nn.Tanh(),
-            nn.BatchNorm2d(channels, affine=False),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        normalised = self.body(self.project(z).view(len(z), -1, *self.start))
-        return self.normalizer.denormalize(normalised).clamp(0.0, 1.0)
+def record_l1(losses: list[float], context: ShadowContext) -> None:
+    """``context.info``'s ``l1_start`` and ``l1_end``: the student's mean L1 loss over the first and last tenth of its steps."""
+    tail = max(1, len(losses) // 10)
+    context.info["l1_start"] = sum(losses[:tail]) / tail
+    context.info["l1_end"] = sum(losses[-tail:]) / tail
 
 
-def adversarial_distillation(
-    teacher: nn.Module, student: nn.Module, options: DFKDOptions, context: ShadowContext
-) -> tuple[Generator, list[float]]:
-    """Play DFAD's game; ``student`` is trained in place.  Returns the generator and the student's L1 losses."""
-    device = context.device
-    noise = context.generator("dfad-noise")
-    with torch.random.fork_rng(devices=[]):  # the generator's initial weights, seeded per model
-        torch.manual_seed(int(context.rng("dfad-generator-init").integers(2**62)))
-        generator = Generator(options.latent_dim, options.generator_width, context.input_shape, context.normalizer)
-        generator = generator.to(device)
-
-    student_optimizer = torch.optim.SGD(student.parameters(), lr=options.student_lr, momentum=0.9, weight_decay=5e-4)
-    generator_optimizer = torch.optim.Adam(generator.parameters(), lr=options.generator_lr)
-    schedules = [
-        make_scheduler(opt, "cosine", options.steps)
-        for opt in (student_optimizer, generator_optimizer)
-    ]
-
-    def sample() -> torch.Tensor:
-        return torch.randn(options.batch_size, options.latent_dim, generator=noise).to(device)
-
-    student.train()
-    generator.train()
-    losses = []
-    for _ in range(options.steps):
-        # Student: imitate the teacher on the generator's current inputs (the generator is held fixed).
-        for _ in range(options.student_steps):
-            with torch.no_grad():
-                x = context.normalizer(generator(sample()))
-                target = teacher(x)
-            loss = F.l1_loss(student(x), target)
-            student_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            student_optimizer.step()
-            losses.append(loss.detach())
-        # Generator: move towards the inputs where student and teacher disagree most.
-        x = context.normalizer(generator(sample()))
-        loss = -F.l1_loss(student(x), teacher(x))
-        generator_optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # also fills the student's gradients; its next zero_grad discards them
-        generator_optimizer.step()
-        for schedule in schedules:
-            schedule.step()
-    generator.eval()
-    return generator, torch.stack(losses).tolist()
+def recorded_set(generator: Generator, teacher: nn.Module, options: DFKDOptions, context: ShadowContext) -> LabeledSet:
+    """What DFAD stores: ``n_synthetic`` samples of the final generator (eval mode; latents from ``dfad-record``)
+    with the teacher's soft labels."""
+    with torch.no_grad():
+        z = torch.randn(options.n_synthetic, options.latent_dim, generator=context.generator("dfad-record"))
+        x = torch.cat([generator(chunk.to(context.device)) for chunk in z.split(1024)]).float()
+    return LabeledSet(x, soft_labels(teacher, x, context, options.temperature))
 
 
 # ------------------------------------------------------------------ paradigm
@@ -328,8 +263,9 @@ class DataFreeKD(Paradigm):
 
     def __init__(self, options: DFKDOptions | None = None):
         super().__init__(options)
-        # DFAD trains the student during synthesis; kept here for train(), with the model it belongs to.
-        self._student: tuple[int, nn.Module] | None = None
+        # DFAD trains the student during synthesis; kept here for train(), by the model id it belongs to
+        # (a pack synthesizes K models before the first of them trains).
+        self._students: dict[int, nn.Module] = {}
 
     @property
     def separable_synthesis(self) -> bool:
@@ -366,40 +302,48 @@ class DataFreeKD(Paradigm):
             y = soft_labels(teacher, x, context, options.temperature)
             context.info["teacher_target_agreement"] = float((y.argmax(1) == targets).float().mean())
             return LabeledSet(x, y)
+        return self.play_dfad(teacher, context)
 
+    def play_dfad(self, teacher: nn.Module, context: ShadowContext) -> LabeledSet:
+        """DFAD after the teacher: the game, its L1 record in ``context.info``, the student kept for ``train``,
+        and the recorded set."""
+        options = self.options
         student = context.build_model()  # the audited architecture and initialisation
         generator, losses = adversarial_distillation(teacher, student, options, context)
-        tail = max(1, len(losses) // 10)
-        context.info["l1_start"] = sum(losses[:tail]) / tail
-        context.info["l1_end"] = sum(losses[-tail:]) / tail
-        self._student = (context.model_id, student)
-        with torch.no_grad():
-            z = torch.randn(options.n_synthetic, options.latent_dim, generator=context.generator("dfad-record"))
-            x = torch.cat([generator(chunk.to(context.device)) for chunk in z.split(1024)]).float()
-        return LabeledSet(x, soft_labels(teacher, x, context, options.temperature))
+        record_l1(losses, context)
+        self._students[context.model_id] = student
+        return recorded_set(generator, teacher, options, context)
 
     def packs_synthesis(self) -> bool:
-        """DeepInversion: K pipelines' inputs optimised as one batch (:mod:`raypriv.synth.dfkd_packed`).
+        """Both methods pack: K pipelines' teachers trained one by one, then one batched computation.
 
-        DFAD is not packed: its student is trained during synthesis and kept
-        for ``train`` (``separable_synthesis`` is False), and the pipeline
-        packs only separable paradigms.
+        DeepInversion optimises the K pipelines' inputs as one batch
+        (:mod:`raypriv.synth.dfkd_packed`, bit for bit the single runs).
+        DFAD plays the K generator/student games as one vmapped computation
+        (:mod:`raypriv.synth.dfad_packed`, equal in law: see
+        :meth:`packs_bit_exact`); its synthesis is not separable, so the
+        pipeline packs it where synthesis and training run on this instance,
+        the K students kept here by model id until ``train`` hands each over.
         """
+        return True
+
+    def packs_bit_exact(self) -> bool:
+        """DeepInversion's pack gives the single run's bits; DFAD's is equal in law only (vmapped kernels round
+        otherwise and the game amplifies it), so on a CPU ``execution.pack: auto`` leaves DFAD one by one."""
         return self.options.method == "deepinversion"
 
     def synthesize_pack(self, privates: list[LabeledSet], contexts: list[ShadowContext]) -> list[LabeledSet | Exception]:
-        """DeepInversion for K pipelines: each teacher trained alone, all inputs optimised at once.
+        """K pipelines: each teacher trained alone (the single run's code), then the method batched.
 
-        Pipeline p equals the same pipeline run alone bit for bit (the
-        teacher is trained by the same code; the batched optimisation gives
-        the single run's bits, see :mod:`raypriv.synth.dfkd_packed`).  A
-        pipeline that raises (a private set the teacher cannot train on)
-        gets its own exception; the others go on.
+        DeepInversion: pipeline p equals the same pipeline run alone bit for
+        bit (see :mod:`raypriv.synth.dfkd_packed`).  DFAD: pipeline p's
+        student (kept for ``train`` under its model id), record and
+        ``info`` equal its single run's in law (see
+        :mod:`raypriv.synth.dfad_packed`); where one pipeline alone is left
+        after the teachers, its game is the single run's code.  A pipeline
+        that raises (a private set the teacher cannot train on) gets its
+        own exception; the others go on.
         """
-        if not self.packs_synthesis():
-            return super().synthesize_pack(privates, contexts)
-        from raypriv.synth.dfkd_packed import synthesize_deepinversion_pack
-
         options = self.options
         results: list[LabeledSet | Exception | None] = [None] * len(contexts)
         teachers = {}
@@ -411,33 +355,84 @@ class DataFreeKD(Paradigm):
                 teachers[p] = teacher
             except Exception as exc:  # noqa: BLE001 - this pipeline's own failure, returned as its entry
                 results[p] = exc
-        if teachers:
-            alive = list(teachers)
-            try:
-                made = synthesize_deepinversion_pack([teachers[p] for p in alive], options, [contexts[p] for p in alive])
-            except Exception as exc:  # noqa: BLE001 - what every pipeline's single run would raise (the same options)
-                made = [exc] * len(alive)
-            for p, outcome in zip(alive, made, strict=True):
-                if isinstance(outcome, Exception):
-                    results[p] = outcome
-                    continue
-                x, targets = outcome
-                y = soft_labels(teachers[p], x, contexts[p], options.temperature)
-                contexts[p].info["teacher_target_agreement"] = float((y.argmax(1) == targets).float().mean())
-                results[p] = LabeledSet(x, y)
+        if teachers and options.method == "deepinversion":
+            self.deepinversion_pack(teachers, contexts, results)
+        elif teachers:
+            self.dfad_pack(teachers, contexts, results)
         return results  # type: ignore[return-value]
 
+    def deepinversion_pack(
+        self, teachers: dict[int, nn.Module], contexts: list[ShadowContext], results: list[LabeledSet | Exception | None]
+    ) -> None:
+        """Fill ``results[p]`` for each pipeline p with a trained teacher: its DeepInversion set, or its exception."""
+        from raypriv.synth.dfkd_packed import synthesize_deepinversion_pack
+
+        options = self.options
+        alive = list(teachers)
+        try:
+            made = synthesize_deepinversion_pack([teachers[p] for p in alive], options, [contexts[p] for p in alive])
+        except Exception as exc:  # noqa: BLE001 - what every pipeline's single run would raise (the same options)
+            made = [exc] * len(alive)
+        for p, outcome in zip(alive, made, strict=True):
+            if isinstance(outcome, Exception):
+                results[p] = outcome
+                continue
+            x, targets = outcome
+            y = soft_labels(teachers[p], x, contexts[p], options.temperature)
+            contexts[p].info["teacher_target_agreement"] = float((y.argmax(1) == targets).float().mean())
+            results[p] = LabeledSet(x, y)
+
+    def dfad_pack(
+        self, teachers: dict[int, nn.Module], contexts: list[ShadowContext], results: list[LabeledSet | Exception | None]
+    ) -> None:
+        """Fill ``results[p]`` for each pipeline p with a trained teacher: its DFAD record (its student kept for
+        ``train``), or its exception."""
+        from raypriv.synth.dfad_packed import adversarial_distillation_pack
+
+        options = self.options
+        alive = list(teachers)
+        if len(alive) == 1:  # one game: the single run's own code, bit for bit
+            try:
+                results[alive[0]] = self.play_dfad(teachers[alive[0]], contexts[alive[0]])
+            except Exception as exc:  # noqa: BLE001 - this pipeline's own failure
+                results[alive[0]] = exc
+            return
+        games = [contexts[p] for p in alive]
+        try:
+            students = [context.build_model() for context in games]  # the audited architecture and initialisation
+            generators = [initial_generator(options, context) for context in games]
+            curves = adversarial_distillation_pack([teachers[p] for p in alive], students, generators, options, games)
+        except Exception as exc:  # noqa: BLE001 - what every pipeline's single run would raise (the same options)
+            for p in alive:
+                results[p] = exc
+            return
+        for p, context, student, generator, losses in zip(alive, games, students, generators, curves, strict=True):
+            try:
+                record_l1(losses, context)
+                results[p] = recorded_set(generator, teachers[p], options, context)
+                self._students[context.model_id] = student
+            except Exception as exc:  # noqa: BLE001 - this pipeline's own failure
+                results[p] = exc
+
     def pack_memory_bytes(self, input_shape: tuple[int, ...], num_classes: int, private_size: int) -> int:
-        """One packed DeepInversion pipeline: its teacher's training (the default bound) plus the optimisation's
-        working set, the inputs of one teacher call with the teacher's activations and gradients (bounded by
-        1,024 float32 copies of each input: cnn_small on 8x8 digits holds about 400) and the Adam state of all
-        ``n_synthetic`` inputs."""
+        """One packed pipeline: its teacher's training (the default bound) plus the method's working set.
+
+        DeepInversion: the inputs of one teacher call with the teacher's
+        activations and gradients (bounded by 1,024 float32 copies of each
+        input: cnn_small on 8x8 digits holds about 400) and the Adam state of
+        all ``n_synthetic`` inputs.  DFAD: the game's working set,
+        :func:`raypriv.synth.dfad_packed.game_memory_bytes`.
+        """
+        from raypriv.synth.dfad_packed import game_memory_bytes
         from raypriv.synth.dfkd_packed import inputs_per_call
 
+        teacher_training = super().pack_memory_bytes(input_shape, num_classes, private_size)
+        if self.options.method == "dfad":
+            return teacher_training + game_memory_bytes(self.options, tuple(input_shape), num_classes)
         per_input = 4 * int(np.prod(input_shape))
         working = 1024 * per_input * max(inputs_per_call(tuple(input_shape)), self.options.batch_size)
         adam = 4 * per_input * self.options.n_synthetic  # inputs, gradients and two moments
-        return super().pack_memory_bytes(input_shape, num_classes, private_size) + working + adam
+        return teacher_training + working + adam
 
     def training_recipe(self, config: ExperimentConfig) -> TrainConfig | None:
         """DeepInversion distils by the standard recipe; DFAD's student is trained during synthesis."""
@@ -446,8 +441,8 @@ class DataFreeKD(Paradigm):
     def train(self, training_set: LabeledSet, context: ShadowContext) -> nn.Module:
         if self.options.method == "deepinversion":
             return super().train(training_set, context)  # knowledge distillation by the standard recipe
-        if self._student is None or self._student[0] != context.model_id:
+        # Handed over once, so the instance keeps no trained model (nothing kept at all: no synthesize() ran).
+        student = self._students.pop(context.model_id, None) if self._students else None
+        if student is None:
             raise RuntimeError("dfkd/dfad: train() called without synthesize() for this model")
-        student = self._student[1]
-        self._student = None
         return student
