@@ -1,7 +1,7 @@
 """Benchmark: synthesis throughput, packs of K pipelines (``execution.pack``) against the per-model loop.
 
     python benchmarks/bench_synthesis.py [--quick] [--models N] [--packs 4,8,16] [--only distill@dm,...]
-                                         [--threads T] [--json FILE]
+                                         [--threads T] [--pack-memory-gb G] [--json FILE]
 
 Every paradigm runs the digits default's shadow pipelines (the default
 audit split, each model's private set of ~1,330 images, the paradigm's
@@ -32,7 +32,11 @@ time per operator), K pipelines one by one against one pack of K.
 ``--json FILE`` writes ``{"<paradigm>@<method>": {"loop_models_per_hour",
 "pack_models_per_hour", "pack", "max_abs_diff", "batched", "by_pack"}}``,
 ``pack`` the fastest K.  ``--threads`` (default 1) is torch's thread count
-for every run, the default shadow actor's one CPU.
+for every run, the default shadow actor's one CPU.  ``--pack-memory-gb``
+(default 8, where the config's default is 2) is ``execution.pack_memory_gb``
+for every run: a pack of 16 MTT pipelines needs about 2.2 GB on digits.  A
+K that does not fit that budget is refused by the worker as in an audit;
+the table says "does not fit" for it and the benchmark goes on.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ sys.path.insert(0, str(HERE.parent))
 from raypriv.config import ExperimentConfig  # noqa: E402
 from raypriv.config import from_dict as config_from_dict  # noqa: E402
 from raypriv.data import Dataset, load_dataset  # noqa: E402
+from raypriv.errors import RayprivError  # noqa: E402
 from raypriv.pipeline import ShadowTrainer  # noqa: E402
 from raypriv.run.format import synthetic_path  # noqa: E402
 from raypriv.run.store import RunStore  # noqa: E402
@@ -71,13 +76,14 @@ PARADIGMS = [
 QUICK = [("distill", "dm"), ("distill", "mtt")]
 
 
-def experiment(paradigm: str, method: str, n_models: int, pack: int, threads: int, out_dir: str) -> ExperimentConfig:
+def experiment(paradigm: str, method: str, n_models: int, pack: int, threads: int, out_dir: str,
+               pack_memory_gb: float = 2.0) -> ExperimentConfig:
     """The digits default with one paradigm at ``method`` and ``execution.pack: pack``."""
     option = {"pipeline": method} if paradigm == "diffusion" else {"method": method}
     return config_from_dict({
         "name": f"bench-synthesis-{paradigm}-{method}", "out_dir": out_dir, "n_models": n_models,
         "paradigms": [paradigm], "paradigm_options": {paradigm: option}, "attacks": ["loss"],  # any model count
-        "execution": {"pack": pack}, "ray": {"synthesis_cpus_per_worker": threads},
+        "execution": {"pack": pack, "pack_memory_gb": pack_memory_gb}, "ray": {"synthesis_cpus_per_worker": threads},
     })
 
 
@@ -107,22 +113,28 @@ def max_abs_diff(a: list[np.ndarray | None], b: list[np.ndarray | None]) -> floa
 
 
 def bench(paradigm: str, method: str, n_models: int, packs: list[int], threads: int,
-          dataset: Dataset, split: AuditSplit, workdir: Path) -> dict:
+          dataset: Dataset, split: AuditSplit, workdir: Path, pack_memory_gb: float) -> dict:
     """One paradigm: the loop, then each pack, in this process."""
     key = f"{paradigm}@{method}"
     loop_dir = str(workdir / f"{key}-loop")
-    config = experiment(paradigm, method, n_models, 1, threads, loop_dir)
+    config = experiment(paradigm, method, n_models, 1, threads, loop_dir, pack_memory_gb)
     batched = make_paradigm(config, paradigm).packs_synthesis()
     seconds, records = synthesize(config, dataset, split, paradigm)
     failed = [r["model_id"] for r in records if r.get("status") == "failed"]
     loop = stored_sets(loop_dir, paradigm, n_models)
     result = {"loop_models_per_hour": n_models / seconds * 3600, "batched": batched, "by_pack": {},
-              "loop_seconds": seconds, "failed": failed}
+              "loop_seconds": seconds, "failed": failed, "does_not_fit": {}}
     print(f"{key}: loop {seconds:.1f}s ({result['loop_models_per_hour']:.0f} models/h)"
           + (f", {len(failed)} failed" if failed else ""), flush=True)
     for k in packs:
         pack_dir = str(workdir / f"{key}-pack{k}")
-        seconds, _ = synthesize(experiment(paradigm, method, n_models, k, threads, pack_dir), dataset, split, paradigm)
+        try:
+            seconds, _ = synthesize(experiment(paradigm, method, n_models, k, threads, pack_dir, pack_memory_gb),
+                                    dataset, split, paradigm)
+        except RayprivError as exc:  # the worker's memory check refused K, as it would in an audit
+            result["does_not_fit"][k] = str(exc)
+            print(f"{key}: pack {k} does not fit: {exc}", flush=True)
+            continue
         diff = max_abs_diff(loop, stored_sets(pack_dir, paradigm, n_models))
         result["by_pack"][k] = {"models_per_hour": n_models / seconds * 3600, "seconds": seconds, "max_abs_diff": diff}
         print(f"{key}: pack {k} {seconds:.1f}s ({n_models / seconds * 3600:.0f} models/h, "
@@ -167,7 +179,7 @@ def profile_dm(dataset: Dataset, split: AuditSplit, k: int, iterations: int, thr
 def markdown(results: dict, args: argparse.Namespace, started: str) -> str:
     lines = [
         f"Synthesis throughput, {started}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} thread(s), {args.models} models per run.",
+        f"{args.threads} thread(s), {args.models} models per run, execution.pack_memory_gb {args.pack_memory_gb:g}.",
         "",
         "| paradigm | synthesis | loop models/h | " + " | ".join(f"pack {k} models/h (x loop)" for k in args.packs)
         + " | max abs diff |",
@@ -178,6 +190,9 @@ def markdown(results: dict, args: argparse.Namespace, started: str) -> str:
         for k in args.packs:
             v = r["by_pack"].get(k)
             rate = None if v is None else v["models_per_hour"]
+            if k in r.get("does_not_fit", {}):
+                cells.append("does not fit")
+                continue
             cells.append("–" if rate is None else f"{rate:.0f} ({rate / r['loop_models_per_hour']:.2f}x)")
         diff = r.get("max_abs_diff", float("nan"))
         lines.append(f"| {key} | {'batched' if r['batched'] else 'generic (one by one)'} | "
@@ -192,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--packs", default="4,8,16", help="pack sizes K, comma-separated")
     parser.add_argument("--only", default=None, help="paradigm@method list, comma-separated (default: all)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pack-memory-gb", type=float, default=8.0,
+                        help="execution.pack_memory_gb of every run (default 8; the config's default is 2)")
     parser.add_argument("--json", default=None, help="write the results as JSON to this file")
     parser.add_argument("--out", default=None, help="also write the Markdown section to OUT/synthesis.md (run_all.py)")
     parser.add_argument("--profile", type=int, default=None, metavar="K",
@@ -216,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-synthesis-") as tmp:
         for paradigm, method in chosen:
             results[f"{paradigm}@{method}"] = bench(paradigm, method, args.models, args.packs, args.threads,
-                                                    dataset, split, Path(tmp))
+                                                    dataset, split, Path(tmp), args.pack_memory_gb)
     print()
     print(markdown(results, args, started))
     if args.json:
