@@ -23,14 +23,10 @@ from raypriv.run.store import RunStore, iter_logits
 from raypriv.split import make_audit_split
 from raypriv.synth import LabeledSet, ShadowContext, make_paradigm
 from raypriv.synth.base import Paradigm
+from raypriv.synth.deepinversion import BatchNormStatistics
 from raypriv.synth.dfad import adversarial_distillation, initial_generator
 from raypriv.synth.dfad_packed import adversarial_distillation_pack
-from raypriv.synth.dfkd import (
-    BatchNormStatistics,
-    DataFreeKD,
-    teacher_model,
-    train_teacher,
-)
+from raypriv.synth.dfkd import DataFreeKD, teacher_model, train_teacher
 from raypriv.synth.dfkd_packed import PackedStatistics, batch_sizes
 from raypriv.training import Normalizer, predict_logits
 from tests.conftest import tiny_config_dict

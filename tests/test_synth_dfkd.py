@@ -15,14 +15,9 @@ from raypriv.driver import run_audit
 from raypriv.errors import RayprivError
 from raypriv.split import make_audit_split
 from raypriv.synth import LabeledSet, ShadowContext, build_options
+from raypriv.synth.deepinversion import BatchNormStatistics, deep_inversion, synthesize_deepinversion
 from raypriv.synth.dfad import Generator, adversarial_distillation
-from raypriv.synth.dfkd import (
-    BatchNormStatistics,
-    DataFreeKD,
-    deep_inversion,
-    synthesize_deepinversion,
-    train_teacher,
-)
+from raypriv.synth.dfkd import DataFreeKD, train_teacher
 from raypriv.synth.options import DFKDOptions
 from raypriv.training import Normalizer
 from tests.conftest import tiny_config_dict

@@ -1,6 +1,6 @@
 """Packs of ``dfkd`` DeepInversion pipelines run as one batched input optimisation (``execution.pack``).
 
-A single DeepInversion run (:func:`raypriv.synth.dfkd.synthesize_deepinversion`)
+A single DeepInversion run (:func:`raypriv.synth.deepinversion.synthesize_deepinversion`)
 optimises its ``n_synthetic`` inputs as ``n_synthetic // batch_size``
 independent batches, one after the other, each with its own Adam through the
 same frozen teacher.  Every quantity of one batch's loss (cross-entropy, the
@@ -53,6 +53,7 @@ from torch import nn
 
 from raypriv.errors import RayprivError
 from raypriv.synth.base import ShadowContext
+from raypriv.synth.deepinversion import BatchNormStatistics
 from raypriv.synth.options import DFKDOptions
 
 # Input values per pipeline in one teacher call (at least one batch): 512 8x8 digits (4 batches of 128) ran
@@ -61,10 +62,10 @@ from raypriv.synth.options import DFKDOptions
 VALUES_PER_CALL = 512 * 64
 
 
-class PackedStatistics:
+class PackedStatistics(BatchNormStatistics):
     """Forward hooks that compute R_feature per batch, for a network fed ``batches`` batches of equal size at once.
 
-    The single run's :class:`raypriv.synth.dfkd.BatchNormStatistics` reduces a
+    The single run's :class:`raypriv.synth.deepinversion.BatchNormStatistics` reduces a
     layer's input ``(n, C, ...)`` over every dimension but the channel; here
     the input ``(batches * n, C, ...)`` is viewed as ``(batches, n, C, ...)``
     and reduced over the same elements of each batch, which gives the same
@@ -72,15 +73,8 @@ class PackedStatistics:
     """
 
     def __init__(self, network: nn.Module, batches: int):
-        self.batches = batches
-        self.layers = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not self.layers:
-            raise RayprivError(
-                "paradigm dfkd with method 'deepinversion' matches the teacher's BatchNorm statistics, but the "
-                "teacher has no BatchNorm layer; set model.norm: batch (or use paradigm_options.dfkd.method: dfad)"
-            )
-        self.losses: list[torch.Tensor] = []
-        self.handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
+        self.batches = batches  # set before the hooks are registered: they read it
+        super().__init__(network)
 
     def _hook(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         x = inputs[0]
@@ -92,15 +86,6 @@ class PackedStatistics:
             torch.linalg.vector_norm(mean - layer.running_mean, 2, dim=1)
             + torch.linalg.vector_norm(var - layer.running_var, 2, dim=1)
         )
-
-    def pop(self) -> torch.Tensor:
-        """The summed per-batch losses ``(batches,)`` of the forward pass just made (and reset for the next one)."""
-        total, self.losses = sum(self.losses), []
-        return total
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 def inputs_per_call(input_shape: tuple[int, ...]) -> int:
@@ -135,8 +120,8 @@ def draw(options: DFKDOptions, context: ShadowContext, sizes: list[int]) -> list
 
 
 def total_variation_per_batch(view: torch.Tensor, batches: int) -> torch.Tensor:
-    """:func:`raypriv.synth.dfkd.total_variation` of each of ``batches`` equal batches of ``view`` ``(batches * n, C, H, W)``;
-    returns ``(batches,)``."""
+    """:func:`raypriv.synth.deepinversion.total_variation` of each of ``batches`` equal batches of ``view``
+    ``(batches * n, C, H, W)``; returns ``(batches,)``."""
 
     def norms(difference: torch.Tensor) -> torch.Tensor:
         return torch.linalg.vector_norm(difference.reshape(batches, -1), 2, dim=1)
@@ -220,7 +205,7 @@ def optimise_chunk(
 def synthesize_deepinversion_pack(
     teachers: list[nn.Module], options: DFKDOptions, contexts: list[ShadowContext]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`raypriv.synth.dfkd.synthesize_deepinversion` for K pipelines (``teachers[p]`` with ``contexts[p]``).
+    """:func:`raypriv.synth.deepinversion.synthesize_deepinversion` for K pipelines (``teachers[p]`` with ``contexts[p]``).
 
     Returns each pipeline's ``(x (n_synthetic, *input_shape), targets (n_synthetic,))`` and fills its
     ``context.info`` (``bn_loss_start``, ``bn_loss_end``) as the single run does.  The contexts share one
