@@ -118,6 +118,35 @@ def distill_paradigm(options: dict):
     return make_paradigm(config, "distill")
 
 
+def overlapping_privates(digits_private, count: int, stride: int = 40) -> list:
+    """``count`` private sets of 200 digits from the ``digits_private`` fixture, pipeline p's starting at ``stride * p``
+    (overlapping, as shadow models' private sets do); the pack tests' K pipelines."""
+    from raypriv.synth import LabeledSet
+
+    private, _ = digits_private
+    return [LabeledSet(private.x[stride * p : stride * p + 200], private.y[stride * p : stride * p + 200])
+            for p in range(count)]
+
+
+def check_a_missing_class_fails_alone(paradigm, digits_private, synthesize_pack) -> None:
+    """Pipeline 1 of a pack of three loses class 3: ``synthesize_pack(privates, contexts)`` must return the single
+    run's error for it, and for pipelines 0 and 2 their single runs' sets (to 1e-5)."""
+    from raypriv.errors import RayprivError
+    from raypriv.synth import LabeledSet
+
+    _, make_context = digits_private
+    privates = overlapping_privates(digits_private, 3)
+    keep = privates[1].y != 3
+    privates[1] = LabeledSet(privates[1].x[keep], privates[1].y[keep])
+    packed = synthesize_pack(privates, [make_context(m) for m in (0, 1, 2)])
+    assert isinstance(packed[1], RayprivError) and "no samples of class 3" in str(packed[1])
+    with pytest.raises(RayprivError, match="no samples of class 3"):
+        paradigm.synthesize(privates[1], make_context(1))
+    for p in (0, 2):
+        alone = paradigm.synthesize(privates[p], make_context(p))
+        assert (alone.x - packed[p].x).abs().max() <= 1e-5
+
+
 @pytest.fixture(scope="module")
 def digits_private():
     """A private set of 300 digits (uint8) and a context factory for it (``distill`` shadow models).

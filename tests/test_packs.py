@@ -24,7 +24,7 @@ from raypriv.split import make_audit_split
 from raypriv.synth import LabeledSet, make_paradigm
 from raypriv.synth.distill.common import ConvNet, DSAParams, apply_dsa, sample_dsa
 from raypriv.synth.distill.packed import augment_pack, convnet_parameters
-from tests.conftest import distill_paradigm, tiny_config_dict
+from tests.conftest import check_a_missing_class_fails_alone, distill_paradigm, overlapping_privates, tiny_config_dict
 
 HERE = "tests.test_packs"
 # A DM small enough for seconds: 4 iterations, 2 images per class, real batches of 8.
@@ -54,17 +54,12 @@ def test_augment_pack_is_apply_dsa_batch_by_batch():
     assert isinstance(params[0], DSAParams)
 
 
-def _privates(digits_private, count: int) -> list[LabeledSet]:
-    private, _ = digits_private
-    return [LabeledSet(private.x[40 * p : 40 * p + 200], private.y[40 * p : 40 * p + 200]) for p in range(count)]
-
-
 def test_a_packed_dm_pipeline_is_the_same_pipeline_alone(digits_private):
     """Three DM pipelines (own private sets, own model ids) as one pack: each set equals its single run (1e-5)."""
     _, make_context = digits_private
     paradigm = distill_paradigm(TINY_DM)
     assert paradigm.packs_synthesis()
-    privates = _privates(digits_private, 3)
+    privates = overlapping_privates(digits_private, 3)
     alone_contexts = [make_context(m) for m in (0, 5, 9)]
     alone = [paradigm.synthesize(p, c) for p, c in zip(privates, alone_contexts, strict=True)]
     packed_contexts = [make_context(m) for m in (0, 5, 9)]
@@ -78,18 +73,8 @@ def test_a_packed_dm_pipeline_is_the_same_pipeline_alone(digits_private):
 
 def test_a_degenerate_private_set_fails_alone_in_its_pack(digits_private):
     """A private set without class 3 gets the single run's error; the pack's other pipelines are unchanged."""
-    _, make_context = digits_private
     paradigm = distill_paradigm(TINY_DM)
-    privates = _privates(digits_private, 3)
-    keep = privates[1].y != 3
-    privates[1] = LabeledSet(privates[1].x[keep], privates[1].y[keep])
-    packed = paradigm.synthesize_pack(privates, [make_context(m) for m in (0, 1, 2)])
-    assert isinstance(packed[1], RayprivError) and "no samples of class 3" in str(packed[1])
-    with pytest.raises(RayprivError, match="no samples of class 3"):
-        paradigm.synthesize(privates[1], make_context(1))
-    for p in (0, 2):
-        alone = paradigm.synthesize(privates[p], make_context(p))
-        assert (alone.x - packed[p].x).abs().max() <= 1e-5
+    check_a_missing_class_fails_alone(paradigm, digits_private, paradigm.synthesize_pack)
 
 
 def test_methods_without_a_batched_version_run_one_by_one():

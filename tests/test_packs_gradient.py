@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raypriv.errors import RayprivError
 from raypriv.synth import LabeledSet
 from raypriv.synth.distill.common import ConvNet
 from raypriv.synth.distill.matching import layerwise_distance
@@ -22,15 +21,10 @@ from raypriv.synth.distill.packed_gradient import (
     pipeline_losses,
     synthesize_gradient_pack,
 )
-from tests.conftest import distill_paradigm
+from tests.conftest import check_a_missing_class_fails_alone, distill_paradigm, overlapping_privates
 
 # One outer iteration of 2 image steps (and 2 network steps between them), 2 images per class, real batches of 16.
 TINY = {"iterations": 1, "outer_loop": 2, "inner_loop": 2, "ipc": 2, "batch_real": 16, "train_epochs": 1}
-
-
-def _privates(digits_private, count: int) -> list[LabeledSet]:
-    private, _ = digits_private
-    return [LabeledSet(private.x[40 * p : 40 * p + 200], private.y[40 * p : 40 * p + 200]) for p in range(count)]
 
 
 def _nets(k: int) -> list[ConvNet]:
@@ -87,7 +81,7 @@ def test_a_packed_pipeline_equals_it_alone_over_the_first_steps(digits_private, 
     after one outer iteration (measured: ~1e-7, float rounding)."""
     _, make_context = digits_private
     paradigm = distill_paradigm({"method": method, **TINY})
-    privates = _privates(digits_private, 3)
+    privates = overlapping_privates(digits_private, 3)
     alone_contexts = [make_context(m) for m in (0, 5, 9)]
     alone = [paradigm.synthesize(p, c) for p, c in zip(privates, alone_contexts, strict=True)]
     packed_contexts = [make_context(m) for m in (0, 5, 9)]
@@ -105,7 +99,7 @@ def test_over_longer_runs_a_packed_pipeline_tracks_its_own_run(digits_private):
     its own single run than the single runs of two pipelines are to each other."""
     _, make_context = digits_private
     paradigm = distill_paradigm({"method": "dsa", **TINY, "iterations": 3, "outer_loop": 4})
-    privates = _privates(digits_private, 2)
+    privates = overlapping_privates(digits_private, 2)
     alone = [paradigm.synthesize(p, make_context(m)) for p, m in zip(privates, (0, 5), strict=True)]
     packed = synthesize_gradient_pack(paradigm, privates, [make_context(m) for m in (0, 5)])
     apart = (alone[0].x - alone[1].x).abs().mean()
@@ -115,18 +109,10 @@ def test_over_longer_runs_a_packed_pipeline_tracks_its_own_run(digits_private):
 
 def test_a_degenerate_private_set_fails_alone_in_its_pack(digits_private):
     """A private set without class 3 gets the single run's error; the pack's other pipelines equal their runs."""
-    _, make_context = digits_private
     paradigm = distill_paradigm({"method": "dc", **TINY})
-    privates = _privates(digits_private, 3)
-    keep = privates[1].y != 3
-    privates[1] = LabeledSet(privates[1].x[keep], privates[1].y[keep])
-    packed = synthesize_gradient_pack(paradigm, privates, [make_context(m) for m in (0, 1, 2)])
-    assert isinstance(packed[1], RayprivError) and "no samples of class 3" in str(packed[1])
-    with pytest.raises(RayprivError, match="no samples of class 3"):
-        paradigm.synthesize(privates[1], make_context(1))
-    for p in (0, 2):
-        alone = paradigm.synthesize(privates[p], make_context(p))
-        assert (alone.x - packed[p].x).abs().max() <= 1e-5
+    check_a_missing_class_fails_alone(
+        paradigm, digits_private, lambda privates, contexts: synthesize_gradient_pack(paradigm, privates, contexts)
+    )
 
 
 def test_a_small_class_in_one_pipeline_is_padded_not_shared(digits_private):
@@ -134,7 +120,7 @@ def test_a_small_class_in_one_pipeline_is_padded_not_shared(digits_private):
     every pipeline still equals its single run (1e-5)."""
     _, make_context = digits_private
     paradigm = distill_paradigm({"method": "dsa", **TINY})
-    privates = _privates(digits_private, 3)
+    privates = overlapping_privates(digits_private, 3)
     keep = torch.ones(len(privates[1].y), dtype=torch.bool)
     keep[torch.nonzero(privates[1].y == 3).flatten()[5:]] = False
     privates[1] = LabeledSet(privates[1].x[keep], privates[1].y[keep])

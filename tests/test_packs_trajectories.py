@@ -26,7 +26,7 @@ from raypriv.synth.distill.packed_trajectories import (
 )
 from raypriv.synth.distill.packs import packed_method
 from raypriv.synth.distill.trajectories import ParameterLayout
-from tests.conftest import distill_paradigm
+from tests.conftest import distill_paradigm, overlapping_privates
 
 # A trajectory matching small enough for seconds: 2 experts of 3 epochs, 3 student steps, 2 images per class.
 TINY_MTT = {
@@ -37,15 +37,10 @@ TINY_DATM = {**TINY_MTT, "method": "datm"}
 INFO_KEYS = ("distill_learned_lr", "distill_loss_first", "distill_loss_last", "distill_final_loss")
 
 
-def _privates(digits_private, count: int) -> list[LabeledSet]:
-    private, _ = digits_private
-    return [LabeledSet(private.x[30 * p : 30 * p + 200], private.y[30 * p : 30 * p + 200]) for p in range(count)]
-
-
 def _alone_and_packed(digits_private, options: dict, model_ids=(0, 5, 9), privates=None):
     _, make_context = digits_private
     paradigm = distill_paradigm(options)
-    privates = privates or _privates(digits_private, len(model_ids))
+    privates = privates or overlapping_privates(digits_private, len(model_ids), stride=30)
     alone_contexts = [make_context(m) for m in model_ids]
     alone = []
     for private, context in zip(privates, alone_contexts, strict=True):
@@ -155,7 +150,7 @@ def test_datm_pipelines_in_a_pack_skip_their_own_iterations(digits_private):
 
 def test_a_degenerate_private_set_fails_alone_in_a_trajectory_pack(digits_private):
     """A private set without class 3 gets the single run's error; the pack's other pipelines equal their single runs."""
-    privates = _privates(digits_private, 3)
+    privates = overlapping_privates(digits_private, 3, stride=30)
     keep = privates[1].y != 3
     privates[1] = LabeledSet(privates[1].x[keep], privates[1].y[keep])
     alone, packed, _, _ = _alone_and_packed(digits_private, TINY_MTT, model_ids=(0, 1, 2), privates=privates)
