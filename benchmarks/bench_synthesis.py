@@ -2,6 +2,7 @@
 
     python benchmarks/bench_synthesis.py [--quick] [--models N] [--packs 4,8,16] [--only distill@dm,...]
                                          [--threads T] [--pack-memory-gb G] [--json FILE]
+                                         [--device auto|cpu|cuda]
 
 Every paradigm runs the digits default's shadow pipelines (the default
 audit split, each model's private set of ~1,330 images, the paradigm's
@@ -31,18 +32,31 @@ prints where the time of 20 DM iterations goes (torch.profiler, self CPU
 time per operator), K pipelines one by one against one pack of K.
 ``--json FILE`` writes ``{"<paradigm>@<method>": {"loop_models_per_hour",
 "pack_models_per_hour", "pack", "max_abs_diff", "batched", "by_pack"}}``,
-``pack`` the fastest K.  ``--threads`` (default 1) is torch's thread count
+``pack`` the fastest K; it and ``--out``'s section are rewritten after each
+paradigm, so a run stopped by a time limit keeps the paradigms it finished.  ``--threads`` (default 1) is torch's thread count
 for every run, the default shadow actor's one CPU.  ``--pack-memory-gb``
 (default 8, where the config's default is 2) is ``execution.pack_memory_gb``
 for every run: a pack of 16 MTT pipelines needs about 2.2 GB on digits.  A
 K that does not fit that budget is refused by the worker as in an audit;
 the table says "does not fit" for it and the benchmark goes on.
+
+``--device``: the worker runs on CUDA wherever torch sees a GPU, as a Ray
+actor given a GPU does (``auto``, the default).  ``cuda`` insists on one
+(one ``error:`` line and exit 2 without), for the GPU run at K up to 64
+(``--device cuda --packs 4,8,16,32,64``, ``run_all.py --only
+synthesis-cuda``); on a GPU the pack's budget is half the device's free
+memory, not ``--pack-memory-gb``.  ``cpu`` hides the GPUs from this process
+(``CUDA_VISIBLE_DEVICES=""`` before torch first asks for one), so that every
+CUDA-dependent choice (the worker's device, which methods batch) is the
+CPU's.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -178,7 +192,7 @@ def profile_dm(dataset: Dataset, split: AuditSplit, k: int, iterations: int, thr
 
 def markdown(results: dict, args: argparse.Namespace, started: str) -> str:
     lines = [
-        f"Synthesis throughput, {started}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"Synthesis throughput, {started}, {args.device_used}, torch {torch.__version__}, "
         f"{args.threads} thread(s), {args.models} models per run, execution.pack_memory_gb {args.pack_memory_gb:g}.",
         "",
         "| paradigm | synthesis | loop models/h | " + " | ".join(f"pack {k} models/h (x loop)" for k in args.packs)
@@ -200,6 +214,35 @@ def markdown(results: dict, args: argparse.Namespace, started: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_outputs(results: dict, args: argparse.Namespace, started: str) -> None:
+    """The JSON (``--json``) and the Markdown section (``--out``) of the paradigms measured so far."""
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    if args.out:
+        on_gpu = args.device_used.startswith("cuda")
+        command = ("python benchmarks/bench_synthesis.py" + (" --quick" if args.quick else "")
+                   + (f" --device {args.device} --models {args.models} --packs {','.join(map(str, args.packs))}"
+                      if on_gpu else ""))
+        title = "Synthesis packs" + (" on a GPU" if on_gpu else "")
+        section = f"## {title}\n\n`{command}`\n\n" + markdown(results, args, started)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / ("synthesis-cuda.md" if on_gpu else "synthesis.md")).write_text(section)
+
+
+def choose_device(device: str) -> str:
+    """Apply ``--device`` before anything asks torch for a GPU; the device the worker will use, in words."""
+    if device == "cpu":
+        # Read by CUDA when torch first initialises it, which nothing in this process has done yet.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        if torch.cuda.is_available():  # CUDA was initialised already (e.g. by an import): cannot hide it any more
+            raise RayprivError("--device cpu: torch had already initialised CUDA; run with CUDA_VISIBLE_DEVICES= instead")
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise RayprivError("--device cuda: torch sees no CUDA device on this host; run with --device auto or cpu")
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="distill dm and mtt at 8 models")
@@ -213,7 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the Markdown section to OUT/synthesis.md (run_all.py)")
     parser.add_argument("--profile", type=int, default=None, metavar="K",
                         help="instead: profile 20 DM iterations of K pipelines, one by one and as one pack")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: CUDA where torch sees a GPU, as an audit's worker (default); cuda: insist on one; "
+                             "cpu: hide the GPUs")
     args = parser.parse_args(argv)
+    try:
+        args.device_used = choose_device(args.device)
+    except RayprivError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args.models = args.models or (8 if args.quick else 16)
     args.packs = [k for k in (int(v) for v in args.packs.split(",")) if 1 < k <= args.models]
     chosen = QUICK if args.quick else PARADIGMS
@@ -221,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         wanted = [tuple(v.split("@", 1)) for v in args.only.split(",")]
         chosen = [p for p in PARADIGMS if p in wanted]
     torch.set_num_threads(args.threads)
+    # torch.optim imports torch._dynamo at its first step (about 1 s of CPU): import it now, so that the first
+    # timed run, a loop, does not pay it and flatter the packs after it.
+    importlib.import_module("torch._dynamo")
+
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     defaults = ExperimentConfig()
     dataset = load_dataset(defaults.dataset)
@@ -234,15 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         for paradigm, method in chosen:
             results[f"{paradigm}@{method}"] = bench(paradigm, method, args.models, args.packs, args.threads,
                                                     dataset, split, Path(tmp), args.pack_memory_gb)
+            write_outputs(results, args, started)  # after each paradigm: a run cut short keeps what it measured
     print()
     print(markdown(results, args, started))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    if args.out:
-        command = "python benchmarks/bench_synthesis.py" + (" --quick" if args.quick else "")
-        section = f"## Synthesis packs\n\n`{command}`\n\n" + markdown(results, args, started)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "synthesis.md").write_text(section)
     return 0
 
 

@@ -5,7 +5,7 @@
 Each benchmark runs as its own process (clean peak-memory figures, no shared
 state) and writes a Markdown section to ``benchmarks/results/``.  RESULTS.md
 is then assembled from every section there, so a GPU machine can run just the
-GPU benchmarks (``--only training-cuda,training-cuda-cifar10``) and keep the
+GPU benchmarks (``--only training-cuda,training-cuda-cifar10,synthesis-cuda``) and keep the
 CPU sections of an earlier run.  On a machine without CUDA the GPU
 benchmarks are skipped and RESULTS.md says so.
 """
@@ -29,12 +29,13 @@ BENCHMARKS = {
     "parquet": ("bench_parquet.py", [], False),
     "ray": ("bench_ray.py", [], False),
     "synthesis": ("bench_synthesis.py", [], False),
+    "synthesis-cuda": ("bench_synthesis.py", ["--device", "cuda", "--models", "64", "--packs", "4,8,16,32,64"], True),
     "training-cuda": ("bench_training.py", ["--device", "cuda"], True),
     "training-cuda-cifar10": ("bench_training.py", ["--device", "cuda", "--recipe", "cifar10"], True),
 }
 # Section files in RESULTS.md order.
 SECTIONS = ["training.md", "training-cuda.md", "training-cuda-cifar10.md", "scoring.md", "queries.md", "parquet.md", "ray.md",
-            "synthesis.md"]
+            "synthesis.md", "synthesis-cuda.md"]
 
 
 def cuda_available() -> bool:
