@@ -77,6 +77,30 @@ def test_smaller_epsilon_means_more_noise(tmp_path, trained):
     assert 0 < tight.info["epsilon"] <= 1.0 + 1e-3
 
 
+def test_the_cached_calibration_is_opacus_make_private_with_epsilon(trained):
+    """The noise multiplier the trainer uses is the one opacus' own calibrating entry point picks."""
+    import warnings
+
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from raypriv.synth.dpsgd import calibrated_noise_multiplier
+
+    _, context, _ = trained
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    loader = DataLoader(TensorDataset(torch.arange(120)), batch_size=30)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        _, optimizer, _ = PrivacyEngine(accountant="rdp").make_private_with_epsilon(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), data_loader=loader,
+            target_epsilon=8.0, target_delta=1e-5, epochs=2, max_grad_norm=1.0, poisson_sampling=True,
+        )
+    assert context.info["noise_multiplier"] == optimizer.noise_multiplier  # the same bisection, to the bit
+    hits = calibrated_noise_multiplier.cache_info().hits
+    again = calibrated_noise_multiplier(epsilon=8.0, delta=1e-5, sample_rate=1 / 4, epochs=2, accountant="rdp")
+    assert again == optimizer.noise_multiplier and calibrated_noise_multiplier.cache_info().hits == hits + 1
+
+
 def test_same_seed_and_model_give_identical_models(tmp_path, trained):
     first, context, private = trained
     second, _, _ = _train(tmp_path, model_id=3, epochs=2, batch_size=30)
