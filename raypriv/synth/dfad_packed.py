@@ -77,10 +77,11 @@ goes to per-input kernels (the convolutions and their backward about half,
 max-pooling and BatchNorm a quarter, in the single run and the pack alike;
 profiled on digits, 1 thread, 2026-12-06), and ``vmap``'s batched
 BatchNorm adds copies that eat the saved per-operation overhead.  Wall
-clock on a loaded 2-core machine (load average 3 to 6), digits defaults, 8
-models: 111 models/h in the loop, 127 in packs of 4 (1.14x) and 125 in
-packs of 8 (1.12x) (``benchmarks/bench_synthesis.py --only dfkd@dfad``).
-Packs should pay on a GPU (not measured).
+clock on 2 quiet cores, digits defaults, 16 models (2026-12-06): 136
+models/h in the loop, 120 in packs of 4 (0.88x), 137 of 8 (1.01x) and 135
+of 16 (0.99x) (``benchmarks/bench_synthesis.py --only dfkd@dfad``; on a
+loaded machine, packs of 4 and 8 read 1.12-1.14x).  Packs should pay on a
+GPU (not measured).
 
 Where a pack departs from the single run, besides the rounding: all K
 teachers train before the first game starts (each as alone: same code,

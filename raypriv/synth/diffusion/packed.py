@@ -56,9 +56,10 @@ there (torch's warning about it is silenced here); that is one op per
 block, and its results are right.
 
 **Speed.**  On a CPU a pack is no faster than the loop: digits, default
-options, 8 models, 1 thread, 2026-12-05 (load average about 1):
-59 models/h in the loop, 57 in packs of 4 (0.96x) and of 8 (0.97x), the
-sets 9.1e-6 apart (``benchmarks/bench_synthesis.py``).  The default UNet is
+options, 16 models, 1 thread, 2026-12-06 (quiet cores): 44 models/h in the
+loop, 40 in packs of 4 (0.92x), 48 of 8 (1.10x) and 46 of 16 (1.06x),
+within the 0.91-1.10x that runs of identical code spread over there; the
+sets 1.4e-5 apart (``benchmarks/bench_synthesis.py``).  The default UNet is
 compute-bound there, not overhead-bound: in a single pipeline's training
 step (batch 128; training is about 90% of a pipeline) the convolutions'
 forward and backward kernels take two thirds of the time and all kernels
