@@ -220,10 +220,12 @@ def write_outputs(results: dict, args: argparse.Namespace, started: str) -> None
         Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     if args.out:
         on_gpu = args.device_used.startswith("cuda")
-        command = ("python benchmarks/bench_synthesis.py" + (" --quick" if args.quick else "")
-                   + (f" --device {args.device} --models {args.models} --packs {','.join(map(str, args.packs))}"
-                      if on_gpu else ""))
         title = "Synthesis packs" + (" on a GPU" if on_gpu else "")
+        # The options that shape the figures, as they ran (the same line on a CPU and a GPU).
+        command = ("python benchmarks/bench_synthesis.py" + (" --quick" if args.quick else "")
+                   + (f" --only {args.only}" if args.only else "")
+                   + f" --device {args.device} --models {args.models} --packs {','.join(map(str, args.packs))}"
+                   + (f" --threads {args.threads}" if args.threads != 1 else ""))
         section = f"## {title}\n\n`{command}`\n\n" + markdown(results, args, started)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / ("synthesis-cuda.md" if on_gpu else "synthesis.md")).write_text(section)

@@ -39,4 +39,6 @@ def test_json_and_markdown_of_a_tiny_run(tmp_path):
     assert entry["pack_models_per_hour"] == pytest.approx(2 / entry["by_pack"]["2"]["seconds"] * 3600)
     section = (out / "synthesis.md").read_text()
     assert section.startswith("## Synthesis packs\n") and ", cpu (" in section
+    # The section names the command as it ran, with the options that shape its figures.
+    assert "`python benchmarks/bench_synthesis.py --only coreset@herding --device cpu --models 2 --packs 2`" in section
     assert "| coreset@herding | generic (one by one) | " in section
